@@ -1,0 +1,145 @@
+"""Multi-hot vectors become logits: the Flax MLP and its sparse-or-dense first layer.
+
+Initialisation matches Keras `Dense`: glorot-uniform kernels and zero biases (Flax's own
+`nn.Dense` default is lecun-normal, so the initialiser is set explicitly).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+glorot_uniform = nn.initializers.glorot_uniform()
+
+
+@struct.dataclass
+class SparseMultiHot:
+    """A batch of multi-hot rows as flat (row, word) pairs, padded to a fixed capacity.
+
+    Attributes:
+      word_ids: int32[capacity] column (word) index of each non-zero.
+      row_ids: int32[capacity] row of each non-zero within the batch; padding entries hold
+        `batch_size`, which is out of range and therefore ignored.
+      batch_size: static number of rows.
+    """
+
+    word_ids: jax.Array
+    row_ids: jax.Array
+    batch_size: int = struct.field(pytree_node=False)
+
+    def todense(self, num_words: int) -> jax.Array:
+        """float32[batch_size, num_words] with ones at the non-zeros."""
+        dense = jnp.zeros((self.batch_size, num_words), jnp.float32)
+        return dense.at[self.row_ids, self.word_ids].set(1.0, mode="drop")
+
+
+class MultiHotDense(nn.Module):
+    """First layer: `x @ kernel + bias` for dense rows, or an embedding bag for sparse ones.
+
+    With `SparseMultiHot` input the product is computed as the sum of the kernel rows of each
+    review's words (a gather and a segment sum; its gradient is a scatter-add), which does
+    ~`num_words / words_per_review` times less arithmetic than the dense matmul. Both paths
+    share the same `kernel[num_words, features]`, so a model trained one way runs the other.
+    """
+
+    features: int
+    num_words: int
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array | SparseMultiHot) -> jax.Array:
+        kernel = self.param("kernel", glorot_uniform, (self.num_words, self.features), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+        if isinstance(inputs, SparseMultiHot):
+            rows = jnp.take(kernel, inputs.word_ids, axis=0)
+            summed = jax.ops.segment_sum(rows, inputs.row_ids, num_segments=inputs.batch_size)
+        else:
+            summed = inputs @ kernel
+        return summed + bias
+
+
+def column_dropout(x: jax.Array, rate: jax.Array | float, rng: jax.Array, layer: int) -> jax.Array:
+    """Inverted dropout (Keras semantics) whose mask for unit `j` depends only on `(rng, layer, j)`.
+
+    Drawing each column from its own folded key makes a layer of 16 units see exactly the same
+    mask as the first 16 units of the same layer zero-padded to 512, which is what lets padded
+    variants trained together reproduce a model trained alone.
+
+    Args:
+      x: float32[batch, units] activations.
+      rate: fraction dropped, a Python float or a traced scalar (0 keeps `x` unchanged).
+      rng: PRNG key for this step.
+      layer: index of the hidden layer.
+    """
+    keep = 1.0 - rate
+    layer_key = jax.random.fold_in(rng, layer)
+    column_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(layer_key, jnp.arange(x.shape[-1]))
+    uniform = jax.vmap(lambda key: jax.random.uniform(key, x.shape[:-1]))(column_keys)
+    kept = jnp.moveaxis(uniform, 0, -1) < keep
+    return jnp.where(kept, x / keep, 0.0)
+
+
+def _resize_units(h: jax.Array, width: int) -> jax.Array:
+    """Zero-pads or truncates the unit axis; only used where the dropped units are zero."""
+    if h.shape[-1] >= width:
+        return h[..., :width]
+    return jnp.pad(h, [(0, 0)] * (h.ndim - 1) + [(0, width - h.shape[-1])])
+
+
+class MLP(nn.Module):
+    """Dense(relu) × len(hidden_units) → Dense(1): one sentiment logit per review.
+
+    Layers are named `hidden_0 … hidden_{n-1}` and `output`, so a parameter's path says where
+    it sits.
+
+    Attributes:
+      num_words: input width.
+      hidden_units: width of each hidden layer.
+    """
+
+    num_words: int
+    hidden_units: tuple[int, ...]
+
+    @nn.compact
+    def __call__(
+        self,
+        inputs: jax.Array | SparseMultiHot,
+        *,
+        dropout_rate: jax.Array | float = 0.0,
+        dropout_rng: jax.Array | None = None,
+        layer_active: jax.Array | None = None,
+    ) -> jax.Array:
+        """Logits of a batch.
+
+        Args:
+          inputs: float32[batch, num_words] multi-hot rows, or the same as `SparseMultiHot`.
+          dropout_rate: dropout after each hidden layer; applied only when `dropout_rng` is given.
+          dropout_rng: PRNG key for dropout (training); None means inference.
+          layer_active: optional bool[len(hidden_units)]; an inactive hidden layer passes its
+            input through unchanged. Used when variants of different depths are padded to one
+            shape; layer 0 is always active.
+
+        Returns:
+          float32[batch] logits.
+        """
+        h = inputs
+        for index, width in enumerate(self.hidden_units):
+            if index == 0:
+                layer_out = MultiHotDense(width, self.num_words, name="hidden_0")(h)
+            else:
+                layer_out = nn.Dense(width, kernel_init=glorot_uniform, name=f"hidden_{index}")(h)
+            layer_out = nn.relu(layer_out)
+            if dropout_rng is not None:
+                layer_out = column_dropout(layer_out, dropout_rate, dropout_rng, index)
+            if layer_active is not None and index > 0:
+                layer_out = jnp.where(layer_active[index], layer_out, _resize_units(h, width))
+            h = layer_out
+        return nn.Dense(1, kernel_init=glorot_uniform, name="output")(h)[..., 0]
+
+
+def param_count(params: Any) -> int:
+    """Total number of scalars in a parameter pytree."""
+    return sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))

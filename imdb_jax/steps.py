@@ -1,0 +1,132 @@
+"""Pure train and eval steps: logits become a loss, the loss becomes an update.
+
+Everything here takes and returns pytrees, so callers may `jax.jit`, `jax.vmap` or `jax.grad`
+through it. Metrics are sums with a count (`loss_sum`, `correct`, `count`), which combine exactly
+across batches of different sizes and are divided on the host.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+from flax.training import train_state
+
+from imdb_jax.config import ModelConfig
+from imdb_jax.models import MLP, SparseMultiHot
+from imdb_jax.optim import init_opt_state, kernel_penalty, rmsprop
+
+Batch = Mapping[str, Any]  # {"inputs": float32[B, V] | SparseMultiHot, "labels": float32[B], "weights"?: float32[B]}
+
+
+class TrainState(train_state.TrainState):
+    """Flax `TrainState` plus the per-model settings that are traced, not compiled in.
+
+    Attributes:
+      hparams: {"dropout_rate", "l1", "l2"} float32 scalars (the learning rate and weight decay
+        sit in `opt_state.hyperparams`).
+      grad_mask: None, or 0/1 pytree like `params` marking the real (unpadded) weights of a
+        variant padded to a larger shape.
+      layer_active: None, or bool[num_hidden]: which padded hidden layers the variant has.
+    """
+
+    hparams: dict[str, jax.Array] = struct.field(default_factory=dict)
+    grad_mask: Any = None
+    layer_active: Any = None
+
+
+def create_model(config: ModelConfig) -> MLP:
+    return MLP(num_words=config.num_words, hidden_units=config.hidden_units)
+
+
+def create_train_state(rng: jax.Array, config: ModelConfig) -> TrainState:
+    """Initial parameters (glorot-uniform kernels, zero biases) and rmsprop state.
+
+    Args:
+      rng: PRNG key for the initial weights.
+      config: the model; its numeric settings become arrays in the state.
+    """
+    model = create_model(config)
+    params = model.init(rng, jnp.zeros((1, config.num_words), jnp.float32))["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        apply_fn=model.apply,
+        params=params,
+        tx=rmsprop(),
+        opt_state=init_opt_state(params, config.learning_rate, config.weight_decay),
+        hparams={name: jnp.asarray(getattr(config, name), jnp.float32) for name in ("dropout_rate", "l1", "l2")},
+    )
+
+
+def _weights(batch: Batch) -> jax.Array:
+    weights = batch.get("weights")
+    return jnp.ones_like(batch["labels"]) if weights is None else weights
+
+
+def _metrics(logits: jax.Array, labels: jax.Array, weights: jax.Array, penalty: jax.Array) -> dict[str, jax.Array]:
+    per_example = optax.sigmoid_binary_cross_entropy(logits, labels)
+    count = jnp.sum(weights)
+    correct = (logits > 0) == (labels > 0.5)
+    return {
+        # Keras reports the penalised loss, averaged over examples: sum(bce) + n * penalty.
+        "loss_sum": jnp.sum(per_example * weights) + count * penalty,
+        "correct": jnp.sum(correct * weights),
+        "count": count,
+    }
+
+
+def loss_and_metrics(params: Any, state: TrainState, batch: Batch, dropout_rng: jax.Array | None):
+    """Mean binary cross-entropy from logits (numerically stable) plus the kernel penalty."""
+    logits = state.apply_fn(
+        {"params": params},
+        batch["inputs"],
+        dropout_rate=state.hparams["dropout_rate"],
+        dropout_rng=dropout_rng,
+        layer_active=state.layer_active,
+    )
+    weights = _weights(batch)
+    penalty = kernel_penalty(params, state.hparams["l1"], state.hparams["l2"], state.grad_mask)
+    metrics = _metrics(logits, batch["labels"], weights, penalty)
+    loss = metrics["loss_sum"] / jnp.maximum(metrics["count"], 1.0)
+    return loss, metrics
+
+
+def train_step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One rmsprop update on one batch.
+
+    Args:
+      state: the model and optimiser state.
+      batch: {"inputs": float32[B, num_words] or SparseMultiHot, "labels": float32[B] of 0/1,
+        optional "weights": float32[B] (0 marks padding rows, which add nothing)}.
+      rng: PRNG key for dropout at this step (e.g. `jax.random.fold_in(key, state.step)`).
+
+    Returns:
+      The updated state and {"loss_sum", "correct", "count"} for the batch, the loss measured
+      before the update (as Keras reports it).
+    """
+    grad_fn = jax.grad(loss_and_metrics, has_aux=True)
+    grads, metrics = grad_fn(state.params, state, batch, rng)
+    if state.grad_mask is not None:
+        grads = jax.tree_util.tree_map(jnp.multiply, grads, state.grad_mask)
+    return state.apply_gradients(grads=grads), metrics
+
+
+def eval_step(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
+    """{"loss_sum", "correct", "count"} on a batch, without dropout; the loss includes the
+    kernel penalty, as Keras' `evaluate` and `val_loss` do."""
+    _, metrics = loss_and_metrics(state.params, state, batch, None)
+    return metrics
+
+
+def predict_logits(state: TrainState, inputs: jax.Array | SparseMultiHot) -> jax.Array:
+    """float32[batch] logits, no dropout."""
+    return state.apply_fn({"params": state.params}, inputs, layer_active=state.layer_active)
+
+
+def summarize(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """Sums with a count → {"loss", "accuracy"} (host side)."""
+    count = float(metrics["count"])
+    return {"loss": float(metrics["loss_sum"]) / count, "accuracy": float(metrics["correct"]) / count}

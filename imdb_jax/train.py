@@ -1,0 +1,352 @@
+"""The training loop: whole epochs as compiled scans over on-device batches.
+
+`fit` trains one model; `imdb_jax.variants.fit_variants` trains many with the same machinery.
+An epoch is one jit-compiled `lax.scan` over the epoch's batches (shuffled on the device), so no
+Python runs per step, and the padded last batch keeps one shape: one compilation per run shape,
+never one per batch or epoch. A model whose loss or weights stop being finite keeps its last
+finite state and is marked diverged from that epoch on; the run goes on.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import sys
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from imdb_jax.config import ModelConfig
+from imdb_jax.device_data import (
+    DeviceReviews,
+    epoch_rows,
+    gather_batch,
+    max_batch_nonzeros,
+    round_capacity,
+    shuffled_capacity,
+    to_device,
+)
+from imdb_jax.errors import ImdbJaxError
+from imdb_jax.steps import TrainState, create_train_state, eval_step, predict_logits, train_step
+
+HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
+FIRST_LAYERS = ("auto", "sparse", "dense")
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-model steps with divergence containment. The carry of one model is (state, alive, key).
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    return jnp.isfinite(sum(jnp.sum(leaf) for leaf in jax.tree_util.tree_leaves(tree)))
+
+
+def guarded_train_step(carry, batch):
+    """`train_step`, kept only while the loss and the new weights are finite.
+
+    Args:
+      carry: (state, alive: bool[], dropout_key); the dropout key is folded with the step.
+      batch: one batch (see `steps.train_step`).
+
+    Returns:
+      The new carry and the batch metrics; once `alive` is False the state stops changing.
+    """
+    state, alive, dropout_key = carry
+    new_state, metrics = train_step(state, batch, jax.random.fold_in(dropout_key, state.step))
+    keep = alive & jnp.isfinite(metrics["loss_sum"]) & _all_finite(new_state.params)
+    state = jax.tree_util.tree_map(lambda new, old: jnp.where(keep, new, old), new_state, state)
+    return (state, keep, dropout_key), metrics
+
+
+def variants_train_step(carries, batch):
+    """`guarded_train_step` over groups of stacked variants, one `vmap` per group; every group
+    and variant sees the same batch."""
+    step = jax.vmap(guarded_train_step, in_axes=(0, None))
+    results = [step(carry, batch) for carry in carries]
+    return tuple(carry for carry, _ in results), tuple(metrics for _, metrics in results)
+
+
+def variants_eval_step(states, batch):
+    return tuple(jax.vmap(eval_step, in_axes=(0, None))(state, batch) for state in states)
+
+
+def variants_predict(states, inputs):
+    return tuple(jax.vmap(predict_logits, in_axes=(0, None))(state, inputs) for state in states)
+
+
+# ---------------------------------------------------------------------------------------------
+# Compiled epochs. `step` / `evaluate` are static: the plain or the variants version above.
+
+
+def _sum_over_batches(metrics):
+    return jax.tree_util.tree_map(lambda value: jnp.sum(value, axis=0), metrics)
+
+
+@functools.partial(jax.jit, static_argnames=("step", "capacity", "dense"), donate_argnums=(0,))
+def train_epoch(carry, data: DeviceReviews, rows: jax.Array, *, step: Callable, capacity: int, dense: bool):
+    """One epoch: `step` on each batch of `rows` (int32[num_batches, batch]) in turn.
+
+    Returns the final carry and the epoch's metric sums.
+    """
+
+    def body(carry, batch_rows):
+        return step(carry, gather_batch(data, batch_rows, capacity, dense))
+
+    carry, metrics = jax.lax.scan(body, carry, rows)
+    return carry, _sum_over_batches(metrics)
+
+
+@functools.partial(jax.jit, static_argnames=("evaluate", "capacity", "dense"))
+def eval_epoch(states, data: DeviceReviews, rows: jax.Array, *, evaluate: Callable, capacity: int, dense: bool):
+    """Metric sums of `evaluate(states, batch)` over every batch of `rows`."""
+
+    def body(_, batch_rows):
+        return None, evaluate(states, gather_batch(data, batch_rows, capacity, dense))
+
+    _, metrics = jax.lax.scan(body, None, rows)
+    return _sum_over_batches(metrics)
+
+
+@functools.partial(jax.jit, static_argnames=("predict", "capacity", "dense"))
+def predict_epoch(states, data: DeviceReviews, rows: jax.Array, *, predict: Callable, capacity: int, dense: bool):
+    """Logits of `predict(states, inputs)` for every batch, stacked on a leading batch axis."""
+
+    def body(_, batch_rows):
+        return None, predict(states, gather_batch(data, batch_rows, capacity, dense)["inputs"])
+
+    _, logits = jax.lax.scan(body, None, rows)
+    return logits
+
+
+# ---------------------------------------------------------------------------------------------
+# Host-side driving.
+
+
+def choose_first_layer(first_layer: str, num_words: int, first_width: int, words_per_review: float) -> bool:
+    """True for the dense first layer, False for the sparse (embedding-bag) one.
+
+    "auto" compares estimated costs per review and unit: the dense matmul does `num_words`
+    multiply-adds at matmul speed; the sparse path does `words_per_review` gathers and
+    scatter-adds, each about `SPARSE_COST` times dearer than a matmul multiply-add (measured on
+    CPU, see benchmarks/README.md).
+    """
+    if first_layer not in FIRST_LAYERS:
+        raise ImdbJaxError(f"first_layer must be one of {', '.join(FIRST_LAYERS)}, got {first_layer!r}")
+    if first_layer != "auto":
+        return first_layer == "dense"
+    del first_width  # both costs scale with it
+    return num_words < SPARSE_COST * words_per_review
+
+
+SPARSE_COST = 8.0
+
+
+class _EpochPlan:
+    """Batch layout and capacities of one split, with the one-off capacity growth check."""
+
+    def __init__(self, data: DeviceReviews, batch_size: int, shuffle: bool):
+        self.data = data
+        self.batch_size = batch_size
+        if shuffle:
+            self.capacity = shuffled_capacity(data, batch_size)
+        else:
+            self.rows = epoch_rows(data.num_rows, batch_size)
+            self.capacity = round_capacity(int(max_batch_nonzeros(data.lengths, self.rows)))
+
+    def shuffled_rows(self, key: jax.Array) -> jax.Array:
+        rows = epoch_rows(self.data.num_rows, self.batch_size, key)
+        needed = int(max_batch_nonzeros(self.data.lengths, rows))
+        if needed > self.capacity:  # rare: grow once, at the cost of one recompilation
+            self.capacity = round_capacity(int(needed * 1.05))
+        return rows
+
+
+def words_per_review(data: DeviceReviews) -> float:
+    return float(data.indices.shape[0]) / data.num_rows
+
+
+def run_epochs(
+    carry: Any,
+    train: DeviceReviews,
+    validation: DeviceReviews | None,
+    *,
+    epochs: int,
+    batch_size: int,
+    shuffle_seed: int,
+    dense: bool,
+    step: Callable,
+    evaluate: Callable,
+    states_of: Callable[[Any], Any],
+    alive_of: Callable[[Any], Any],
+    progress: bool,
+    description: str,
+    on_epoch: Callable[[int, Any, Any], str] | None = None,
+) -> tuple[Any, list[dict[str, Any]]]:
+    """Drives `epochs` compiled epochs and returns the carry and per-epoch raw metrics.
+
+    Each entry of the returned list holds device-fetched numpy metric sums: {"train", "val",
+    "alive"}, in the structure `step` / `evaluate` produce.
+    """
+    if epochs <= 0:
+        raise ImdbJaxError(f"epochs must be a positive integer, got {epochs}")
+    if batch_size <= 0:
+        raise ImdbJaxError(f"batch_size must be a positive integer, got {batch_size}")
+    train_plan = _EpochPlan(train, batch_size, shuffle=True)
+    val_plan = None if validation is None else _EpochPlan(validation, batch_size, shuffle=False)
+    shuffle_key = jax.random.key(shuffle_seed)
+    records = []
+    bar = tqdm(range(epochs), desc=description, unit="epoch", disable=not progress, file=sys.stderr, leave=True)
+    for epoch in bar:
+        rows = train_plan.shuffled_rows(jax.random.fold_in(shuffle_key, epoch))
+        carry, train_metrics = train_epoch(carry, train, rows, step=step, capacity=train_plan.capacity, dense=dense)
+        record = {"train": jax.device_get(train_metrics), "alive": jax.device_get(alive_of(carry)), "val": None}
+        if val_plan is not None:
+            val_metrics = eval_epoch(
+                states_of(carry), validation, val_plan.rows, evaluate=evaluate, capacity=val_plan.capacity, dense=dense
+            )
+            record["val"] = jax.device_get(val_metrics)
+        records.append(record)
+        if on_epoch is not None and progress:
+            bar.set_postfix_str(on_epoch(epoch, record, carry))
+    bar.close()
+    return carry, records
+
+
+def _ratio(numerator, count):
+    return np.asarray(numerator, np.float64) / np.maximum(np.asarray(count, np.float64), 1.0)
+
+
+def history_from_records(records: list[dict[str, Any]], select: Callable[[Any], Any] = lambda tree: tree) -> dict[str, list]:
+    """Keras-style history (one value per epoch) for one model.
+
+    Args:
+      records: `run_epochs` output.
+      select: picks one model's metrics out of each record's structure.
+
+    Returns:
+      {"loss", "accuracy", ["val_loss", "val_accuracy"], "diverged"}; values of diverged epochs
+      are NaN.
+    """
+    history: dict[str, list] = {key: [] for key in ("loss", "accuracy", "diverged")}
+    has_val = records[0]["val"] is not None
+    if has_val:
+        history.update(val_loss=[], val_accuracy=[])
+    for record in records:
+        diverged = not bool(select(record["alive"]))
+        history["diverged"].append(diverged)
+        parts = [("", record["train"])] + ([("val_", record["val"])] if has_val else [])
+        for prefix, sums in parts:
+            sums = select(sums)
+            loss = float(_ratio(sums["loss_sum"], sums["count"]))
+            accuracy = float(_ratio(sums["correct"], sums["count"]))
+            history[prefix + "loss"].append(math.nan if diverged else loss)
+            history[prefix + "accuracy"].append(math.nan if diverged else accuracy)
+    return history
+
+
+def _describe_single(epoch, record, carry):
+    del epoch, carry
+    parts = [("loss", record["train"])] + ([("val_loss", record["val"])] if record["val"] is not None else [])
+    text = " ".join(f"{name}={float(_ratio(sums['loss_sum'], sums['count'])):.4f}" for name, sums in parts)
+    return text + ("" if bool(record["alive"]) else " DIVERGED")
+
+
+def fit(
+    config: ModelConfig,
+    train: Any,
+    validation: Any = None,
+    *,
+    epochs: int = 4,
+    batch_size: int = 512,
+    seed: int = 0,
+    shuffle_seed: int | None = None,
+    first_layer: str = "auto",
+    progress: bool = True,
+) -> tuple[TrainState, dict[str, list]]:
+    """Trains one model like Keras' `model.fit(..., shuffle=True)`.
+
+    Args:
+      config: the model; `config.num_words` must match the data's columns.
+      train: a `Split` (or `(x_csr, y)`) of training reviews.
+      validation: optional split scored after every epoch.
+      epochs: passes over `train`.
+      batch_size: reviews per update; the last, shorter batch is kept (padded, weight 0).
+      seed: seeds the initial weights and dropout.
+      shuffle_seed: seeds the per-epoch shuffling; defaults to `seed`. `fit_variants` shares one
+        shuffle across variants, so pass its `shuffle_seed` here to reproduce a variant.
+      first_layer: "sparse" (embedding bag), "dense" (densify each batch) or "auto".
+      progress: show a progress bar with the running losses.
+
+    Returns:
+      The trained state and the history: {"loss", "accuracy", "val_loss", "val_accuracy",
+      "diverged"}, one value per epoch, training figures including the penalty like Keras.
+    """
+    train_data = to_device(train)
+    _check_width(config, train_data)
+    val_data = None if validation is None else _checked(config, to_device(validation))
+    dense = choose_first_layer(first_layer, config.num_words, config.hidden_units[0], words_per_review(train_data))
+    init_key, dropout_key = jax.random.split(jax.random.key(seed))
+    carry = (create_train_state(init_key, config), jnp.asarray(True), dropout_key)
+    carry, records = run_epochs(
+        carry,
+        train_data,
+        val_data,
+        epochs=epochs,
+        batch_size=batch_size,
+        shuffle_seed=seed if shuffle_seed is None else shuffle_seed,
+        dense=dense,
+        step=guarded_train_step,
+        evaluate=eval_step,
+        states_of=lambda carry: carry[0],
+        alive_of=lambda carry: carry[1],
+        progress=progress,
+        description="fit",
+        on_epoch=_describe_single,
+    )
+    history = history_from_records(records)
+    if any(history["diverged"]):
+        epoch = history["diverged"].index(True) + 1
+        print(f"warning: training diverged in epoch {epoch}; the state holds the last finite weights", file=sys.stderr)
+    return carry[0], history
+
+
+def _check_width(config: ModelConfig, data: DeviceReviews) -> None:
+    if data.num_words != config.num_words:
+        raise ImdbJaxError(f"the data has {data.num_words} word columns but the model expects num_words={config.num_words}")
+
+
+def _checked(config: ModelConfig, data: DeviceReviews) -> DeviceReviews:
+    _check_width(config, data)
+    return data
+
+
+def _model_width(state: TrainState) -> tuple[int, int]:
+    kernel = state.params["hidden_0"]["kernel"]
+    return kernel.shape[-2], kernel.shape[-1]
+
+
+def evaluate(state: TrainState, split: Any, *, batch_size: int = 512, first_layer: str = "auto") -> dict[str, float]:
+    """{"loss", "accuracy"} of a trained model on a labelled split (loss includes the penalty)."""
+    data = to_device(split)
+    num_words, width = _model_width(state)
+    if data.num_words != num_words:
+        raise ImdbJaxError(f"the data has {data.num_words} word columns but the model expects {num_words}")
+    plan = _EpochPlan(data, batch_size, shuffle=False)
+    dense = choose_first_layer(first_layer, num_words, width, words_per_review(data))
+    sums = jax.device_get(eval_epoch(state, data, plan.rows, evaluate=eval_step, capacity=plan.capacity, dense=dense))
+    return {"loss": float(_ratio(sums["loss_sum"], sums["count"])), "accuracy": float(_ratio(sums["correct"], sums["count"]))}
+
+
+def predict(state: TrainState, x: Any, *, batch_size: int = 512, first_layer: str = "auto") -> np.ndarray:
+    """float32[num_reviews] probabilities of a positive review, for CSR multi-hot rows `x`."""
+    data = to_device(x)
+    num_words, width = _model_width(state)
+    if data.num_words != num_words:
+        raise ImdbJaxError(f"the data has {data.num_words} word columns but the model expects {num_words}")
+    plan = _EpochPlan(data, batch_size, shuffle=False)
+    dense = choose_first_layer(first_layer, num_words, width, max(words_per_review(data), 1.0))
+    logits = predict_epoch(state, data, plan.rows, predict=predict_logits, capacity=plan.capacity, dense=dense)
+    return np.asarray(jax.nn.sigmoid(logits.reshape(-1)[: data.num_rows]), np.float32)
