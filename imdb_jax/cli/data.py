@@ -1,0 +1,76 @@
+"""`imdb-jax data`: load (or build the cache of) the IMDb data and summarise it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from imdb_jax.errors import ImdbJaxError
+from imdb_jax.sources import SOURCES
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "data",
+        help="load the IMDb reviews (building the cache if needed) and summarise them",
+        description=__doc__.splitlines()[0].split(": ", 1)[1],
+    )
+    parser.add_argument("--data-dir", help="TFDS data_dir, aclImdb folder or aclImdb_v1.tar.gz (default: $TFDS_DATA_DIR)")
+    parser.add_argument("--cache-dir", help="cache folder (default: $IMDB_JAX_CACHE_DIR or ~/.cache/imdb_jax)")
+    parser.add_argument("--num-words", type=int, default=10000, help="vocabulary size (default: 10000)")
+    parser.add_argument("--source", choices=SOURCES, default="auto", help="where to read from (default: auto)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    parser.add_argument("--json", action="store_true", help="print one JSON line instead of the summary")
+    parser.set_defaults(run=run)
+
+
+def summarise(data: Any) -> dict[str, Any]:
+    """The figures `imdb-jax data` reports, from an ``IMDbData``."""
+    summary: dict[str, Any] = {}
+    for name, split in (("train", data.train), ("test", data.test)):
+        positive = int(split.y.sum())
+        summary[f"{name}_reviews"] = len(split)
+        summary[f"{name}_positive"] = positive
+        summary[f"{name}_negative"] = len(split) - positive
+        summary[f"{name}_mean_unique_words"] = round(split.x.nnz / max(len(split), 1), 2)
+    summary.update(
+        num_words=data.num_words,
+        source=data.source,
+        cache_path=None if data.cache_path is None else str(data.cache_path),
+        from_cache=data.from_cache,
+        load_seconds=round(data.load_seconds, 3),
+    )
+    return summary
+
+
+def run(args: argparse.Namespace) -> int:
+    from imdb_jax.data import load_imdb
+
+    if args.num_words <= 0:
+        raise ImdbJaxError(f"--num-words must be a positive integer, got {args.num_words}")
+    data = load_imdb(
+        num_words=args.num_words,
+        data_dir=args.data_dir,
+        cache_dir=args.cache_dir,
+        source=args.source,
+        progress=not args.no_progress,
+    )
+    summary = summarise(data)
+    if args.json:
+        print(json.dumps(summary, sort_keys=True))
+        return 0
+    cache_note = "read from the cache" if data.from_cache else "tokenised, cache written"
+    if summary["cache_path"] is None:
+        cache_note = "tokenised, no cache"
+    print(f"source:        {summary['source']}")
+    for name in ("train", "test"):
+        print(
+            f"{name + ':':<14} {summary[f'{name}_reviews']:>6} reviews  "
+            f"({summary[f'{name}_positive']} positive, {summary[f'{name}_negative']} negative), "
+            f"{summary[f'{name}_mean_unique_words']:.1f} unique words per review on average"
+        )
+    print(f"vocabulary:    {summary['num_words']} words (most frequent in train)")
+    print(f"cache:         {summary['cache_path']} ({cache_note})")
+    print(f"load time:     {summary['load_seconds']:.2f} s")
+    return 0
