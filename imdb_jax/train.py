@@ -1,14 +1,16 @@
 """The training loop: whole epochs as compiled scans over on-device batches.
 
 `fit` trains one model; `imdb_jax.variants.fit_variants` trains many with the same machinery.
-An epoch is one jit-compiled `lax.scan` over the epoch's batches (shuffled on the device), so no
-Python runs per step, and the padded last batch keeps one shape: one compilation per run shape,
-never one per batch or epoch. A model whose loss or weights stop being finite keeps its last
-finite state and is marked diverged from that epoch on; the run goes on.
+An epoch is one jit-compiled `lax.scan` of the pure `train_step` over the epoch's batches
+(shuffled on the device), so no Python runs per step, and the padded last batch keeps one shape:
+one compilation per run shape, never one per batch or epoch. A model whose loss or weights stop
+being finite in an epoch goes back to its weights from before that epoch (its last finite ones)
+and is marked diverged from that epoch on; the run goes on.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import sys
@@ -37,36 +39,53 @@ FIRST_LAYERS = ("auto", "sparse", "dense")
 
 
 # ---------------------------------------------------------------------------------------------
-# Per-model steps with divergence containment. The carry of one model is (state, alive, key).
+# Steps over carries. The carry of one model is (state, alive, dropout_key); a group of stacked
+# variants has the same structure with a leading variant axis on every leaf.
 
 
 def _all_finite(tree: Any) -> jax.Array:
     return jnp.isfinite(sum(jnp.sum(leaf) for leaf in jax.tree_util.tree_leaves(tree)))
 
 
-def guarded_train_step(carry, batch):
-    """`train_step`, kept only while the loss and the new weights are finite.
-
-    Args:
-      carry: (state, alive: bool[], dropout_key); the dropout key is folded with the step.
-      batch: one batch (see `steps.train_step`).
-
-    Returns:
-      The new carry and the batch metrics; once `alive` is False the state stops changing.
-    """
+def model_step(carry, batch):
+    """`train_step` on one model's carry; the dropout key is folded with the step number."""
     state, alive, dropout_key = carry
-    new_state, metrics = train_step(state, batch, jax.random.fold_in(dropout_key, state.step))
+    state, metrics = train_step(state, batch, jax.random.fold_in(dropout_key, state.step))
+    return (state, alive, dropout_key), metrics
+
+
+def keep_finite(before, after, metrics):
+    """End-of-epoch divergence containment for one model.
+
+    A model whose epoch loss or new weights are not finite (or that diverged earlier) goes back
+    to its state at the start of the epoch — its last finite weights — and is marked dead.
+    Checking once per epoch instead of once per step keeps the steps themselves plain.
+    """
+    old_state, alive, dropout_key = before
+    new_state = after[0]
     keep = alive & jnp.isfinite(metrics["loss_sum"]) & _all_finite(new_state.params)
-    state = jax.tree_util.tree_map(lambda new, old: jnp.where(keep, new, old), new_state, state)
-    return (state, keep, dropout_key), metrics
+    state = jax.tree_util.tree_map(lambda new, old: jnp.where(keep, new, old), new_state, old_state)
+    return state, keep, dropout_key
 
 
-def variants_train_step(carries, batch):
-    """`guarded_train_step` over groups of stacked variants, one `vmap` per group; every group
-    and variant sees the same batch."""
-    step = jax.vmap(guarded_train_step, in_axes=(0, None))
+def variants_step(carries, batch):
+    """`model_step` over groups of stacked variants, one `vmap` per group; every group and
+    variant sees the same batch."""
+    step = jax.vmap(model_step, in_axes=(0, None))
     results = [step(carry, batch) for carry in carries]
     return tuple(carry for carry, _ in results), tuple(metrics for _, metrics in results)
+
+
+def variants_keep_finite(before, after, metrics):
+    return tuple(jax.vmap(keep_finite)(*group) for group in zip(before, after, metrics))
+
+
+def _first(carry):
+    return carry[0]
+
+
+def _group_states(carries):
+    return tuple(carry[0] for carry in carries)
 
 
 def variants_eval_step(states, batch):
@@ -77,26 +96,44 @@ def variants_predict(states, inputs):
     return tuple(jax.vmap(predict_logits, in_axes=(0, None))(state, inputs) for state in states)
 
 
+@dataclasses.dataclass(frozen=True)
+class Stepper:
+    """How a compiled epoch treats its carry: one model (`MODEL`) or groups of variants
+    (`VARIANTS`). Hashable, so it is a static argument of the compiled epochs."""
+
+    step: Callable
+    keep_finite: Callable
+    states: Callable
+    evaluate: Callable
+    predict: Callable
+
+
+MODEL = Stepper(model_step, keep_finite, _first, eval_step, predict_logits)
+VARIANTS = Stepper(variants_step, variants_keep_finite, _group_states, variants_eval_step, variants_predict)
+
+
 # ---------------------------------------------------------------------------------------------
-# Compiled epochs. `step` / `evaluate` are static: the plain or the variants version above.
+# Compiled epochs.
 
 
 def _sum_over_batches(metrics):
     return jax.tree_util.tree_map(lambda value: jnp.sum(value, axis=0), metrics)
 
 
-@functools.partial(jax.jit, static_argnames=("step", "capacity", "dense"), donate_argnums=(0,))
-def train_epoch(carry, data: DeviceReviews, rows: jax.Array, *, step: Callable, capacity: int, dense: bool):
-    """One epoch: `step` on each batch of `rows` (int32[num_batches, batch]) in turn.
+@functools.partial(jax.jit, static_argnames=("stepper", "capacity", "dense"), donate_argnums=(0,))
+def train_epoch(carry, data: DeviceReviews, rows: jax.Array, *, stepper: Stepper, capacity: int, dense: bool):
+    """One epoch: `stepper.step` on each batch of `rows` (int32[num_batches, batch]) in turn,
+    then `stepper.keep_finite`.
 
     Returns the final carry and the epoch's metric sums.
     """
 
     def body(carry, batch_rows):
-        return step(carry, gather_batch(data, batch_rows, capacity, dense))
+        return stepper.step(carry, gather_batch(data, batch_rows, capacity, dense))
 
-    carry, metrics = jax.lax.scan(body, carry, rows)
-    return carry, _sum_over_batches(metrics)
+    after, metrics = jax.lax.scan(body, carry, rows)
+    metrics = _sum_over_batches(metrics)
+    return stepper.keep_finite(carry, after, metrics), metrics
 
 
 @functools.partial(jax.jit, static_argnames=("evaluate", "capacity", "dense"))
@@ -164,6 +201,10 @@ class _EpochPlan:
         return rows
 
 
+def _alive(carry, stepper: Stepper):
+    return carry[1] if stepper is MODEL else tuple(group[1] for group in carry)
+
+
 def words_per_review(data: DeviceReviews) -> float:
     return float(data.indices.shape[0]) / data.num_rows
 
@@ -177,10 +218,7 @@ def run_epochs(
     batch_size: int,
     shuffle_seed: int,
     dense: bool,
-    step: Callable,
-    evaluate: Callable,
-    states_of: Callable[[Any], Any],
-    alive_of: Callable[[Any], Any],
+    stepper: Stepper,
     progress: bool,
     description: str,
     on_epoch: Callable[[int, Any, Any], str] | None = None,
@@ -201,11 +239,11 @@ def run_epochs(
     bar = tqdm(range(epochs), desc=description, unit="epoch", disable=not progress, file=sys.stderr, leave=True)
     for epoch in bar:
         rows = train_plan.shuffled_rows(jax.random.fold_in(shuffle_key, epoch))
-        carry, train_metrics = train_epoch(carry, train, rows, step=step, capacity=train_plan.capacity, dense=dense)
-        record = {"train": jax.device_get(train_metrics), "alive": jax.device_get(alive_of(carry)), "val": None}
+        carry, train_metrics = train_epoch(carry, train, rows, stepper=stepper, capacity=train_plan.capacity, dense=dense)
+        record = {"train": jax.device_get(train_metrics), "alive": jax.device_get(_alive(carry, stepper)), "val": None}
         if val_plan is not None:
             val_metrics = eval_epoch(
-                states_of(carry), validation, val_plan.rows, evaluate=evaluate, capacity=val_plan.capacity, dense=dense
+                stepper.states(carry), validation, val_plan.rows, evaluate=stepper.evaluate, capacity=val_plan.capacity, dense=dense
             )
             record["val"] = jax.device_get(val_metrics)
         records.append(record)
@@ -298,10 +336,7 @@ def fit(
         batch_size=batch_size,
         shuffle_seed=seed if shuffle_seed is None else shuffle_seed,
         dense=dense,
-        step=guarded_train_step,
-        evaluate=eval_step,
-        states_of=lambda carry: carry[0],
-        alive_of=lambda carry: carry[1],
+        stepper=MODEL,
         progress=progress,
         description="fit",
         on_epoch=_describe_single,
@@ -336,7 +371,7 @@ def evaluate(state: TrainState, split: Any, *, batch_size: int = 512, first_laye
         raise ImdbJaxError(f"the data has {data.num_words} word columns but the model expects {num_words}")
     plan = _EpochPlan(data, batch_size, shuffle=False)
     dense = choose_first_layer(first_layer, num_words, width, words_per_review(data))
-    sums = jax.device_get(eval_epoch(state, data, plan.rows, evaluate=eval_step, capacity=plan.capacity, dense=dense))
+    sums = jax.device_get(eval_epoch(state, data, plan.rows, evaluate=MODEL.evaluate, capacity=plan.capacity, dense=dense))
     return {"loss": float(_ratio(sums["loss_sum"], sums["count"])), "accuracy": float(_ratio(sums["correct"], sums["count"]))}
 
 
@@ -348,5 +383,5 @@ def predict(state: TrainState, x: Any, *, batch_size: int = 512, first_layer: st
         raise ImdbJaxError(f"the data has {data.num_words} word columns but the model expects {num_words}")
     plan = _EpochPlan(data, batch_size, shuffle=False)
     dense = choose_first_layer(first_layer, num_words, width, max(words_per_review(data), 1.0))
-    logits = predict_epoch(state, data, plan.rows, predict=predict_logits, capacity=plan.capacity, dense=dense)
+    logits = predict_epoch(state, data, plan.rows, predict=MODEL.predict, capacity=plan.capacity, dense=dense)
     return np.asarray(jax.nn.sigmoid(logits.reshape(-1)[: data.num_rows]), np.float32)

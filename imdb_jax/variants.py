@@ -32,11 +32,10 @@ from imdb_jax.errors import ImdbJaxError
 from imdb_jax.steps import TrainState, create_train_state
 from imdb_jax.train import (
     SPARSE_COST,
+    VARIANTS,
     choose_first_layer,
     history_from_records,
     run_epochs,
-    variants_eval_step,
-    variants_train_step,
     words_per_review,
 )
 
@@ -430,10 +429,7 @@ def fit_variants(
         batch_size=batch_size,
         shuffle_seed=shuffle_seed,
         dense=dense,
-        step=variants_train_step,
-        evaluate=variants_eval_step,
-        states_of=lambda carries: tuple(carry[0] for carry in carries),
-        alive_of=lambda carries: tuple(carry[1] for carry in carries),
+        stepper=VARIANTS,
         progress=progress,
         description=description,
         on_epoch=describe,
