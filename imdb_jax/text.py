@@ -29,6 +29,7 @@ import array
 import dataclasses
 import functools
 import itertools
+import operator
 import re
 import sys
 from collections import Counter, defaultdict
@@ -99,6 +100,19 @@ def _multi_hot(columns: np.ndarray, lengths: np.ndarray, num_columns: int) -> sp
         (np.ones(len(keys), np.float32), key_cols.astype(index_dtype), indptr.astype(index_dtype)),
         shape=(num_rows, num_columns),
     )
+
+
+def _top_words(counts: Counter[str], num_words: int) -> tuple[str, ...]:
+    """The ``num_words`` most frequent words; ties alphabetical, so input order never matters."""
+    # A C-level sort by count alone, then the (slower) tie-breaking sort only near the top.
+    items = sorted(counts.items(), key=operator.itemgetter(1), reverse=True)
+    end = min(num_words, len(items))
+    if end:
+        cutoff = items[end - 1][1]
+        while end < len(items) and items[end][1] == cutoff:
+            end += 1
+    ranked = sorted(items[:end], key=lambda item: (-item[1], item[0]))[:num_words]
+    return tuple(word for word, _ in ranked)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,9 +188,7 @@ class Vocabulary:
             unique = set(tokens)
             ids.extend(map(word_ids.__getitem__, unique))
             lengths[row] = len(unique)
-        # Most occurrences first, then alphabetical: deterministic whatever the input order.
-        ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:num_words]
-        vocabulary = cls(tuple(word for word, _ in ranked))
+        vocabulary = cls(_top_words(counts, num_words))
         column_of = np.full(len(word_ids), -1, dtype=np.int64)  # word id -> column, -1 if cut off
         column_of[[word_ids[word] for word in vocabulary.words]] = np.arange(len(vocabulary))
         return vocabulary, _multi_hot(column_of[np.frombuffer(ids, dtype=np.int64)], lengths, len(vocabulary))

@@ -77,6 +77,10 @@ class TestVocabularyFit:
         assert Vocabulary.fit(texts, 2).words == ("a", "b")
         assert len(Vocabulary.fit(texts, 3)) == 3
 
+    def test_ties_at_the_cut_off_are_broken_alphabetically(self):
+        assert Vocabulary.fit(["d c b a a", "e"], 2).words == ("a", "b")
+        assert Vocabulary.fit(["z y x", "z y x"], 1).words == ("x",)
+
     def test_fewer_distinct_words_than_num_words(self):
         vocab, x = Vocabulary.fit_transform(["one two", "two"], 100)
         assert vocab.words == ("two", "one")
