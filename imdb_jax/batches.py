@@ -23,7 +23,8 @@ def shuffled_order(num_rows: int, seed: Any) -> np.ndarray:
 
     Args:
         num_rows: length of the permutation.
-        seed: an ``int`` (seeds ``numpy.random.default_rng``) or a ``jax.random`` key.
+        seed: an ``int`` (seeds ``numpy.random.default_rng``), a ``numpy.random.Generator`` or a
+            ``jax.random`` key.
 
     Returns:
         int64[num_rows] permutation.
@@ -36,6 +37,8 @@ def shuffled_order(num_rows: int, seed: Any) -> np.ndarray:
         raise TypeError("seed must be an int or a jax.random key, not a bool")
     if isinstance(seed, (int, np.integer)):
         return np.random.default_rng(int(seed)).permutation(num_rows)
+    if isinstance(seed, np.random.Generator):  # advances the caller's generator
+        return seed.permutation(num_rows)
     import jax
 
     return np.asarray(jax.random.permutation(seed, num_rows), dtype=np.int64)
@@ -55,7 +58,8 @@ def iterate_batches(
         y: optional [rows] labels.
         batch_size: rows per batch; the last batch holds the remainder and is kept.
         shuffle: visit the rows in a permutation drawn from ``seed`` (required then).
-        seed: ``int`` or ``jax.random`` key; the same seed gives the same order.
+        seed: ``int``, ``numpy.random.Generator`` or ``jax.random`` key; the same seed gives the
+            same order.
 
     Yields:
         ``(x_batch, y_batch)`` with ``x_batch: float32[batch, num_words]`` and

@@ -79,6 +79,16 @@ def test_shuffle_is_a_permutation_deterministic_per_seed(xy, seed):
         np.testing.assert_array_equal(x_batch, x[y_batch.astype(int)].toarray())  # rows follow labels
 
 
+def test_numpy_generator_seed(xy):
+    x, y = xy
+    orders = [
+        np.concatenate([labels for _, labels in iterate_batches(x, y, 16, shuffle=True, seed=np.random.default_rng(5))])
+        for _ in range(2)
+    ]
+    np.testing.assert_array_equal(*orders)
+    np.testing.assert_array_equal(orders[0], np.random.default_rng(5).permutation(50))
+
+
 def test_different_seeds_give_different_orders(xy):
     x, y = xy
     orders = [
