@@ -1,0 +1,183 @@
+"""Saving a model to a folder and loading it back."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+
+import jax
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from imdb_jax.checkpoint import HISTORY_FILE, MODEL_FILE, PARAMS_FILE, SavedModel, load_model, save_model
+from imdb_jax.config import ModelConfig
+from imdb_jax.errors import ImdbJaxError
+from imdb_jax.steps import create_train_state
+from imdb_jax.text import Vocabulary
+from imdb_jax.train import predict, predict_epoch
+
+WORDS = ("great", "bad", "film", "wonderful", "awful", "plot", "acting", "don't", "boring", "fun")
+CONFIG = ModelConfig(num_words=len(WORDS), hidden_units=(6, 4), dropout_rate=0.25, l2=0.001)
+HISTORY = {"loss": [0.7, 0.5], "accuracy": [0.5, 0.75], "val_loss": [0.65, math.nan], "val_accuracy": [0.6, math.nan], "diverged": [False, True]}
+METRICS = {"test_loss": 0.31, "test_accuracy": 0.875}
+
+
+def _column_rows(rows: list[list[str]]) -> sp.csr_matrix:
+    """Multi-hot rows built by hand from the word list, independently of the tokeniser."""
+    dense = np.zeros((len(rows), len(WORDS)), np.float32)
+    for row, words in enumerate(rows):
+        dense[row, [WORDS.index(word) for word in words]] = 1.0
+    return sp.csr_matrix(dense)
+
+
+@pytest.fixture(scope="module")
+def state():
+    """An initial state with every weight moved, so predictions depend on all of them."""
+    state = create_train_state(jax.random.key(0), CONFIG)
+    noise = jax.tree_util.tree_map(lambda leaf: 0.5 * np.random.default_rng(leaf.size).standard_normal(leaf.shape).astype(np.float32), state.params)
+    return state.replace(params=jax.tree_util.tree_map(lambda leaf, extra: leaf + extra, state.params, noise), step=np.int32(40))
+
+
+@pytest.fixture(scope="module")
+def saved(state, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("model") / "nested" / "model"
+    assert save_model(folder, state, CONFIG, Vocabulary(WORDS), HISTORY, METRICS) == folder
+    return folder
+
+
+def test_save_then_load_gives_identical_predictions(state, saved):
+    loaded = load_model(saved)
+    assert isinstance(loaded, SavedModel)
+    assert loaded.config == CONFIG
+    assert loaded.vocabulary == Vocabulary(WORDS)
+    assert loaded.metrics == METRICS
+    assert int(loaded.state.step) == 40
+    for got, expected in zip(jax.tree_util.tree_leaves(loaded.state.params), jax.tree_util.tree_leaves(state.params)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+    # The settings that shape the loss come back with the config (dropout, penalties).
+    assert float(loaded.state.hparams["l2"]) == pytest.approx(0.001)
+    assert float(loaded.state.hparams["dropout_rate"]) == pytest.approx(0.25)
+    x = _column_rows([["great", "film"], ["bad", "awful", "boring"], [], list(WORDS)])
+    np.testing.assert_array_equal(predict(loaded.state, x), predict(state, x))
+    # The history survives, NaN (diverged) epochs included.
+    assert loaded.history["loss"] == HISTORY["loss"] and loaded.history["diverged"] == [False, True]
+    assert loaded.history["val_loss"][0] == 0.65 and math.isnan(loaded.history["val_loss"][1])
+
+
+def test_saved_files_are_plain_numpy_and_json(state, saved):
+    with np.load(saved / PARAMS_FILE, allow_pickle=False) as archive:
+        assert sorted(archive.files) == sorted(
+            f"{layer}/{name}" for layer in ("hidden_0", "hidden_1", "output") for name in ("kernel", "bias")
+        )
+        np.testing.assert_array_equal(archive["hidden_0/kernel"], np.asarray(state.params["hidden_0"]["kernel"]))
+    model = json.loads((saved / MODEL_FILE).read_text())
+    assert model["format_version"] == 1 and model["package_version"]
+    assert model["config"] == CONFIG.to_dict()
+    assert model["vocabulary"] == {"tokenizer": Vocabulary(WORDS).tokenizer, "words": list(WORDS)}
+    assert json.loads((saved / HISTORY_FILE).read_text())["val_loss"] == [0.65, None]  # strict JSON
+    assert sorted(path.name for path in saved.iterdir()) == sorted([PARAMS_FILE, MODEL_FILE, HISTORY_FILE])  # no temporaries
+
+
+def test_predict_texts_vectorises_raw_text_with_the_saved_vocabulary(state, saved):
+    loaded = load_model(saved)
+    texts = ["A GREAT film!<br />Great fun.", "bad, awful; boring plot", "zzz unknown words only", "", b"don't \xff miss: wonderful"]
+    expected = predict(state, _column_rows([["great", "film", "fun"], ["bad", "awful", "boring", "plot"], [], [], ["don't", "wonderful"]]))
+    np.testing.assert_allclose(loaded.predict_texts(texts), expected, rtol=1e-6)
+    programs = predict_epoch._cache_size()
+    assert loaded.predict_texts("bad, awful; boring plot").shape == (1,)
+    assert loaded.predict_texts(["great acting"] * 6 + ["fun"]).shape == (7,)
+    assert predict_epoch._cache_size() == programs  # small inputs share one padded shape
+    assert loaded.predict_texts([]).shape == (0,)
+
+
+def test_saving_refuses_a_vocabulary_or_params_that_do_not_fit(state, tmp_path):
+    with pytest.raises(ImdbJaxError, match="vocabulary has 9 words"):
+        save_model(tmp_path / "a", state, CONFIG, Vocabulary(WORDS[:9]))
+    wider = ModelConfig(num_words=len(WORDS), hidden_units=(7, 4))
+    with pytest.raises(ImdbJaxError, match="hidden_0/kernel"):
+        save_model(tmp_path / "b", state, wider, Vocabulary(WORDS))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def _rewrite_model_json(folder, change):
+    model = json.loads((folder / MODEL_FILE).read_text())
+    change(model)
+    (folder / MODEL_FILE).write_text(json.dumps(model))
+
+
+def _swap_params(folder, arrays):
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    (folder / PARAMS_FILE).write_bytes(buffer.getvalue())
+    _rewrite_model_json(folder, lambda model: model.update(params_sha256=hashlib.sha256(buffer.getvalue()).hexdigest()))
+
+
+def _wrong_shape(folder):
+    with np.load(folder / PARAMS_FILE) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    arrays["hidden_1/kernel"] = np.zeros((6, 5), np.float32)
+    _swap_params(folder, arrays)
+
+
+def _missing_param(folder):
+    with np.load(folder / PARAMS_FILE) as archive:
+        arrays = {name: archive[name] for name in archive.files if name != "output/bias"}
+    _swap_params(folder, arrays)
+
+
+def _not_npz(folder):
+    data = b"this is not a zip file"
+    (folder / PARAMS_FILE).write_bytes(data)
+    _rewrite_model_json(folder, lambda model: model.update(params_sha256=hashlib.sha256(data).hexdigest()))
+
+
+CORRUPTIONS = {
+    "no model.json": (lambda folder: (folder / MODEL_FILE).unlink(), "model.json is missing"),
+    "no params.npz": (lambda folder: (folder / PARAMS_FILE).unlink(), "params.npz is missing"),
+    "model.json not JSON": (lambda folder: (folder / MODEL_FILE).write_text('{"format": '), "not valid JSON"),
+    "model.json of something else": (lambda folder: (folder / MODEL_FILE).write_text("[1, 2]"), "not an imdb_jax model"),
+    "newer format": (lambda folder: _rewrite_model_json(folder, lambda m: m.update(format_version=99)), "format 99"),
+    "bad config": (lambda folder: _rewrite_model_json(folder, lambda m: m["config"].update(dropout_rate=1.5)), "dropout_rate"),
+    "config without vocabulary": (lambda folder: _rewrite_model_json(folder, lambda m: m.pop("vocabulary")), "vocabulary"),
+    "vocabulary of another size": (lambda folder: _rewrite_model_json(folder, lambda m: m["vocabulary"]["words"].pop()), "9 words"),
+    "truncated params.npz": (lambda folder: (folder / PARAMS_FILE).write_bytes((folder / PARAMS_FILE).read_bytes()[:300]), "checksum"),
+    "params.npz not an npz": (_not_npz, "not a readable .npz"),
+    "parameter of the wrong shape": (_wrong_shape, r"hidden_1/kernel is float32\[6, 5\], the config needs float32\[6, 4\]"),
+    "parameter missing": (_missing_param, "missing parameter output/bias"),
+    "history.json not JSON": (lambda folder: (folder / HISTORY_FILE).write_text("nan nan"), "history.json"),
+}
+
+
+@pytest.mark.parametrize("corruption", list(CORRUPTIONS))
+def test_a_folder_that_is_not_a_model_raises_a_clear_error(state, tmp_path, corruption):
+    folder = save_model(tmp_path / "model", state, CONFIG, Vocabulary(WORDS), HISTORY, METRICS)
+    load_model(folder)  # intact, it loads
+    damage, message = CORRUPTIONS[corruption]
+    damage(folder)
+    with pytest.raises(ImdbJaxError, match=message) as error:
+        load_model(folder)
+    assert str(folder) in str(error.value)
+
+
+def test_missing_or_empty_folders_are_not_models(tmp_path):
+    with pytest.raises(ImdbJaxError, match="no such folder"):
+        load_model(tmp_path / "absent")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ImdbJaxError, match="model.json is missing"):
+        load_model(tmp_path / "empty")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ImdbJaxError, match="not a model folder"):
+        load_model(tmp_path / "file")
+
+
+def test_saving_again_replaces_the_model(state, tmp_path):
+    folder = save_model(tmp_path / "model", state, CONFIG, Vocabulary(WORDS), HISTORY, METRICS)
+    moved = state.replace(params=jax.tree_util.tree_map(lambda leaf: leaf * 2, state.params))
+    save_model(folder, moved, CONFIG, Vocabulary(WORDS))
+    loaded = load_model(folder)
+    np.testing.assert_array_equal(np.asarray(loaded.state.params["output"]["kernel"]), np.asarray(moved.params["output"]["kernel"]))
+    assert loaded.history is None and loaded.metrics is None
+    assert not [path for path in folder.iterdir() if path.name.startswith(".")]
