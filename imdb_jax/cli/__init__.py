@@ -12,7 +12,7 @@ import sys
 
 from imdb_jax.errors import ImdbJaxError
 
-COMMANDS = ("data",)
+COMMANDS = ("data", "train", "predict", "evaluate")
 
 
 class _Parser(argparse.ArgumentParser):

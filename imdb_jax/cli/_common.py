@@ -1,0 +1,58 @@
+"""Options and helpers shared by the model commands (`train`, `predict`, `evaluate`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from imdb_jax.errors import ImdbJaxError
+
+
+def add_data_options(parser: argparse.ArgumentParser, *, num_words: bool = True) -> None:
+    """--data-dir, --cache-dir, [--num-words,] --no-progress."""
+    parser.add_argument("--data-dir", help="TFDS data_dir, aclImdb folder or aclImdb_v1.tar.gz (default: $TFDS_DATA_DIR)")
+    parser.add_argument("--cache-dir", help="cache folder (default: $IMDB_JAX_CACHE_DIR or ~/.cache/imdb_jax)")
+    if num_words:
+        parser.add_argument("--num-words", type=int, default=10000, help="vocabulary size (default: 10000)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+
+
+def load_data(args: argparse.Namespace, num_words: int) -> Any:
+    """`load_imdb` with the data options of `args`."""
+    from imdb_jax.data import load_imdb
+
+    return load_imdb(num_words=num_words, data_dir=args.data_dir, cache_dir=args.cache_dir, progress=not args.no_progress)
+
+
+def positive(name: str, value: int) -> int:
+    """`value`, or an `ImdbJaxError` naming the option when it is not a positive integer."""
+    if value <= 0:
+        raise ImdbJaxError(f"{name} must be a positive integer, got {value}")
+    return value
+
+
+def parse_hidden_units(text: str) -> tuple[int, ...]:
+    """"16,16" -> (16, 16). Widths are checked by `ModelConfig`."""
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ImdbJaxError(f"--hidden-units must be comma-separated integers such as 16,16, got {text!r}") from None
+
+
+def print_json(value: Any) -> None:
+    """Prints `value` as exactly one line of strict JSON (NaN becomes null)."""
+    from imdb_jax.checkpoint import to_json_value
+
+    print(json.dumps(to_json_value(value), sort_keys=True, allow_nan=False), flush=True)
+
+
+def device_names() -> list[str]:
+    import jax
+
+    return [f"{device.platform}:{device.id} ({device.device_kind})" for device in jax.devices()]
+
+
+def label_of(probability: float) -> str:
+    """The sentiment a probability stands for (the accuracy's threshold: logit > 0)."""
+    return "positive" if probability > 0.5 else "negative"

@@ -1,0 +1,60 @@
+"""`imdb-jax evaluate`: loss and accuracy of a saved model on the test reviews."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from imdb_jax.cli._common import add_data_options, load_data, positive, print_json
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="loss and accuracy of a saved model on the test reviews",
+        description=__doc__.splitlines()[0].split(": ", 1)[1],
+        usage="%(prog)s --model DIR [options]",
+    )
+    parser.add_argument("--model", required=True, help="model folder written by `imdb-jax train`")
+    parser.add_argument("--batch-size", type=int, default=512, help="reviews per batch (default: 512)")
+    add_data_options(parser, num_words=False)
+    parser.add_argument("--json", action="store_true", help="print one JSON line")
+    parser.set_defaults(run=run)
+
+
+def scoring_split(model, args: argparse.Namespace):
+    """The test reviews vectorised with the model's own vocabulary, and how they were obtained.
+
+    The cached matrices of `load_imdb(num_words=model's)` are used when their vocabulary is the
+    model's (the usual case: same data, same tokeniser); otherwise the raw test reviews are read
+    again and vectorised with the saved vocabulary, so a model is always scored on its own columns.
+    """
+    from imdb_jax.data import Split
+    from imdb_jax.sources import resolve_source
+
+    data = load_data(args, model.config.num_words)
+    if data.vocabulary.words == model.vocabulary.words:
+        return data.test, "the data's cached matrices (same vocabulary as the model)"
+    raw = resolve_source(args.data_dir).read(progress=not args.no_progress)
+    x = model.vocabulary.transform(raw.test_texts, progress=not args.no_progress, desc="tokenising test")
+    return Split(x, raw.test_labels.astype("float32")), "the raw test reviews vectorised with the model's vocabulary"
+
+
+def run(args: argparse.Namespace) -> int:
+    from imdb_jax.checkpoint import load_model
+    from imdb_jax.train import evaluate
+
+    positive("--batch-size", args.batch_size)
+    model = load_model(args.model)
+    started = time.perf_counter()
+    test, how = scoring_split(model, args)
+    metrics = evaluate(model.state, test, batch_size=args.batch_size)
+    seconds = time.perf_counter() - started
+    if args.json:
+        print_json({"model": str(args.model), "test_loss": metrics["loss"], "test_accuracy": metrics["accuracy"],
+                    "num_test": len(test), "vectorised_with": how, "seconds": seconds})
+        return 0
+    print(f"model: {args.model} (hidden {'-'.join(map(str, model.config.hidden_units))}, {model.config.num_words} words)")
+    print(f"test reviews: {len(test)}, from {how}")
+    print(f"test loss: {metrics['loss']:.4f}  test accuracy: {metrics['accuracy']:.4f}")
+    return 0

@@ -1,0 +1,182 @@
+"""`imdb-jax train`: train one model (the seed's final run by default), score it on the test set, save it."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from imdb_jax.cli._common import add_data_options, device_names, label_of, load_data, parse_hidden_units, positive, print_json
+from imdb_jax.errors import ImdbJaxError
+
+SAMPLE_PREDICTIONS = 10
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train a model, score it on the test reviews and save it",
+        description=__doc__.splitlines()[0].split(": ", 1)[1],
+        usage="%(prog)s [options]",
+    )
+    parser.add_argument("--hidden-units", default="16,16", help="hidden layer widths, first to last (default: 16,16)")
+    parser.add_argument("--epochs", type=int, default=4, help="passes over the training reviews (default: 4)")
+    parser.add_argument("--batch-size", type=int, default=512, help="reviews per update (default: 512)")
+    parser.add_argument("--learning-rate", type=float, default=1e-3, help="rmsprop step size (default: 0.001)")
+    parser.add_argument("--weight-decay", type=float, default=0.0, help="decoupled weight decay (default: 0)")
+    parser.add_argument("--l1", type=float, default=0.0, help="L1 penalty factor on hidden kernels (default: 0)")
+    parser.add_argument("--l2", type=float, default=0.0, help="L2 penalty factor on hidden kernels (default: 0)")
+    parser.add_argument("--dropout", type=float, default=0.0, help="dropout after each hidden layer, in [0, 1) (default: 0)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the initial weights, dropout and shuffling (default: 0)")
+    parser.add_argument(
+        "--validation",
+        type=int,
+        default=0,
+        metavar="N",
+        help="hold out the first N training reviews and report validation curves (default: 0, train on all)",
+    )
+    parser.add_argument("--first-layer", choices=("auto", "sparse", "dense"), default="auto", help="first layer kind (default: auto)")
+    parser.add_argument("--output", help="model folder (default: runs/train-<timestamp>)")
+    add_data_options(parser)
+    parser.add_argument("--json", action="store_true", help="print one JSON line instead of the report")
+    parser.set_defaults(run=run)
+
+
+def _default_output() -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = Path("runs") / f"train-{stamp}"
+    suffix = 1
+    while path.exists():
+        suffix += 1
+        path = Path("runs") / f"train-{stamp}-{suffix}"
+    return path
+
+
+def best_epochs(history: dict[str, list]) -> dict[str, Any]:
+    """The epochs (1-based) with the lowest validation loss and the highest validation accuracy."""
+    val_loss = [math.inf if math.isnan(value) else value for value in history["val_loss"]]
+    val_accuracy = [-math.inf if math.isnan(value) else value for value in history["val_accuracy"]]
+    by_loss = min(range(len(val_loss)), key=val_loss.__getitem__)
+    by_accuracy = max(range(len(val_accuracy)), key=val_accuracy.__getitem__)
+    return {
+        "best_val_loss_epoch": by_loss + 1,
+        "best_val_loss": history["val_loss"][by_loss],
+        "val_accuracy_at_best_loss": history["val_accuracy"][by_loss],
+        "best_val_accuracy_epoch": by_accuracy + 1,
+        "best_val_accuracy": history["val_accuracy"][by_accuracy],
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    from imdb_jax.config import ModelConfig
+
+    # Every option is checked before the data is loaded or anything compiles.
+    positive("--epochs", args.epochs)
+    positive("--batch-size", args.batch_size)
+    positive("--num-words", args.num_words)
+    if args.validation < 0:
+        raise ImdbJaxError(f"--validation must be 0 (none) or a number of reviews to hold out, got {args.validation}")
+    config = ModelConfig(
+        num_words=args.num_words,
+        hidden_units=parse_hidden_units(args.hidden_units),
+        dropout_rate=args.dropout,
+        l1=args.l1,
+        l2=args.l2,
+        weight_decay=args.weight_decay,
+        learning_rate=args.learning_rate,
+    )
+    output = Path(args.output) if args.output else _default_output()
+    if output.exists() and not output.is_dir():
+        raise ImdbJaxError(f"--output {output} exists and is not a folder")
+
+    from imdb_jax.checkpoint import save_model
+    from imdb_jax.plots import plot_history
+    from imdb_jax.train import evaluate, fit, predict
+
+    started = time.perf_counter()
+    data = load_data(args, args.num_words)
+    config = dataclasses.replace(config, num_words=data.num_words)  # fewer when the corpus has fewer words
+    if args.validation:
+        train, validation = data.split_validation(args.validation)
+    else:
+        train, validation = data.train, None
+    loaded = time.perf_counter()
+
+    state, history = fit(
+        config,
+        train,
+        validation,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        first_layer=args.first_layer,
+        progress=not args.no_progress,
+    )
+    trained = time.perf_counter()
+    test = evaluate(state, data.test, batch_size=args.batch_size, first_layer=args.first_layer)
+    evaluated = time.perf_counter()
+    sample = min(SAMPLE_PREDICTIONS, len(data.test))
+    probabilities = predict(state, data.test.x[:sample], first_layer=args.first_layer)
+
+    metrics = {
+        "test_loss": test["loss"],
+        "test_accuracy": test["accuracy"],
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "num_train": len(train),
+        "num_validation": 0 if validation is None else len(validation),
+    }
+    save_model(output, state, config, data.vocabulary, history, metrics)
+    plots = plot_history(history, output / "history")
+    seconds = {
+        "load_data": loaded - started,
+        "fit": trained - loaded,
+        "evaluate": evaluated - trained,
+        "total": time.perf_counter() - started,
+    }
+    best = best_epochs(history) if validation is not None else {}
+
+    if args.json:
+        print_json(
+            {
+                **metrics,
+                **best,
+                "history": history,
+                "output": str(output),
+                "plots": [str(path) for path in plots],
+                "config": config.to_dict(),
+                "seconds": seconds,
+                # Includes compilation, which the first epoch pays.
+                "fit_seconds_per_epoch": seconds["fit"] / args.epochs,
+                "devices": device_names(),
+            }
+        )
+        return 0
+
+    held_out = f", first {len(validation)} held out for validation" if validation is not None else ""
+    print(f"data: {len(train)} training reviews{held_out}; {len(data.test)} test reviews; {data.num_words} words ({data.source})")
+    print(
+        f"model: hidden {'-'.join(map(str, config.hidden_units))}, {args.epochs} epochs, batch {args.batch_size}, "
+        f"seed {args.seed}; trained in {seconds['fit']:.1f} s ({seconds['fit'] / args.epochs:.2f} s/epoch "
+        f"including compilation) on {', '.join(device_names())}"
+    )
+    columns = ["loss", "accuracy"] + (["val_loss", "val_accuracy"] if validation is not None else [])
+    print("epoch  " + "  ".join(f"{name:>12}" for name in columns))
+    for epoch in range(args.epochs):
+        print(f"{epoch + 1:>5}  " + "  ".join(f"{history[name][epoch]:>12.4f}" for name in columns))
+    if best:
+        print(
+            f"best validation loss {best['best_val_loss']:.4f} at epoch {best['best_val_loss_epoch']} "
+            f"(val accuracy {best['val_accuracy_at_best_loss']:.4f}); best validation accuracy "
+            f"{best['best_val_accuracy']:.4f} at epoch {best['best_val_accuracy_epoch']}"
+        )
+    print(f"test loss: {test['loss']:.4f}  test accuracy: {test['accuracy']:.4f}")
+    print(f"predictions on the first {sample} test reviews:")
+    for probability, label in zip(probabilities, data.test.y[:sample]):
+        print(f"  {probability:.4f}  {label_of(probability):<8}  (label: {label_of(label)})")
+    print(f"model saved to {output}; plots: {', '.join(str(path) for path in plots)}")
+    return 0

@@ -1,0 +1,242 @@
+"""`imdb-jax train`, `predict` and `evaluate`, run in-process on a small corpus and on the real data."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+from imdb_jax.checkpoint import load_model, save_model
+from imdb_jax.cli import main
+from imdb_jax.plots import plot_curves, plot_history
+from imdb_jax.text import Vocabulary
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+POSITIVE = ("great", "wonderful", "loved", "superb", "moving")
+NEGATIVE = ("awful", "boring", "terrible", "dull", "waste")
+NEUTRAL = ("the", "film", "plot", "actor", "scene", "story", "music", "ending")
+
+
+def _write_corpus(folder: Path) -> Path:
+    """A small aclImdb folder: 24 training and 12 test reviews whose sentiment words decide."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 12), ("test", 6)):
+        for label, words in (("pos", POSITIVE), ("neg", NEGATIVE)):
+            (folder / split / label).mkdir(parents=True)
+            for index in range(count):
+                review = list(rng.choice(NEUTRAL, 6)) + list(rng.choice(words, 2))
+                rng.shuffle(review)
+                (folder / split / label / f"{index}_{7 if label == 'pos' else 2}.txt").write_text(" ".join(review) + ".<br />")
+    return folder
+
+
+def _run(argv: list[str]) -> tuple[int, str, str]:
+    """`imdb-jax ARGV` in-process: (exit status, stdout, stderr)."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            status = main(argv)
+        except SystemExit as exit:  # argparse's own errors
+            status = exit.code
+    return status, stdout.getvalue(), stderr.getvalue()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    return {"data_dir": str(_write_corpus(root / "aclImdb")), "cache_dir": str(root / "cache")}
+
+
+@pytest.fixture(scope="module")
+def trained(corpus, tmp_path_factory):
+    """One `train --json` run on the small corpus, with 8 reviews held out."""
+    output = tmp_path_factory.mktemp("runs") / "model"
+    status, stdout, stderr = _run(
+        ["train", "--data-dir", corpus["data_dir"], "--cache-dir", corpus["cache_dir"], "--output", str(output),
+         "--hidden-units", "8,8", "--epochs", "12", "--batch-size", "8", "--learning-rate", "0.01",
+         "--validation", "8", "--no-progress", "--json"]
+    )
+    assert status == 0, stderr
+    return {"output": output, "stdout": stdout, "stderr": stderr}
+
+
+def test_train_json_prints_one_line_and_saves_model_and_plots(trained):
+    lines = trained["stdout"].splitlines()
+    assert len(lines) == 1
+    report = json.loads(lines[0])
+    assert report["output"] == str(trained["output"])
+    assert report["epochs"] == 12 and report["num_train"] == 16 and report["num_validation"] == 8
+    assert set(report["history"]) == {"loss", "accuracy", "val_loss", "val_accuracy", "diverged"}
+    assert all(len(report["history"][key]) == 12 for key in report["history"])
+    assert report["history"]["loss"][-1] < report["history"]["loss"][0]
+    assert 1 <= report["best_val_loss_epoch"] <= 12
+    assert report["best_val_loss"] == min(report["history"]["val_loss"])
+    assert report["test_accuracy"] >= 0.75  # 12 test reviews whose sentiment words decide
+    assert report["config"]["hidden_units"] == [8, 8] and report["config"]["learning_rate"] == 0.01
+    assert report["config"]["num_words"] == len(POSITIVE + NEGATIVE + NEUTRAL)  # the corpus has fewer words than 10,000
+    assert report["seconds"]["fit"] > 0 and report["devices"]
+    for plot in report["plots"]:
+        assert Path(plot).parent == trained["output"] and Path(plot).read_bytes().startswith(PNG_SIGNATURE)
+    assert sorted(Path(plot).name for plot in report["plots"]) == ["history_accuracy.png", "history_loss.png"]
+    model = load_model(trained["output"])
+    assert model.metrics["test_accuracy"] == report["test_accuracy"]
+    assert model.history["val_loss"] == report["history"]["val_loss"]
+
+
+def test_saved_model_predicts_raw_text(trained):
+    model = load_model(trained["output"])
+    probabilities = model.predict_texts(["A great, wonderful story. Loved it!", "Awful and boring: a waste."])
+    assert probabilities[0] > 0.5 > probabilities[1]
+
+
+def test_predict_prints_probability_and_label_per_review(trained):
+    status, stdout, _ = _run(["predict", "--model", str(trained["output"]), "superb moving film", "dull terrible plot"])
+    assert status == 0
+    first, second = stdout.splitlines()
+    assert first.split()[1] == "positive" and float(first.split()[0]) > 0.5 and first.endswith("superb moving film")
+    assert second.split()[1] == "negative" and float(second.split()[0]) < 0.5
+    status, stdout, _ = _run(["predict", "--model", str(trained["output"]), "--json", "great", ""])
+    report = json.loads(stdout)
+    assert len(stdout.splitlines()) == 1 and [p["text"] for p in report["predictions"]] == ["great", ""]
+    assert report["predictions"][0]["label"] == "positive"
+
+
+def _stdin(data: bytes):
+    return io.TextIOWrapper(io.BytesIO(data), encoding="utf-8")
+
+
+def test_predict_reads_reviews_from_stdin_and_survives_bad_bytes(trained, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", _stdin(b"great wonderful\n\n  \n\xff\xfe awful \xc3 waste\n"))
+    status, stdout, stderr = _run(["predict", "--model", str(trained["output"]), "--json"])
+    assert status == 0, stderr
+    predictions = json.loads(stdout)["predictions"]
+    assert [p["label"] for p in predictions] == ["positive", "negative"]  # blank lines skipped
+    assert "\ufffd" in predictions[1]["text"]
+    monkeypatch.setattr(sys, "stdin", _stdin(b""))
+    status, stdout, stderr = _run(["predict", "--model", str(trained["output"])])
+    assert status == 0 and stdout == "" and "no reviews" in stderr
+
+
+def test_evaluate_scores_the_saved_model_on_the_test_split(trained, corpus):
+    status, stdout, stderr = _run(
+        ["evaluate", "--model", str(trained["output"]), "--data-dir", corpus["data_dir"], "--cache-dir", corpus["cache_dir"], "--no-progress", "--json"]
+    )
+    assert status == 0, stderr
+    report, train_report = json.loads(stdout), json.loads(trained["stdout"])
+    assert report["num_test"] == 12
+    assert report["test_accuracy"] == train_report["test_accuracy"]
+    assert report["test_loss"] == pytest.approx(train_report["test_loss"], rel=1e-6)
+    assert "cached" in report["vectorised_with"]
+
+
+def test_evaluate_vectorises_with_the_model_vocabulary_when_it_differs(trained, corpus, tmp_path):
+    """The same model with its columns permuted must score the same: evaluate has to re-vectorise
+    the raw test reviews with the model's own vocabulary, not use the data's matrices."""
+    model = load_model(trained["output"])
+    order = np.random.default_rng(1).permutation(len(model.vocabulary))
+    words = tuple(model.vocabulary.words[index] for index in order)
+    kernel = np.asarray(model.state.params["hidden_0"]["kernel"])[order]
+    params = {**model.state.params, "hidden_0": {**model.state.params["hidden_0"], "kernel": kernel}}
+    save_model(tmp_path / "permuted", model.state.replace(params=params), model.config, Vocabulary(words))
+    status, stdout, stderr = _run(
+        ["evaluate", "--model", str(tmp_path / "permuted"), "--data-dir", corpus["data_dir"], "--cache-dir", corpus["cache_dir"], "--no-progress", "--json"]
+    )
+    assert status == 0, stderr
+    report = json.loads(stdout)
+    assert "raw test reviews" in report["vectorised_with"]
+    assert report["test_accuracy"] == json.loads(trained["stdout"])["test_accuracy"]
+    assert report["test_loss"] == pytest.approx(json.loads(trained["stdout"])["test_loss"], rel=1e-5)
+
+
+BAD_TRAIN_OPTIONS = {
+    "negative width": (["--hidden-units", "16,-4"], "widths must be positive"),
+    "zero width": (["--hidden-units", "0"], "widths must be positive"),
+    "not a width": (["--hidden-units", "16,x"], "comma-separated integers"),
+    "zero epochs": (["--epochs", "0"], "--epochs must be a positive integer"),
+    "zero batch size": (["--batch-size", "0"], "--batch-size must be a positive integer"),
+    "dropout of one": (["--dropout", "1"], "dropout_rate must be in"),
+    "negative l2": (["--l2", "-0.1"], "l2 must be"),
+    "zero learning rate": (["--learning-rate", "0"], "learning_rate must be positive"),
+    "negative validation": (["--validation", "-5"], "--validation"),
+    "unknown flag": (["--colour", "blue"], "unrecognized arguments: --colour"),
+    "unknown first layer": (["--first-layer", "conv"], "invalid choice"),
+    "epochs not a number": (["--epochs", "four"], "invalid int value"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_TRAIN_OPTIONS))
+def test_bad_train_options_end_with_a_message_not_a_traceback(case, tmp_path):
+    options, message = BAD_TRAIN_OPTIONS[case]
+    status, stdout, stderr = _run(["train", "--output", str(tmp_path / "run"), "--data-dir", str(tmp_path / "nowhere"), *options])
+    assert status == 2
+    assert message in stderr and "error:" in stderr.splitlines()[-1]
+    assert "Traceback" not in stderr and stdout == ""
+    assert not (tmp_path / "run").exists()  # rejected before loading data or training
+
+
+def test_validation_larger_than_the_training_set_is_refused(corpus, tmp_path):
+    status, _, stderr = _run(["train", "--data-dir", corpus["data_dir"], "--cache-dir", corpus["cache_dir"], "--output", str(tmp_path / "run"), "--validation", "24", "--no-progress"])
+    assert status == 2 and "num_validation must be between 1 and 23" in stderr and "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_a_folder_that_is_not_a_model_is_refused(command, tmp_path):
+    (tmp_path / "empty").mkdir()
+    for folder in (tmp_path / "empty", tmp_path / "absent"):
+        status, stdout, stderr = _run([command, "--model", str(folder), "some text"] if command == "predict" else [command, "--model", str(folder)])
+        assert status == 2 and stdout == ""
+        assert stderr.startswith(f"imdb-jax {command}: error: {folder} is not a model folder") and len(stderr.splitlines()) == 1
+
+
+def test_plot_curves_draws_named_curves_and_plot_history_without_validation(tmp_path):
+    figure = Figure()
+    axes = figure.add_subplot()
+    lines = plot_curves(axes, {"16-16": [0.6, 0.4, 0.35], "512": [0.5, 0.3, 0.6]}, ylabel="validation loss")
+    assert [line.get_label() for line in lines] == ["16-16", "512"]
+    np.testing.assert_array_equal(lines[1].get_xdata(), [1, 2, 3])
+    np.testing.assert_array_equal(lines[1].get_ydata(), [0.5, 0.3, 0.6])
+    assert axes.get_ylabel() == "validation loss" and [text.get_text() for text in axes.get_legend().get_texts()] == ["16-16", "512"]
+
+    paths = plot_history({"loss": [0.5, 0.3], "accuracy": [0.8, 0.9], "diverged": [False, False]}, tmp_path / "sub" / "run")
+    assert [path.name for path in paths] == ["run_loss.png", "run_accuracy.png"]
+    assert all(path.read_bytes().startswith(PNG_SIGNATURE) for path in paths)
+
+
+def test_the_default_train_run_on_the_real_data(imdb_data, real_data_dir, imdb_cache_dir, tmp_path, monkeypatch):
+    """The seed's final run: 16-16, 4 epochs on all 25,000 training reviews, batch 512, seed 0,
+    with the plain report (test metrics, predictions beside labels) and the default output folder."""
+    monkeypatch.chdir(tmp_path)
+    status, stdout, stderr = _run(["train", "--data-dir", str(real_data_dir), "--cache-dir", str(imdb_cache_dir), "--no-progress"])
+    assert status == 0, stderr
+    assert "data: 25000 training reviews; 25000 test reviews; 10000 words" in stdout
+    assert "hidden 16-16, 4 epochs, batch 512, seed 0" in stdout
+    (accuracy_line,) = [line for line in stdout.splitlines() if line.startswith("test loss:")]
+    test_loss, test_accuracy = float(accuracy_line.split()[2]), float(accuracy_line.split()[5])
+    assert test_accuracy >= 0.875, stdout
+    assert 0.2 < test_loss < 0.4
+
+    prediction_lines = [line for line in stdout.splitlines() if "(label: " in line]
+    assert len(prediction_lines) == 10
+    for line, label in zip(prediction_lines, imdb_data.y_test[:10]):
+        probability, predicted, _, shown_label = line.split()
+        assert predicted == ("positive" if float(probability) > 0.5 else "negative")
+        assert shown_label == ("positive)" if label == 1.0 else "negative)")
+    assert sum(line.split()[1] == line.split()[3].rstrip(")") for line in prediction_lines) >= 7
+
+    (output,) = (tmp_path / "runs").iterdir()
+    assert output.name.startswith("train-") and f"model saved to {Path('runs') / output.name}" in stdout
+    assert (output / "history_loss.png").exists() and (output / "history_accuracy.png").exists()
+    model = load_model(output)
+    assert model.vocabulary.words == imdb_data.vocabulary.words
+    assert model.metrics["test_accuracy"] == pytest.approx(test_accuracy, abs=1e-4)
+    positive, negative = model.predict_texts(
+        ["One of the best films I have seen: a wonderful, moving story and brilliant acting.",
+         "The worst movie ever. Boring, stupid and a complete waste of time."]
+    )
+    assert positive > 0.5 > negative
