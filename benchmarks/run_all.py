@@ -1,0 +1,93 @@
+"""Runs every benchmark in one go and writes the full table.
+
+Each script runs in its own process, one after another, all sharing one baselines cache so each
+Keras / scikit-learn baseline is measured once per run and every ratio still comes from the same
+run. Output goes to runs/benchmarks-<UTC time>/ (git-ignored):
+  <script>.jsonl   the JSON lines of each script
+  results.jsonl    all of them
+  table.md         the Markdown table for benchmarks/README.md (machine, date, command on top)
+and the readable table is printed at the end.
+
+  python benchmarks/run_all.py                       # the default suite, about 10-15 minutes
+  python benchmarks/run_all.py --keras-study         # plus Keras' sequential study (+8 minutes)
+  python benchmarks/run_all.py --quick               # a smoke run on small slices
+  python benchmarks/run_all.py --only single,variants --no-baselines
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+
+SCRIPTS = ("single", "variants", "study", "scaling")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--only", default=",".join(SCRIPTS), help=f"comma-separated subset of {', '.join(SCRIPTS)}")
+    parser.add_argument("--quick", action="store_true", help="pass --quick to every script")
+    parser.add_argument("--synthetic", action="store_true", help="pass --synthetic to every script")
+    parser.add_argument("--no-baselines", action="store_true", help="skip the Keras and scikit-learn baselines")
+    parser.add_argument("--keras-backends", default="tensorflow,jax", help="Keras backends (default: tensorflow,jax)")
+    parser.add_argument("--keras-study", action="store_true", help="also run the Keras study baseline (bench_study.py --keras-study)")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/benchmarks-<UTC time>)")
+    args = parser.parse_args(argv)
+    args.only = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = sorted(set(args.only) - set(SCRIPTS))
+    if unknown:
+        parser.error(f"unknown benchmark(s): {', '.join(unknown)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    out = args.out or common.REPO / "runs" / f"benchmarks-{stamp}"
+    out.mkdir(parents=True, exist_ok=True)
+    shared = ["--baselines-cache", str(out / "baselines.json"), "--keras-backends", args.keras_backends, "--no-table"]
+    shared += ["--quick"] if args.quick else []
+    shared += ["--synthetic"] if args.synthetic else []
+    shared += ["--no-baselines"] if args.no_baselines else []
+    records, failures, started = [], [], time.perf_counter()
+    for name in args.only:
+        command = [sys.executable, str(Path(__file__).resolve().parent / f"bench_{name}.py"), *shared]
+        if name == "study" and args.keras_study:
+            command.append("--keras-study")
+        common.log(f"== bench_{name} ==")
+        start = time.perf_counter()
+        done = subprocess.run(command, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        (out / f"{name}.jsonl").write_text(done.stdout)
+        lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+        records += lines
+        common.log(f"   {len(lines)} records in {time.perf_counter() - start:.0f} s")
+        if done.returncode != 0:
+            failures.append(f"bench_{name} exited {done.returncode}")
+    total = time.perf_counter() - started
+    (out / "results.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    env = common.env_record()
+    header = [
+        f"Machine: {env['cpu']}, {env['cpus_usable']} usable CPUs, {env['memory_gb']} GB; JAX {env['versions']['jax']} on {', '.join(env['devices'])}.",
+        f"Date: {env['date']}; commit {env['git']}; load average at the end {env['load_average']}.",
+        f"Command: `python benchmarks/run_all.py {' '.join(argv if argv is not None else sys.argv[1:])}`".rstrip() + f" ({total / 60:.1f} minutes).",
+        "",
+    ]
+    (out / "table.md").write_text("\n".join(header) + common.markdown_table(records) + "\n")
+    common.print_table(records, file=sys.stdout)
+    common.log(f"\nwrote {out}/ (results.jsonl, table.md) in {total / 60:.1f} minutes")
+    for failure in failures:
+        common.log(f"FAILED: {failure}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
