@@ -5,3 +5,7 @@ __version__ = "0.1.0"
 from imdb_jax.batches import iterate_batches
 from imdb_jax.data import IMDbData, Split, load_imdb
 from imdb_jax.text import Vocabulary, tokenize
+from imdb_jax.config import ModelConfig
+from imdb_jax.steps import TrainState, create_train_state, eval_step, train_step
+from imdb_jax.train import evaluate, fit, predict
+from imdb_jax.checkpoint import load_model, save_model
