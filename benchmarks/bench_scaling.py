@@ -56,8 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def worker(args: argparse.Namespace) -> int:
     """One setting in this fresh process: load, fit 1 + repeats epochs, report times and peaks."""
     from imdb_jax.config import ModelConfig
-    from imdb_jax.device_data import to_device
-    from imdb_jax.train import choose_first_layer, fit, words_per_review
+    from imdb_jax.train import fit
 
     num_words = args.worker
     start = time.perf_counter()
@@ -67,14 +66,14 @@ def worker(args: argparse.Namespace) -> int:
     result = {"num_words": num_words, "load_s": load_s, "load_peak_rss_bytes": load_peak, "dataset": dataset.describe(), "layers": []}
     config = ModelConfig(num_words=dataset.num_words, hidden_units=(16, 16))
     for first_layer in args.first_layers:
-        dense = choose_first_layer(first_layer, dataset.num_words, 16, words_per_review(to_device(dataset.train)))
+        path = common.first_layer_path(first_layer, dataset.train.x)
         resettable = common.reset_peak_rss()
         with common.EpochTimer() as timer:
-            fit(config, dataset.train, epochs=1 + args.repeats, batch_size=args.batch_size, first_layer="dense" if dense else "sparse", progress=False)
+            fit(config, dataset.train, epochs=1 + args.repeats, batch_size=args.batch_size, first_layer=first_layer, progress=False)
         result["layers"].append(
             {
                 "first_layer": first_layer,
-                "path": "dense" if dense else "sparse",
+                "path": path,
                 "timing": timer.figures(),
                 "train_peak_rss_bytes": common.peak_rss_bytes(),
                 "train_peak_scope": "since training began" if resettable else "process lifetime",
@@ -135,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         process_peak = common.megabytes(result["process_peak_rss_bytes"])
         for layer in result["layers"]:
             timing = layer["timing"]
-            name = f"imdb_jax {num_words // 1000}k words {layer['first_layer']}" + (f"->{layer['path']}" if layer["first_layer"] == "auto" else "")
+            name = f"imdb_jax {num_words // 1000}k words {layer['first_layer']}" + (f"->{layer['path']}" if layer["first_layer"] == "auto" and layer["path"] else "")
             settings = {**base, "first_layer": layer["first_layer"], "path": layer["path"]}
             if timing is None:
                 reporter.note(name, "per-epoch timing unavailable: fit no longer calls imdb_jax.train.train_epoch")

@@ -31,10 +31,17 @@ FIT_EPOCHS = 4  # the seed's final model: 4 epochs on all training reviews
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     common.add_common_args(parser)
-    parser.add_argument("--first-layer", choices=("both", "sparse", "dense", "auto"), default="both", help="first layer(s) to time (default: both)")
+    parser.add_argument(
+        "--first-layer",
+        default="sparse,dense,auto",
+        help="comma-separated first layers to time: sparse, dense, auto (the library's choice) (default: all three)",
+    )
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--fit-repeats", type=int, default=None, help="repeats of the whole 4-epoch fit (default 3; --quick 1; 0 skips it)")
     args = common.resolve_common_args(parser.parse_args(argv))
+    args.first_layers = [value.strip() for value in args.first_layer.split(",") if value.strip()]
+    if not args.first_layers or any(value not in ("sparse", "dense", "auto") for value in args.first_layers):
+        parser.error("--first-layer takes sparse, dense and/or auto, comma-separated")
     if args.fit_repeats is None:
         args.fit_repeats = 1 if args.quick else 3
     return args
@@ -42,19 +49,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def time_single_model(reporter: common.Reporter, args: argparse.Namespace, dataset: common.Dataset, first_layer: str, figures: dict) -> None:
     from imdb_jax.config import ModelConfig
-    from imdb_jax.device_data import to_device
-    from imdb_jax.train import choose_first_layer, evaluate, fit, words_per_review
+    from imdb_jax.train import evaluate, fit
 
     config = ModelConfig(num_words=dataset.num_words, hidden_units=(16, 16))
-    dense = choose_first_layer(first_layer, config.num_words, 16, words_per_review(to_device(dataset.train)))
-    path = "dense" if dense else "sparse"
-    label = f"imdb_jax {first_layer}" + (f"->{path}" if first_layer == "auto" else "")
+    path = common.first_layer_path(first_layer, dataset.train.x)
+    label = f"imdb_jax {first_layer}" + (f"->{path}" if first_layer == "auto" and path else "")
     settings = {"model": "16-16-1", "batch_size": args.batch_size, "first_layer": first_layer, "path": path, **dataset.describe()}
     common.log(f"imdb_jax: 16-16-1, {label} first layer, fit for 1 + {args.repeats} epochs ...")
 
     # One fit of 1 + repeats epochs, every epoch timed inside the library's loop.
     with common.EpochTimer() as timer:
-        fit(config, dataset.train, epochs=1 + args.repeats, batch_size=args.batch_size, first_layer=path, progress=False)
+        fit(config, dataset.train, epochs=1 + args.repeats, batch_size=args.batch_size, first_layer=first_layer, progress=False)
     timing = timer.figures()
     if timing is None:
         reporter.note(label, "per-epoch timing unavailable: imdb_jax.train.fit no longer calls imdb_jax.train.train_epoch")
@@ -90,11 +95,11 @@ def time_single_model(reporter: common.Reporter, args: argparse.Namespace, datas
     fit_times, compile_inside, state = [], [], None
     for _ in range(args.fit_repeats):
         wall, compiling, (state, _) = common.compile_seconds_during(
-            lambda: fit(config, dataset.train, epochs=FIT_EPOCHS, batch_size=args.batch_size, first_layer=path, progress=False)
+            lambda: fit(config, dataset.train, epochs=FIT_EPOCHS, batch_size=args.batch_size, first_layer=first_layer, progress=False)
         )
         fit_times.append(wall)
         compile_inside.append(round(compiling, 4))
-    accuracy = evaluate(state, dataset.test, batch_size=args.batch_size, first_layer=path)["accuracy"]
+    accuracy = evaluate(state, dataset.test, batch_size=args.batch_size, first_layer=first_layer)["accuracy"]
     fit_summary = common.summarize(fit_times)
     reporter.emit(
         f"fit_{FIT_EPOCHS}_epochs",
@@ -137,8 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     dataset = common.dataset_from_args(args)
     figures = common.keras_seed_baselines(reporter, args, dataset, epochs=FIT_EPOCHS)
     figures.update(sklearn_baseline(reporter, args, dataset))
-    layers = ("sparse", "dense") if args.first_layer == "both" else (args.first_layer,)
-    for first_layer in layers:
+    for first_layer in args.first_layers:
         time_single_model(reporter, args, dataset, first_layer, figures)
     if not args.no_table:
         reporter.table()

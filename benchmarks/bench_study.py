@@ -144,7 +144,7 @@ def run_imdb_study(dataset: common.Dataset, epochs: int, models: int = 13, via: 
         "via": "fit_variants + fit",
         "models": len(specs),
         "groups": [{"hidden_units": list(group.hidden_units), "variants": len(group.members)} for group in result.groups],
-        "first_layer": result.first_layer,
+        "first_layer": common.variants_path(result),
         "study_s": study_s,
         "study_compile_s": study_compile_s,
         "final_s": final_s,

@@ -79,7 +79,7 @@ def time_variants(specs, dataset: common.Dataset, args: argparse.Namespace, grou
         return None
     timing.update(
         groups=[{"hidden_units": list(group.hidden_units), "variants": len(group.members)} for group in result.groups],
-        path=result.first_layer,
+        path=common.variants_path(result),
         rss_before_mb=common.megabytes(rss_before),
         peak_rss_mb=common.megabytes(common.peak_rss_bytes()),
         peak_rss_scope="since this setting began" if resettable else "process lifetime (peak mark not resettable here)",

@@ -633,3 +633,37 @@ def versus(
         result["keras_tensorflow_cited"] = compare(value_s, baselines.CITED[cited_key], cited=True, source=baselines.CITED_SOURCE)
     return result
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Which first layer the library picks (its API for this has moved; ask whichever it has).
+
+
+def path_name(dense_words: int | None, num_words: int) -> str | None:
+    """"dense", "sparse" or "hybrid:<n>" (the n most frequent columns dense, the rest sparse)."""
+    if dense_words is None:
+        return None
+    if dense_words >= num_words:
+        return "dense"
+    return "sparse" if dense_words <= 0 else f"hybrid:{dense_words}"
+
+
+def first_layer_path(first_layer: str | int, x: Any) -> str | None:
+    """The path `fit(..., first_layer=first_layer)` takes on training rows `x`, or None if the
+    library does not say."""
+    import imdb_jax.train as train_module
+
+    num_words = x.shape[1]
+    if hasattr(train_module, "choose_dense_words"):
+        return path_name(train_module.choose_dense_words(first_layer, x), num_words)
+    if hasattr(train_module, "choose_first_layer"):  # earlier API: all dense or all sparse
+        words = x.nnz / max(x.shape[0], 1)
+        return "dense" if train_module.choose_first_layer(first_layer, num_words, 16, words) else "sparse"
+    return None
+
+
+def variants_path(result: Any) -> str | None:
+    """The first-layer path a `fit_variants` result reports (attribute names vary by version)."""
+    if hasattr(result, "dense_words"):
+        return path_name(result.dense_words, result.num_words)
+    return getattr(result, "first_layer", None)
