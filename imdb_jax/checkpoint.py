@@ -41,7 +41,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.sparse as sp
 from flax import traverse_util
 
 from imdb_jax import __version__
@@ -95,27 +94,7 @@ class SavedModel:
         x = self.vocabulary.transform(list(texts))
         if x.shape[0] == 0:
             return np.zeros((0,), np.float32)
-        return predict(self.state, _padded_to_bucket(x), batch_size=batch_size)[: x.shape[0]]
-
-
-def _bucket(size: int, minimum: int) -> int:
-    return max(minimum, 1 << max(size - 1, 0).bit_length())
-
-
-def _padded_to_bucket(x: sp.csr_matrix) -> sp.csr_matrix:
-    """`x` with rows appended so that its row count and non-zero count are powers of two.
-
-    `train.predict` compiles one program per distinct (rows, non-zeros) of its input, because
-    the CSR arrays' lengths are part of the compiled signature. Padding to buckets lets a model
-    that predicts again and again (a server, a notebook) reuse a handful of programs. The first
-    appended row holds the spare non-zeros (word 0, repeated), the others are empty; their
-    predictions are dropped.
-    """
-    rows, nonzeros = x.shape[0], x.nnz
-    row_bucket, nonzero_bucket = _bucket(rows + 1, 8), _bucket(nonzeros, 1024)
-    indices = np.concatenate([x.indices, np.zeros(nonzero_bucket - nonzeros, x.indices.dtype)])
-    indptr = np.concatenate([x.indptr, np.full(row_bucket - rows, nonzero_bucket, x.indptr.dtype)])
-    return sp.csr_matrix((np.ones(nonzero_bucket, np.float32), indices, indptr), shape=(row_bucket, x.shape[1]))
+        return predict(self.state, x, batch_size=batch_size)
 
 
 def to_json_value(value: Any) -> Any:
