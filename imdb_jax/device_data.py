@@ -1,10 +1,14 @@
 """CSR reviews kept on the device, and the batches cut from them inside compiled code.
 
-A split travels to the device once, as its CSR arrays (`indptr`, `indices`) and labels. Each
-batch is a row list (int32[batch], `num_rows` marking padding rows); `gather_batch` turns it into
-flat (row, word) pairs of a fixed capacity (`SparseMultiHot`) or, for the dense path, a
-float32[batch, num_words] multi-hot matrix — on the device, so no Python runs per step. The last,
-shorter batch is padded with weight-0 rows, so every batch has one shape and one compilation.
+A split travels to the device once, as CSR arrays and labels, split by column into a *head* —
+the `dense_words` most frequent words, which appear in a large share of reviews — and a *tail* of
+rarer words. Each batch is a row list (int32[batch], `num_rows` marking padding rows);
+`gather_batch` turns the head into a float32[batch, dense_words] multi-hot matrix (cheap to
+multiply: matmul speed) and the tail into flat (row, word) pairs of a fixed capacity
+(`SparseMultiHot`, an embedding bag: cheap for rare words), on the device, so no Python runs per
+step. `dense_words` = 0 is the all-sparse path, `num_words` the classic densify-every-batch path.
+The last, shorter batch is padded with weight-0 rows, so every batch has one shape and one
+compilation.
 """
 
 from __future__ import annotations
@@ -19,9 +23,24 @@ import scipy.sparse as sp
 from flax import struct
 
 from imdb_jax.errors import ImdbJaxError
-from imdb_jax.models import SparseMultiHot
+from imdb_jax.models import MultiHot, SparseMultiHot
 
 CAPACITY_QUANTUM = 1024  # non-zeros per batch are padded up to a multiple of this
+
+
+@struct.dataclass
+class CSRPart:
+    """Some columns of a CSR matrix on the device.
+
+    Attributes:
+      indptr: int32[num_rows + 1] row pointers.
+      indices: int32[nnz] column indices (absolute, sorted within each row).
+      lengths: int32[num_rows + 1] non-zeros per row, with a trailing 0 for the padding row.
+    """
+
+    indptr: jax.Array
+    indices: jax.Array
+    lengths: jax.Array
 
 
 @struct.dataclass
@@ -29,22 +48,26 @@ class DeviceReviews:
     """One split on the device.
 
     Attributes:
-      indptr: int32[num_rows + 1] CSR row pointers.
-      indices: int32[nnz] word indices (sorted within each row).
-      lengths: int32[num_rows + 1] words per row, with a trailing 0 for the padding row.
+      head: the columns below `dense_words`.
+      tail: the columns from `dense_words` on.
       labels: float32[num_rows] 0/1 (zeros when the split is unlabelled).
       num_words: static vocabulary size.
+      dense_words: static number of leading (most frequent) columns handled densely.
     """
 
-    indptr: jax.Array
-    indices: jax.Array
-    lengths: jax.Array
+    head: CSRPart
+    tail: CSRPart
     labels: jax.Array
     num_words: int = struct.field(pytree_node=False)
+    dense_words: int = struct.field(pytree_node=False)
 
     @property
     def num_rows(self) -> int:
         return self.labels.shape[0]
+
+    @property
+    def nonzeros(self) -> int:
+        return self.head.indices.shape[0] + self.tail.indices.shape[0]
 
 
 def as_xy(split: Any) -> tuple[sp.csr_matrix, np.ndarray | None]:
@@ -57,32 +80,49 @@ def as_xy(split: Any) -> tuple[sp.csr_matrix, np.ndarray | None]:
     return split, None
 
 
-def to_device(split: Any) -> DeviceReviews:
-    """Copies a split's CSR arrays to the default device (never densified).
-
-    Args:
-      split: a `Split`, an `(x, y)` pair or a CSR matrix of multi-hot rows.
-    """
-    x, y = as_xy(split)
+def checked_csr(x: Any) -> sp.csr_matrix:
     if not sp.issparse(x):
         raise ImdbJaxError(f"expected a scipy.sparse CSR matrix of multi-hot rows, got {type(x).__name__}")
     x = sp.csr_matrix(x)
     if x.shape[0] == 0:
         raise ImdbJaxError("the split has no reviews")
+    if not x.has_sorted_indices:
+        x = x.sorted_indices()
+    return x
+
+
+def _part(x: sp.csr_matrix) -> CSRPart:
+    lengths = np.append(np.diff(x.indptr), 0).astype(np.int32)
+    return CSRPart(jnp.asarray(x.indptr, jnp.int32), jnp.asarray(x.indices, jnp.int32), jnp.asarray(lengths))
+
+
+def to_device(split: Any, dense_words: int = 0) -> DeviceReviews:
+    """Copies a split's CSR arrays to the default device (never densified).
+
+    Args:
+      split: a `Split`, an `(x, y)` pair or a CSR matrix of multi-hot rows.
+      dense_words: columns `[0, dense_words)` become the dense head of each batch.
+    """
+    x, y = as_xy(split)
+    x = checked_csr(x)
+    num_words = int(x.shape[1])
+    dense_words = int(min(max(dense_words, 0), num_words))
     if y is None:
         labels = np.zeros(x.shape[0], np.float32)
     else:
         labels = np.asarray(y, np.float32).reshape(-1)
         if labels.shape[0] != x.shape[0]:
             raise ImdbJaxError(f"{x.shape[0]} reviews but {labels.shape[0]} labels")
-    lengths = np.append(np.diff(x.indptr), 0).astype(np.int32)
-    return DeviceReviews(
-        indptr=jnp.asarray(x.indptr, jnp.int32),
-        indices=jnp.asarray(x.indices, jnp.int32),
-        lengths=jnp.asarray(lengths),
-        labels=jnp.asarray(labels),
-        num_words=int(x.shape[1]),
-    )
+    in_head = x.indices < dense_words
+    head = sp.csr_matrix((x.data[in_head], x.indices[in_head], _part_indptr(x, in_head)), shape=x.shape)
+    tail = sp.csr_matrix((x.data[~in_head], x.indices[~in_head], _part_indptr(x, ~in_head)), shape=x.shape)
+    return DeviceReviews(_part(head), _part(tail), jnp.asarray(labels), num_words=num_words, dense_words=dense_words)
+
+
+def _part_indptr(x: sp.csr_matrix, keep: np.ndarray) -> np.ndarray:
+    counts = np.add.reduceat(keep.astype(np.int64), x.indptr[:-1]) if keep.size else np.zeros(x.shape[0], np.int64)
+    counts[np.diff(x.indptr) == 0] = 0  # reduceat repeats the next value for empty rows
+    return np.concatenate([[0], np.cumsum(counts)])
 
 
 def epoch_rows(num_rows: int, batch_size: int, key: jax.Array | None = None) -> jax.Array:
@@ -100,43 +140,39 @@ def epoch_rows(num_rows: int, batch_size: int, key: jax.Array | None = None) -> 
 
 
 @jax.jit
-def max_batch_nonzeros(lengths: jax.Array, rows: jax.Array) -> jax.Array:
-    """The largest number of non-zeros in any batch of `rows` (int32[num_batches, batch])."""
-    return jnp.max(jnp.sum(lengths[rows], axis=1))
+def max_batch_nonzeros(data: DeviceReviews, rows: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The largest number of head and tail non-zeros in any batch of `rows`."""
+    return tuple(jnp.max(jnp.sum(part.lengths[rows], axis=1)) for part in (data.head, data.tail))
 
 
 def round_capacity(nonzeros: int) -> int:
     return max(CAPACITY_QUANTUM, math.ceil(nonzeros / CAPACITY_QUANTUM) * CAPACITY_QUANTUM)
 
 
-def shuffled_capacity(data: DeviceReviews, batch_size: int) -> int:
-    """A capacity that random batches exceed only with negligible probability (mean + 6 sd).
+def exact_capacity(data: DeviceReviews, rows: jax.Array) -> tuple[int, int]:
+    return tuple(round_capacity(int(count)) for count in max_batch_nonzeros(data, rows))
 
-    The loop checks each epoch's real maximum and grows the capacity (one recompilation) if it
-    is ever exceeded, so results never depend on this guess.
+
+def shuffled_capacity(data: DeviceReviews, batch_size: int) -> tuple[int, int]:
+    """Capacities that random batches exceed only with negligible probability (mean + 6 sd).
+
+    The training loop checks each epoch's real maxima and grows a capacity (one recompilation)
+    if it is ever exceeded, so results never depend on this guess.
     """
-    lengths = np.asarray(data.lengths[:-1], np.float64)
-    rows = min(batch_size, lengths.size)
-    spread = 6.0 * lengths.std() * math.sqrt(rows)
-    return round_capacity(int(lengths.mean() * rows + spread) + 1)
+    capacities = []
+    for part in (data.head, data.tail):
+        lengths = np.asarray(part.lengths[:-1], np.float64)
+        rows = min(batch_size, lengths.size)
+        spread = 6.0 * lengths.std() * math.sqrt(rows)
+        capacities.append(round_capacity(int(lengths.mean() * rows + spread) + 1))
+    return tuple(capacities)
 
 
-def gather_batch(data: DeviceReviews, rows: jax.Array, capacity: int, dense: bool) -> dict[str, Any]:
-    """Cuts one batch out of the device CSR arrays.
-
-    Args:
-      data: the split on the device.
-      rows: int32[batch] row indices; `data.num_rows` marks a padding row (weight 0).
-      capacity: static number of (row, word) slots; must be >= the batch's non-zeros.
-      dense: build float32[batch, num_words] inputs instead of `SparseMultiHot`.
-
-    Returns:
-      {"inputs", "labels": float32[batch], "weights": float32[batch]}.
-    """
+def _pairs(part: CSRPart, rows: jax.Array, real: jax.Array, capacity: int) -> tuple[jax.Array, jax.Array]:
+    """Flat (word, row-in-batch) pairs of `rows`; unused slots get row `batch_size`."""
     batch_size = rows.shape[0]
-    real = rows < data.num_rows
     safe_rows = jnp.where(real, rows, 0)
-    lengths = data.lengths[rows]  # 0 for padding rows
+    lengths = part.lengths[rows]  # 0 for padding rows
     ends = jnp.cumsum(lengths)
     starts = ends - lengths
     # Slot p belongs to the last row whose start is <= p: count the starts at or before p.
@@ -144,17 +180,36 @@ def gather_batch(data: DeviceReviews, rows: jax.Array, capacity: int, dense: boo
     slot_row = jnp.clip(jnp.cumsum(marks) - 1, 0, batch_size - 1)
     slots = jnp.arange(capacity, dtype=jnp.int32)
     used = slots < ends[-1]
-    source = data.indptr[safe_rows] - starts  # CSR position of a row's first word, minus its slot
-    positions = jnp.clip(source[slot_row] + slots, 0, data.indices.shape[0] - 1)
-    inputs = SparseMultiHot(
-        word_ids=jnp.where(used, data.indices[positions], 0),
-        row_ids=jnp.where(used, slot_row, batch_size),
-        batch_size=batch_size,
-    )
-    if dense:
-        inputs = inputs.todense(data.num_words)
+    source = part.indptr[safe_rows] - starts  # CSR position of a row's first word, minus its slot
+    positions = jnp.clip(source[slot_row] + slots, 0, max(part.indices.shape[0] - 1, 0))
+    words = part.indices[positions] if part.indices.shape[0] else jnp.zeros((capacity,), jnp.int32)
+    return jnp.where(used, words, 0), jnp.where(used, slot_row, batch_size)
+
+
+def gather_batch(data: DeviceReviews, rows: jax.Array, capacity: tuple[int, int]) -> dict[str, Any]:
+    """Cuts one batch out of the device CSR arrays.
+
+    Args:
+      data: the split on the device.
+      rows: int32[batch] row indices; `data.num_rows` marks a padding row (weight 0).
+      capacity: static (head, tail) numbers of (row, word) slots, each >= the batch's non-zeros
+        in that part.
+
+    Returns:
+      {"inputs": MultiHot, "labels": float32[batch], "weights": float32[batch]}.
+    """
+    batch_size = rows.shape[0]
+    real = rows < data.num_rows
+    head = tail = None
+    if data.dense_words:
+        words, row_ids = _pairs(data.head, rows, real, capacity[0])
+        head = jnp.zeros((batch_size, data.dense_words), jnp.float32).at[row_ids, words].set(1.0, mode="drop")
+    if data.dense_words < data.num_words:
+        words, row_ids = _pairs(data.tail, rows, real, capacity[1])
+        tail = SparseMultiHot(word_ids=words, row_ids=row_ids, batch_size=batch_size)
+    safe_rows = jnp.where(real, rows, 0)
     return {
-        "inputs": inputs,
+        "inputs": MultiHot(head=head, tail=tail),
         "labels": jnp.where(real, data.labels[safe_rows], 0.0),
         "weights": real.astype(jnp.float32),
     }

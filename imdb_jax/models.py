@@ -37,13 +37,30 @@ class SparseMultiHot:
         return dense.at[self.row_ids, self.word_ids].set(1.0, mode="drop")
 
 
-class MultiHotDense(nn.Module):
-    """First layer: `x @ kernel + bias` for dense rows, or an embedding bag for sparse ones.
+@struct.dataclass
+class MultiHot:
+    """A batch of multi-hot rows split by column: a dense head and a sparse tail.
 
-    With `SparseMultiHot` input the product is computed as the sum of the kernel rows of each
-    review's words (a gather and a segment sum; its gradient is a scatter-add), which does
-    ~`num_words / words_per_review` times less arithmetic than the dense matmul. Both paths
-    share the same `kernel[num_words, features]`, so a model trained one way runs the other.
+    Attributes:
+      head: None, or float32[batch, dense_words]: the rows' first `dense_words` columns.
+      tail: None, or `SparseMultiHot` holding the remaining columns (absolute word indices).
+    """
+
+    head: jax.Array | None
+    tail: SparseMultiHot | None
+
+
+class MultiHotDense(nn.Module):
+    """First layer: `x @ kernel + bias` on multi-hot rows, computed densely, sparsely or both.
+
+    - a dense float32[batch, num_words] input: a plain matmul;
+    - `SparseMultiHot`: an embedding bag — the sum of the kernel rows of each review's words (a
+      gather and a segment sum; its gradient a scatter-add), ~`num_words / words_per_review`
+      times less arithmetic than the matmul;
+    - `MultiHot`: a matmul for the frequent head columns (matmul speed) plus an embedding bag for
+      the rare tail words (little work), the fastest mix on CPU.
+    Every path shares the same `kernel[num_words, features]`, so a model trained one way runs
+    any other, with the same results to float32 rounding.
     """
 
     features: int
@@ -54,11 +71,16 @@ class MultiHotDense(nn.Module):
         kernel = self.param("kernel", glorot_uniform, (self.num_words, self.features), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
         if isinstance(inputs, SparseMultiHot):
-            rows = jnp.take(kernel, inputs.word_ids, axis=0)
-            summed = jax.ops.segment_sum(rows, inputs.row_ids, num_segments=inputs.batch_size)
-        else:
-            summed = inputs @ kernel
-        return summed + bias
+            inputs = MultiHot(head=None, tail=inputs)
+        if not isinstance(inputs, MultiHot):
+            return inputs @ kernel + bias
+        summed = bias
+        if inputs.head is not None:
+            summed = summed + inputs.head @ kernel[: inputs.head.shape[-1]]
+        if inputs.tail is not None:
+            rows = jnp.take(kernel, inputs.tail.word_ids, axis=0)
+            summed = summed + jax.ops.segment_sum(rows, inputs.tail.row_ids, num_segments=inputs.tail.batch_size)
+        return summed
 
 
 def column_dropout(x: jax.Array, rate: jax.Array | float, rng: jax.Array, layer: int) -> jax.Array:
@@ -106,7 +128,7 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(
         self,
-        inputs: jax.Array | SparseMultiHot,
+        inputs: jax.Array | SparseMultiHot | MultiHot,
         *,
         dropout_rate: jax.Array | float = 0.0,
         dropout_rng: jax.Array | None = None,
@@ -115,7 +137,8 @@ class MLP(nn.Module):
         """Logits of a batch.
 
         Args:
-          inputs: float32[batch, num_words] multi-hot rows, or the same as `SparseMultiHot`.
+          inputs: float32[batch, num_words] multi-hot rows, or the same as `SparseMultiHot` or
+            `MultiHot`.
           dropout_rate: dropout after each hidden layer; applied only when `dropout_rng` is given.
           dropout_rng: PRNG key for dropout (training); None means inference.
           layer_active: optional bool[len(hidden_units)]; an inactive hidden layer passes its

@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 from imdb_jax.config import ModelConfig
@@ -27,6 +28,9 @@ from imdb_jax.device_data import (
     epoch_rows,
     gather_batch,
     max_batch_nonzeros,
+    as_xy,
+    checked_csr,
+    exact_capacity,
     round_capacity,
     shuffled_capacity,
     to_device,
@@ -120,8 +124,8 @@ def _sum_over_batches(metrics):
     return jax.tree_util.tree_map(lambda value: jnp.sum(value, axis=0), metrics)
 
 
-@functools.partial(jax.jit, static_argnames=("stepper", "capacity", "dense"), donate_argnums=(0,))
-def train_epoch(carry, data: DeviceReviews, rows: jax.Array, *, stepper: Stepper, capacity: int, dense: bool):
+@functools.partial(jax.jit, static_argnames=("stepper", "capacity"), donate_argnums=(0,))
+def train_epoch(carry, data: DeviceReviews, rows: jax.Array, *, stepper: Stepper, capacity: tuple[int, int]):
     """One epoch: `stepper.step` on each batch of `rows` (int32[num_batches, batch]) in turn,
     then `stepper.keep_finite`.
 
@@ -129,30 +133,30 @@ def train_epoch(carry, data: DeviceReviews, rows: jax.Array, *, stepper: Stepper
     """
 
     def body(carry, batch_rows):
-        return stepper.step(carry, gather_batch(data, batch_rows, capacity, dense))
+        return stepper.step(carry, gather_batch(data, batch_rows, capacity))
 
     after, metrics = jax.lax.scan(body, carry, rows)
     metrics = _sum_over_batches(metrics)
     return stepper.keep_finite(carry, after, metrics), metrics
 
 
-@functools.partial(jax.jit, static_argnames=("evaluate", "capacity", "dense"))
-def eval_epoch(states, data: DeviceReviews, rows: jax.Array, *, evaluate: Callable, capacity: int, dense: bool):
+@functools.partial(jax.jit, static_argnames=("evaluate", "capacity"))
+def eval_epoch(states, data: DeviceReviews, rows: jax.Array, *, evaluate: Callable, capacity: tuple[int, int]):
     """Metric sums of `evaluate(states, batch)` over every batch of `rows`."""
 
     def body(_, batch_rows):
-        return None, evaluate(states, gather_batch(data, batch_rows, capacity, dense))
+        return None, evaluate(states, gather_batch(data, batch_rows, capacity))
 
     _, metrics = jax.lax.scan(body, None, rows)
     return _sum_over_batches(metrics)
 
 
-@functools.partial(jax.jit, static_argnames=("predict", "capacity", "dense"))
-def predict_epoch(states, data: DeviceReviews, rows: jax.Array, *, predict: Callable, capacity: int, dense: bool):
+@functools.partial(jax.jit, static_argnames=("predict", "capacity"))
+def predict_epoch(states, data: DeviceReviews, rows: jax.Array, *, predict: Callable, capacity: tuple[int, int]):
     """Logits of `predict(states, inputs)` for every batch, stacked on a leading batch axis."""
 
     def body(_, batch_rows):
-        return None, predict(states, gather_batch(data, batch_rows, capacity, dense)["inputs"])
+        return None, predict(states, gather_batch(data, batch_rows, capacity)["inputs"])
 
     _, logits = jax.lax.scan(body, None, rows)
     return logits
@@ -162,23 +166,38 @@ def predict_epoch(states, data: DeviceReviews, rows: jax.Array, *, predict: Call
 # Host-side driving.
 
 
-def choose_first_layer(first_layer: str, num_words: int, first_width: int, words_per_review: float) -> bool:
-    """True for the dense first layer, False for the sparse (embedding-bag) one.
+# Relative cost of one gathered (or scatter-added) float of the sparse path against one
+# multiply-add of the dense matmul, measured with XLA on CPU (benchmarks/README.md): columns that
+# appear in more than this fraction of reviews are cheaper to multiply densely.
+SPARSE_TO_DENSE_COST = 0.02
 
-    "auto" compares estimated costs per review and unit: the dense matmul does `num_words`
-    multiply-adds at matmul speed; the sparse path does `words_per_review` gathers and
-    scatter-adds, each about `SPARSE_COST` times dearer than a matmul multiply-add (measured on
-    CPU, see benchmarks/README.md).
+
+def choose_dense_words(first_layer: str | int, x: Any) -> int:
+    """How many leading (most frequent) columns the first layer multiplies densely.
+
+    Args:
+      first_layer: "dense" (all columns: densify every batch), "sparse" (none: embedding bag),
+        "auto" (the split minimising estimated cost), or an explicit column count.
+      x: the training CSR matrix (columns ordered most frequent first, as `load_imdb` makes
+        them).
+
+    "auto" minimises, per review and hidden unit, `SPARSE_TO_DENSE_COST * dense_words` (the
+    matmul over the head) plus the expected number of tail words (the embedding bag).
     """
+    x = checked_csr(x)
+    num_words = x.shape[1]
+    if isinstance(first_layer, (int, np.integer)) and not isinstance(first_layer, bool):
+        if not 0 <= first_layer <= num_words:
+            raise ImdbJaxError(f"first_layer as a column count must be in [0, {num_words}], got {first_layer}")
+        return int(first_layer)
     if first_layer not in FIRST_LAYERS:
-        raise ImdbJaxError(f"first_layer must be one of {', '.join(FIRST_LAYERS)}, got {first_layer!r}")
+        raise ImdbJaxError(f"first_layer must be one of {', '.join(FIRST_LAYERS)} or a column count, got {first_layer!r}")
     if first_layer != "auto":
-        return first_layer == "dense"
-    del first_width  # both costs scale with it
-    return num_words < SPARSE_COST * words_per_review
-
-
-SPARSE_COST = 8.0
+        return num_words if first_layer == "dense" else 0
+    review_share = np.bincount(x.indices, minlength=num_words) / x.shape[0]
+    tail_words = review_share.sum() - np.concatenate([[0.0], np.cumsum(review_share)])
+    cost = SPARSE_TO_DENSE_COST * np.arange(num_words + 1) + tail_words
+    return int(np.argmin(cost))
 
 
 class _EpochPlan:
@@ -191,22 +210,21 @@ class _EpochPlan:
             self.capacity = shuffled_capacity(data, batch_size)
         else:
             self.rows = epoch_rows(data.num_rows, batch_size)
-            self.capacity = round_capacity(int(max_batch_nonzeros(data.lengths, self.rows)))
+            self.capacity = exact_capacity(data, self.rows)
 
     def shuffled_rows(self, key: jax.Array) -> jax.Array:
         rows = epoch_rows(self.data.num_rows, self.batch_size, key)
-        needed = int(max_batch_nonzeros(self.data.lengths, rows))
-        if needed > self.capacity:  # rare: grow once, at the cost of one recompilation
-            self.capacity = round_capacity(int(needed * 1.05))
+        needed = [int(count) for count in max_batch_nonzeros(self.data, rows)]
+        if any(count > capacity for count, capacity in zip(needed, self.capacity)):
+            # Rare: grow once, at the cost of one recompilation.
+            self.capacity = tuple(
+                max(capacity, round_capacity(int(count * 1.05))) for count, capacity in zip(needed, self.capacity)
+            )
         return rows
 
 
 def _alive(carry, stepper: Stepper):
     return carry[1] if stepper is MODEL else tuple(group[1] for group in carry)
-
-
-def words_per_review(data: DeviceReviews) -> float:
-    return float(data.indices.shape[0]) / data.num_rows
 
 
 def run_epochs(
@@ -217,7 +235,6 @@ def run_epochs(
     epochs: int,
     batch_size: int,
     shuffle_seed: int,
-    dense: bool,
     stepper: Stepper,
     progress: bool,
     description: str,
@@ -239,11 +256,11 @@ def run_epochs(
     bar = tqdm(range(epochs), desc=description, unit="epoch", disable=not progress, file=sys.stderr, leave=True)
     for epoch in bar:
         rows = train_plan.shuffled_rows(jax.random.fold_in(shuffle_key, epoch))
-        carry, train_metrics = train_epoch(carry, train, rows, stepper=stepper, capacity=train_plan.capacity, dense=dense)
+        carry, train_metrics = train_epoch(carry, train, rows, stepper=stepper, capacity=train_plan.capacity)
         record = {"train": jax.device_get(train_metrics), "alive": jax.device_get(_alive(carry, stepper)), "val": None}
         if val_plan is not None:
             val_metrics = eval_epoch(
-                stepper.states(carry), validation, val_plan.rows, evaluate=stepper.evaluate, capacity=val_plan.capacity, dense=dense
+                stepper.states(carry), validation, val_plan.rows, evaluate=stepper.evaluate, capacity=val_plan.capacity
             )
             record["val"] = jax.device_get(val_metrics)
         records.append(record)
@@ -292,6 +309,19 @@ def _describe_single(epoch, record, carry):
     return text + ("" if bool(record["alive"]) else " DIVERGED")
 
 
+def device_splits(train: Any, validation: Any, first_layer: str | int) -> tuple[DeviceReviews, DeviceReviews | None]:
+    """Both splits on the device, cut into dense head and sparse tail at the same column."""
+    train_x, train_y = as_xy(train)
+    dense_words = choose_dense_words(first_layer, train_x)
+    train_data = to_device((train_x, train_y), dense_words)
+    val_data = None
+    if validation is not None:
+        val_data = to_device(validation, dense_words)
+        if val_data.num_words != train_data.num_words:
+            raise ImdbJaxError(f"train has {train_data.num_words} word columns but validation has {val_data.num_words}")
+    return train_data, val_data
+
+
 def fit(
     config: ModelConfig,
     train: Any,
@@ -301,7 +331,7 @@ def fit(
     batch_size: int = 512,
     seed: int = 0,
     shuffle_seed: int | None = None,
-    first_layer: str = "auto",
+    first_layer: str | int = "auto",
     progress: bool = True,
 ) -> tuple[TrainState, dict[str, list]]:
     """Trains one model like Keras' `model.fit(..., shuffle=True)`.
@@ -315,17 +345,19 @@ def fit(
       seed: seeds the initial weights and dropout.
       shuffle_seed: seeds the per-epoch shuffling; defaults to `seed`. `fit_variants` shares one
         shuffle across variants, so pass its `shuffle_seed` here to reproduce a variant.
-      first_layer: "sparse" (embedding bag), "dense" (densify each batch) or "auto".
+      first_layer: how the first layer meets the multi-hot rows: "dense" (densify each batch),
+        "sparse" (embedding bag), "auto" (dense for frequent words, sparse for rare ones, split
+        by estimated cost) or a number of leading columns to treat densely. Results agree to
+        float32 rounding.
       progress: show a progress bar with the running losses.
 
     Returns:
       The trained state and the history: {"loss", "accuracy", "val_loss", "val_accuracy",
       "diverged"}, one value per epoch, training figures including the penalty like Keras.
     """
-    train_data = to_device(train)
-    _check_width(config, train_data)
-    val_data = None if validation is None else _checked(config, to_device(validation))
-    dense = choose_first_layer(first_layer, config.num_words, config.hidden_units[0], words_per_review(train_data))
+    train_data, val_data = device_splits(train, validation, first_layer)
+    if train_data.num_words != config.num_words:
+        raise ImdbJaxError(f"the data has {train_data.num_words} word columns but the model expects num_words={config.num_words}")
     init_key, dropout_key = jax.random.split(jax.random.key(seed))
     carry = (create_train_state(init_key, config), jnp.asarray(True), dropout_key)
     carry, records = run_epochs(
@@ -335,7 +367,6 @@ def fit(
         epochs=epochs,
         batch_size=batch_size,
         shuffle_seed=seed if shuffle_seed is None else shuffle_seed,
-        dense=dense,
         stepper=MODEL,
         progress=progress,
         description="fit",
@@ -348,40 +379,31 @@ def fit(
     return carry[0], history
 
 
-def _check_width(config: ModelConfig, data: DeviceReviews) -> None:
-    if data.num_words != config.num_words:
-        raise ImdbJaxError(f"the data has {data.num_words} word columns but the model expects num_words={config.num_words}")
+def _scoring_data(state: TrainState, x: Any, first_layer: str | int) -> sp.csr_matrix:
+    del first_layer  # validated by choose_dense_words
+    x = checked_csr(x)
+    num_words = state.params["hidden_0"]["kernel"].shape[-2]
+    if x.shape[1] != num_words:
+        raise ImdbJaxError(f"the data has {x.shape[1]} word columns but the model expects {num_words}")
+    return x
 
 
-def _checked(config: ModelConfig, data: DeviceReviews) -> DeviceReviews:
-    _check_width(config, data)
-    return data
-
-
-def _model_width(state: TrainState) -> tuple[int, int]:
-    kernel = state.params["hidden_0"]["kernel"]
-    return kernel.shape[-2], kernel.shape[-1]
-
-
-def evaluate(state: TrainState, split: Any, *, batch_size: int = 512, first_layer: str = "auto") -> dict[str, float]:
+def evaluate(state: TrainState, split: Any, *, batch_size: int = 512, first_layer: str | int = "auto") -> dict[str, float]:
     """{"loss", "accuracy"} of a trained model on a labelled split (loss includes the penalty)."""
-    data = to_device(split)
-    num_words, width = _model_width(state)
-    if data.num_words != num_words:
-        raise ImdbJaxError(f"the data has {data.num_words} word columns but the model expects {num_words}")
+    x, y = as_xy(split)
+    if y is None:
+        raise ImdbJaxError("evaluate needs labels: pass a Split or an (x, y) pair")
+    _scoring_data(state, x, first_layer)
+    data = to_device((x, y), choose_dense_words(first_layer, x))
     plan = _EpochPlan(data, batch_size, shuffle=False)
-    dense = choose_first_layer(first_layer, num_words, width, words_per_review(data))
-    sums = jax.device_get(eval_epoch(state, data, plan.rows, evaluate=MODEL.evaluate, capacity=plan.capacity, dense=dense))
+    sums = jax.device_get(eval_epoch(state, data, plan.rows, evaluate=MODEL.evaluate, capacity=plan.capacity))
     return {"loss": float(_ratio(sums["loss_sum"], sums["count"])), "accuracy": float(_ratio(sums["correct"], sums["count"]))}
 
 
-def predict(state: TrainState, x: Any, *, batch_size: int = 512, first_layer: str = "auto") -> np.ndarray:
+def predict(state: TrainState, x: Any, *, batch_size: int = 512, first_layer: str | int = "auto") -> np.ndarray:
     """float32[num_reviews] probabilities of a positive review, for CSR multi-hot rows `x`."""
-    data = to_device(x)
-    num_words, width = _model_width(state)
-    if data.num_words != num_words:
-        raise ImdbJaxError(f"the data has {data.num_words} word columns but the model expects {num_words}")
+    x = _scoring_data(state, as_xy(x)[0], first_layer)
+    data = to_device(x, choose_dense_words(first_layer, x))
     plan = _EpochPlan(data, batch_size, shuffle=False)
-    dense = choose_first_layer(first_layer, num_words, width, max(words_per_review(data), 1.0))
-    logits = predict_epoch(state, data, plan.rows, predict=MODEL.predict, capacity=plan.capacity, dense=dense)
+    logits = predict_epoch(state, data, plan.rows, predict=MODEL.predict, capacity=plan.capacity)
     return np.asarray(jax.nn.sigmoid(logits.reshape(-1)[: data.num_rows]), np.float32)

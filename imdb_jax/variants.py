@@ -27,16 +27,14 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from imdb_jax.config import ConfigError, ModelConfig
-from imdb_jax.device_data import DeviceReviews, to_device
 from imdb_jax.errors import ImdbJaxError
 from imdb_jax.steps import TrainState, create_train_state
 from imdb_jax.train import (
-    SPARSE_COST,
+    SPARSE_TO_DENSE_COST,
     VARIANTS,
-    choose_first_layer,
+    device_splits,
     history_from_records,
     run_epochs,
-    words_per_review,
 )
 
 VARIANT_AXIS = "variants"
@@ -162,16 +160,20 @@ def padded_shape(shapes: Sequence[Sequence[int]]) -> tuple[int, ...]:
     return tuple(max(column) for column in columns)
 
 
-# Per-group fixed cost, in the cost units of `variant_cost` (per-step launch and loop
-# overhead); merging two groups saves it once.
-GROUP_OVERHEAD = 20_000.0
+# Cost units are dense-matmul multiply-adds per review. A tail word of the first layer costs
+# about 1 / SPARSE_TO_DENSE_COST of them per unit (gather forward, scatter-add backward); about
+# half of a review's words are in the tail under the "auto" split. A separate group adds a fixed
+# cost per step (its own ops in the compiled step): about 0.2 ms against ~5 ms for one 16-16
+# model's step on CPU, i.e. ~2,000 units per review.
+GROUP_OVERHEAD = 2_000.0
+TAIL_SHARE = 0.5
 
 
 def variant_cost(shape: Sequence[int], num_words: int, words_per_review: float, batch_size: int) -> float:
-    """Estimated work of one variant per review: first layer (sparse gather/scatter or the
-    weight update over the whole `num_words × width` kernel, whichever dominates), hidden
-    layers and output."""
-    first = shape[0] * (words_per_review * SPARSE_COST + 3.0 * num_words / batch_size)
+    """Estimated work of one variant per review: the first layer (the tail words' gathers and
+    scatter-adds, and the weight update over the whole `num_words × width` kernel once per
+    batch), the hidden layers (forward and backward) and the output."""
+    first = shape[0] * (TAIL_SHARE * words_per_review / SPARSE_TO_DENSE_COST + 3.0 * num_words / batch_size)
     hidden = sum(a * b for a, b in zip(shape, shape[1:]))
     return first + 3.0 * hidden + shape[-1]
 
@@ -292,7 +294,13 @@ def group_carry(group: Group, specs: Sequence[VariantSpec], num_words: int, copi
         states.append(padded.replace(grad_mask=param_mask(own.params, template.params), layer_active=active))
         keys.append(dropout_key)
     stacked = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *states)
-    return stacked, jnp.ones((len(members),), bool), jnp.stack(keys)
+    # Masks that are all ones (no member pads that weight) would only cost a pass per step.
+    mask = jax.tree_util.tree_map(lambda leaf: None if bool(jnp.all(leaf == 1)) else leaf, stacked.grad_mask)
+    if all(leaf is None for leaf in jax.tree_util.tree_leaves(mask, is_leaf=lambda x: x is None)):
+        mask = None
+    if bool(jnp.all(stacked.layer_active)):
+        stacked = stacked.replace(layer_active=None)
+    return stacked.replace(grad_mask=mask), jnp.ones((len(members),), bool), jnp.stack(keys)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,7 +317,8 @@ class VariantsResult:
       groups: how the variants were arranged.
       states: per group, the stacked padded train states (leading variant axis).
       num_words: input width.
-      first_layer: "sparse" or "dense", the path used.
+      dense_words: how many leading columns the first layer multiplied densely (0: all
+        sparse; num_words: all dense).
     """
 
     specs: list[VariantSpec]
@@ -317,7 +326,7 @@ class VariantsResult:
     groups: list[Group]
     states: tuple[TrainState, ...]
     num_words: int
-    first_layer: str
+    dense_words: int
 
     def _locate(self, index: int) -> tuple[int, int]:
         for group_index, group in enumerate(self.groups):
@@ -364,7 +373,7 @@ def fit_variants(
     epochs: int = 20,
     batch_size: int = 512,
     shuffle_seed: int = 0,
-    first_layer: str = "auto",
+    first_layer: str | int = "auto",
     grouping: str = "auto",
     devices: Sequence[jax.Device] | None = None,
     progress: bool = True,
@@ -382,7 +391,7 @@ def fit_variants(
       train, validation: `Split`s (or `(x_csr, y)` pairs).
       epochs, batch_size: as in `fit`.
       shuffle_seed: seeds the per-epoch order that every variant shares.
-      first_layer: "sparse", "dense" or "auto" (by estimated cost).
+      first_layer: "sparse", "dense", "auto" (by estimated cost) or a column count, as in `fit`.
       grouping: "auto", "shape" or "pad" (see `plan_groups`).
       devices: devices to shard the variant axis over (default: all of the default backend).
       progress: show a progress bar.
@@ -391,15 +400,9 @@ def fit_variants(
     specs = list(specs)
     if not specs:
         raise ImdbJaxError("no variants to train")
-    train_data = to_device(train)
-    val_data = None if validation is None else to_device(validation)
+    train_data, val_data = device_splits(train, validation, first_layer)
     num_words = train_data.num_words
-    if val_data is not None and val_data.num_words != num_words:
-        raise ImdbJaxError(f"train has {num_words} word columns but validation has {val_data.num_words}")
-    density = words_per_review(train_data)
-    groups = plan_groups(specs, num_words, density, batch_size, grouping)
-    widest = max(group.hidden_units[0] for group in groups)
-    dense = choose_first_layer(first_layer, num_words, widest, density)
+    groups = plan_groups(specs, num_words, train_data.nonzeros / train_data.num_rows, batch_size, grouping)
     mesh = variant_mesh(devices)
     device_count = 1 if mesh is None else mesh.size
     carries = []
@@ -428,7 +431,6 @@ def fit_variants(
         epochs=epochs,
         batch_size=batch_size,
         shuffle_seed=shuffle_seed,
-        dense=dense,
         stepper=VARIANTS,
         progress=progress,
         description=description,
@@ -440,7 +442,7 @@ def fit_variants(
             select = _selector(group_index, position)
             histories[index] = history_from_records(records, select)
     states = tuple(carry[0] for carry in carries)
-    return VariantsResult(specs, histories, groups, states, num_words, "dense" if dense else "sparse")
+    return VariantsResult(specs, histories, groups, states, num_words, train_data.dense_words)
 
 
 def _val_losses(sums) -> np.ndarray:
