@@ -63,11 +63,6 @@ def test_epochs_and_the_short_last_batch_share_one_compilation(two_fits):
     assert after_first[1] - before[1] <= 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: create_train_state stores a fresh MLP's bound `apply` method, which compares by "
-    "identity, so every fit's state has a new tree structure and train_epoch recompiles (see report)",
-)
 def test_a_second_fit_of_the_same_shapes_does_not_recompile(two_fits):
     _, after_first, after_second = two_fits["sizes"]
     assert after_second == after_first
