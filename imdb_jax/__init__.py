@@ -9,3 +9,5 @@ from imdb_jax.config import ModelConfig
 from imdb_jax.steps import TrainState, create_train_state, eval_step, train_step
 from imdb_jax.train import evaluate, fit, predict
 from imdb_jax.checkpoint import load_model, save_model
+from imdb_jax.variants import VariantSpec, fit_variants, load_specs
+from imdb_jax.study import run_study
