@@ -12,7 +12,7 @@ import sys
 
 from imdb_jax.errors import ImdbJaxError
 
-COMMANDS = ("data", "train", "predict", "evaluate")
+COMMANDS = ("data", "train", "predict", "evaluate", "study")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,0 +1,110 @@
+"""`imdb-jax study`: train the seed's experiments (or your own variants) at once, report, retrain the best."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from imdb_jax.cli._common import add_data_options, load_data, positive, print_json
+from imdb_jax.errors import ImdbJaxError
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from imdb_jax.study import ALL, EXPERIMENTS, RUNS
+
+    names = ", ".join([*EXPERIMENTS, ALL])
+    parser = subparsers.add_parser(
+        "study",
+        help="train the seed's study (units, layers, epochs, regularization, dropout) as vmapped runs",
+        description=__doc__.splitlines()[0].split(": ", 1)[1],
+    )
+    parser.add_argument("experiments", nargs="*", metavar="EXPERIMENT", help=f"one or more of: {names}")
+    parser.add_argument("--spec", metavar="FILE", help="a JSON or TOML list of variant specs to study (experiment 'custom')")
+    parser.add_argument("--epochs", type=int, default=20, help="epochs per variant (default: 20)")
+    parser.add_argument("--batch-size", type=int, default=512, help="reviews per update (default: 512)")
+    parser.add_argument("--validation", type=int, default=10000, metavar="N", help="hold out the first N training reviews (default: 10000)")
+    parser.add_argument("--shuffle-seed", type=int, default=0, help="seeds the batch order every variant shares (default: 0)")
+    parser.add_argument("--first-layer", choices=("auto", "sparse", "dense"), default="auto", help="first layer kind (default: auto)")
+    parser.add_argument("--grouping", choices=("auto", "shape", "pad"), default="auto", help="how variants of different shapes share a vmap (default: auto)")
+    parser.add_argument("--runs", choices=RUNS, default="merged", help="one fit_variants run for everything, or one per experiment (default: merged)")
+    parser.add_argument("--no-retrain", action="store_true", help="do not retrain the best variant on all training reviews")
+    parser.add_argument("--output", help="output folder (default: runs/study-<timestamp>)")
+    add_data_options(parser)
+    parser.add_argument("--json", action="store_true", help="print one JSON summary line instead of the text summary")
+    parser.set_defaults(run=run)
+
+
+def _default_output() -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path, suffix = Path("runs") / f"study-{stamp}", 1
+    while path.exists():
+        suffix += 1
+        path = Path("runs") / f"study-{stamp}-{suffix}"
+    return path
+
+
+def run(args: argparse.Namespace) -> int:
+    from imdb_jax.study import run_study, select_experiments
+    from imdb_jax.variants import load_specs
+
+    # Every option is checked before the data is loaded or anything compiles.
+    positive("--epochs", args.epochs)
+    positive("--batch-size", args.batch_size)
+    positive("--validation", args.validation)
+    positive("--num-words", args.num_words)
+    if not args.experiments and not args.spec:
+        raise ImdbJaxError("name at least one experiment (units, layers, epochs, regularization, dropout or all) or pass --spec FILE")
+    chosen = list(args.experiments) + (load_specs(args.spec) if args.spec else [])
+    select_experiments(chosen)
+    output = Path(args.output) if args.output else _default_output()
+    if output.exists() and not output.is_dir():
+        raise ImdbJaxError(f"--output {output} exists and is not a folder")
+
+    data = load_data(args, args.num_words)
+    result = run_study(
+        chosen,
+        data,
+        output_dir=output,
+        validation=args.validation,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        shuffle_seed=args.shuffle_seed,
+        first_layer=args.first_layer,
+        grouping=args.grouping,
+        runs=args.runs,
+        progress=not args.no_progress,
+        retrain=not args.no_retrain,
+    )
+    summary = result.summary
+    best = next((variant for variant in summary["variants"] if variant["name"] == summary["best_variant"]), None)
+    retrain = summary["retrain"]
+    if args.json:
+        print_json(
+            {
+                "output": str(output),
+                "experiments": {name: [summary["variants"][index]["name"] for index in indices] for name, indices in summary["experiments"].items()},
+                "variants": len(summary["variants"]),
+                "epochs": args.epochs,
+                "best": None if best is None else {key: best[key] for key in ("name", "best_epoch", "best_val_loss", "val_accuracy_at_best")},
+                "retrain": None if retrain is None else {key: retrain[key] for key in ("variant", "epochs", "test_loss", "test_accuracy", "model_dir", "wall_s")},
+                "runs": [{key: record[key] for key in ("label", "groups", "first_layer", "wall_s", "compile_s", "train_s")} for record in summary["runs"]],
+                "training_s": summary["training_s"],
+                "wall_s": summary["wall_s"],
+                "devices": summary["devices"],
+            }
+        )
+        return 0
+
+    print(f"{len(summary['variants'])} variants, {args.epochs} epochs; {summary['settings']['train_reviews']} training reviews, first {summary['settings']['validation_reviews']} held out")
+    print(f"{'variant':<24} {'best epoch':>10} {'min val loss':>12} {'val acc':>8}  experiments")
+    for variant in summary["variants"]:
+        loss = "diverged" if variant["best_val_loss"] is None else f"{variant['best_val_loss']:.4f}"
+        accuracy = "" if variant["val_accuracy_at_best"] is None else f"{variant['val_accuracy_at_best']:.4f}"
+        print(f"{variant['name']:<24} {variant['best_epoch'] or '-':>10} {loss:>12} {accuracy:>8}  {', '.join(variant['experiments'])}")
+    for record in summary["runs"]:
+        print(f"run {record['label']}: {record['wall_s']:.1f} s ({record['compile_s']:.1f} s compiling), first layer {record['first_layer']}")
+    if retrain is not None:
+        print(f"retrained {retrain['variant']} for {retrain['epochs']} epochs on {retrain['train_reviews']} reviews: test loss {retrain['test_loss']:.4f}, test accuracy {retrain['test_accuracy']:.4f}")
+    print(f"wall time {summary['wall_s']:.1f} s; wrote {output / 'study.json'}, {output / 'report.md'} and {len(summary['figures'])} figures")
+    return 0
