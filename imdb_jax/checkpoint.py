@@ -95,11 +95,6 @@ class SavedModel:
         x = self.vocabulary.transform(list(texts))
         if x.shape[0] == 0:
             return np.zeros((0,), np.float32)
-        if x.nnz and x.indptr[-2] == x.nnz:
-            # Works around `device_data._part_indptr`, which fails (np.add.reduceat past the
-            # end) on a matrix whose last rows are empty: score one extra one-word row, drop it.
-            extra = sp.csr_matrix((np.ones(1, np.float32), [0], [0, 1]), shape=(1, x.shape[1]))
-            return predict(self.state, sp.vstack([x, extra], format="csr"), batch_size=batch_size)[:-1]
         return predict(self.state, x, batch_size=batch_size)
 
 

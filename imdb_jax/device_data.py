@@ -51,6 +51,8 @@ class DeviceReviews:
       head: the columns below `dense_words`.
       tail: the columns from `dense_words` on.
       labels: float32[num_rows] 0/1 (zeros when the split is unlabelled).
+      real_rows: int32 scalar: rows `>= real_rows` are padding added to reach a bucketed size
+        (see `to_device(bucket=True)`), which count for nothing.
       num_words: static vocabulary size.
       dense_words: static number of leading (most frequent) columns handled densely.
     """
@@ -58,11 +60,13 @@ class DeviceReviews:
     head: CSRPart
     tail: CSRPart
     labels: jax.Array
+    real_rows: jax.Array
     num_words: int = struct.field(pytree_node=False)
     dense_words: int = struct.field(pytree_node=False)
 
     @property
     def num_rows(self) -> int:
+        """Rows including bucket padding (static); `num_rows` itself marks a padding row."""
         return self.labels.shape[0]
 
     @property
@@ -91,17 +95,33 @@ def checked_csr(x: Any) -> sp.csr_matrix:
     return x
 
 
-def _part(x: sp.csr_matrix) -> CSRPart:
-    lengths = np.append(np.diff(x.indptr), 0).astype(np.int32)
-    return CSRPart(jnp.asarray(x.indptr, jnp.int32), jnp.asarray(x.indices, jnp.int32), jnp.asarray(lengths))
+def bucket(count: int) -> int:
+    """`count` rounded up to one of 4, 5, 6, 7 times a power of two (at most 25% more), so that
+    inputs of many sizes share a few compiled programs."""
+    if count <= 4:
+        return max(count, 1)
+    step = 2 ** (count.bit_length() - 3)
+    return -(-count // step) * step
 
 
-def to_device(split: Any, dense_words: int = 0) -> DeviceReviews:
+def _part(x: sp.csr_matrix, rows: int, nonzeros: int) -> CSRPart:
+    indptr = np.full(rows + 1, x.indptr[-1], np.int32)
+    indptr[: x.shape[0] + 1] = x.indptr
+    indices = np.zeros(nonzeros, np.int32)
+    indices[: x.indices.size] = x.indices
+    lengths = np.append(np.diff(indptr), 0).astype(np.int32)
+    return CSRPart(jnp.asarray(indptr), jnp.asarray(indices), jnp.asarray(lengths))
+
+
+def to_device(split: Any, dense_words: int = 0, *, bucket_sizes: int = 0) -> DeviceReviews:
     """Copies a split's CSR arrays to the default device (never densified).
 
     Args:
       split: a `Split`, an `(x, y)` pair or a CSR matrix of multi-hot rows.
       dense_words: columns `[0, dense_words)` become the dense head of each batch.
+      bucket_sizes: a batch size, to pad the arrays (with empty, weight-0 rows) to a bucketed
+        number of such batches and of non-zeros, so that scoring inputs of many sizes compiles a
+        few programs rather than one per size; 0 keeps the exact sizes.
     """
     x, y = as_xy(split)
     x = checked_csr(x)
@@ -113,16 +133,28 @@ def to_device(split: Any, dense_words: int = 0) -> DeviceReviews:
         labels = np.asarray(y, np.float32).reshape(-1)
         if labels.shape[0] != x.shape[0]:
             raise ImdbJaxError(f"{x.shape[0]} reviews but {labels.shape[0]} labels")
+    rows = bucket(math.ceil(x.shape[0] / bucket_sizes)) * bucket_sizes if bucket_sizes else x.shape[0]
     in_head = x.indices < dense_words
-    head = sp.csr_matrix((x.data[in_head], x.indices[in_head], _part_indptr(x, in_head)), shape=x.shape)
-    tail = sp.csr_matrix((x.data[~in_head], x.indices[~in_head], _part_indptr(x, ~in_head)), shape=x.shape)
-    return DeviceReviews(_part(head), _part(tail), jnp.asarray(labels), num_words=num_words, dense_words=dense_words)
+    parts = []
+    for keep in (in_head, ~in_head):
+        part = sp.csr_matrix((x.data[keep], x.indices[keep], _part_indptr(x, keep)), shape=x.shape)
+        nonzeros = bucket(max(part.nnz, CAPACITY_QUANTUM)) if bucket_sizes else part.nnz
+        parts.append(_part(part, rows, nonzeros))
+    padded_labels = np.zeros(rows, np.float32)
+    padded_labels[: labels.size] = labels
+    return DeviceReviews(
+        *parts,
+        labels=jnp.asarray(padded_labels),
+        real_rows=jnp.asarray(x.shape[0], jnp.int32),
+        num_words=num_words,
+        dense_words=dense_words,
+    )
 
 
 def _part_indptr(x: sp.csr_matrix, keep: np.ndarray) -> np.ndarray:
-    counts = np.add.reduceat(keep.astype(np.int64), x.indptr[:-1]) if keep.size else np.zeros(x.shape[0], np.int64)
-    counts[np.diff(x.indptr) == 0] = 0  # reduceat repeats the next value for empty rows
-    return np.concatenate([[0], np.cumsum(counts)])
+    """Row pointers of the non-zeros of `x` selected by the bool mask `keep`."""
+    kept_before = np.concatenate([[0], np.cumsum(keep, dtype=np.int64)])
+    return kept_before[x.indptr]
 
 
 def epoch_rows(num_rows: int, batch_size: int, key: jax.Array | None = None) -> jax.Array:
@@ -150,7 +182,8 @@ def round_capacity(nonzeros: int) -> int:
 
 
 def exact_capacity(data: DeviceReviews, rows: jax.Array) -> tuple[int, int]:
-    return tuple(round_capacity(int(count)) for count in max_batch_nonzeros(data, rows))
+    """Capacities for batches in a fixed order, bucketed so that similar inputs share them."""
+    return tuple(bucket(round_capacity(int(count)) // CAPACITY_QUANTUM) * CAPACITY_QUANTUM for count in max_batch_nonzeros(data, rows))
 
 
 def shuffled_capacity(data: DeviceReviews, batch_size: int) -> tuple[int, int]:
@@ -191,7 +224,8 @@ def gather_batch(data: DeviceReviews, rows: jax.Array, capacity: tuple[int, int]
 
     Args:
       data: the split on the device.
-      rows: int32[batch] row indices; `data.num_rows` marks a padding row (weight 0).
+      rows: int32[batch] row indices; `data.num_rows` marks a padding row (weight 0), as do
+        rows from `data.real_rows` on.
       capacity: static (head, tail) numbers of (row, word) slots, each >= the batch's non-zeros
         in that part.
 
@@ -199,7 +233,7 @@ def gather_batch(data: DeviceReviews, rows: jax.Array, capacity: tuple[int, int]
       {"inputs": MultiHot, "labels": float32[batch], "weights": float32[batch]}.
     """
     batch_size = rows.shape[0]
-    real = rows < data.num_rows
+    real = rows < data.real_rows
     head = tail = None
     if data.dense_words:
         words, row_ids = _pairs(data.head, rows, real, capacity[0])

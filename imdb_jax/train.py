@@ -388,13 +388,24 @@ def _scoring_data(state: TrainState, x: Any, first_layer: str | int) -> sp.csr_m
     return x
 
 
+# Below this many reviews "auto" scores with the all-sparse first layer: its choice then does not
+# depend on the input, so small scoring calls share one compiled program.
+AUTO_SCORING_MIN_ROWS = 4096
+
+
+def _scoring_dense_words(first_layer: str | int, x: sp.csr_matrix) -> int:
+    if first_layer == "auto" and x.shape[0] < AUTO_SCORING_MIN_ROWS:
+        return 0
+    return choose_dense_words(first_layer, x)
+
+
 def evaluate(state: TrainState, split: Any, *, batch_size: int = 512, first_layer: str | int = "auto") -> dict[str, float]:
     """{"loss", "accuracy"} of a trained model on a labelled split (loss includes the penalty)."""
     x, y = as_xy(split)
     if y is None:
         raise ImdbJaxError("evaluate needs labels: pass a Split or an (x, y) pair")
     _scoring_data(state, x, first_layer)
-    data = to_device((x, y), choose_dense_words(first_layer, x))
+    data = to_device((x, y), _scoring_dense_words(first_layer, x), bucket_sizes=batch_size)
     plan = _EpochPlan(data, batch_size, shuffle=False)
     sums = jax.device_get(eval_epoch(state, data, plan.rows, evaluate=MODEL.evaluate, capacity=plan.capacity))
     return {"loss": float(_ratio(sums["loss_sum"], sums["count"])), "accuracy": float(_ratio(sums["correct"], sums["count"]))}
@@ -403,7 +414,7 @@ def evaluate(state: TrainState, split: Any, *, batch_size: int = 512, first_laye
 def predict(state: TrainState, x: Any, *, batch_size: int = 512, first_layer: str | int = "auto") -> np.ndarray:
     """float32[num_reviews] probabilities of a positive review, for CSR multi-hot rows `x`."""
     x = _scoring_data(state, as_xy(x)[0], first_layer)
-    data = to_device(x, choose_dense_words(first_layer, x))
+    data = to_device(x, _scoring_dense_words(first_layer, x), bucket_sizes=batch_size)
     plan = _EpochPlan(data, batch_size, shuffle=False)
     logits = predict_epoch(state, data, plan.rows, predict=MODEL.predict, capacity=plan.capacity)
-    return np.asarray(jax.nn.sigmoid(logits.reshape(-1)[: data.num_rows]), np.float32)
+    return np.asarray(jax.nn.sigmoid(logits.reshape(-1)[: x.shape[0]]), np.float32)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -108,3 +109,25 @@ def test_fit_rejects_bad_arguments(data):
         fit(CONFIG, data["train"], batch_size=0, progress=False)
     with pytest.raises(ImdbJaxError, match="first_layer"):
         fit(CONFIG, data["train"], first_layer="convolutional", progress=False)
+
+
+def test_scoring_handles_empty_reviews_anywhere_and_shares_compilations():
+    from imdb_jax.steps import create_train_state
+    from imdb_jax.train import predict_epoch
+
+    state = create_train_state(jax.random.key(0), ModelConfig(num_words=10, hidden_units=(4,)))
+    last_row_empty = sp.csr_matrix(np.array([[1, 0, 1] + [0] * 7, [0] * 10], np.float32))
+    probabilities = predict(state, last_row_empty)
+    assert probabilities.shape == (2,)
+    # An empty review meets only the (zero) initial biases: logit 0, probability one half.
+    assert probabilities[1] == 0.5 and probabilities[0] != 0.5
+    assert np.array_equal(predict(state, sp.csr_matrix(np.zeros((3, 10), np.float32))), np.full(3, 0.5, np.float32))
+    assert evaluate(state, (last_row_empty, np.array([1.0, 0.0], np.float32)))["accuracy"] in (0.0, 0.5, 1.0)
+    before = predict_epoch._cache_size()
+    rng = np.random.default_rng(0)
+    for rows in (3, 5, 6, 7, 50, 300):
+        x = sp.csr_matrix((rng.random((rows, 10)) < 0.3).astype(np.float32))
+        expected = jax.nn.sigmoid(state.apply_fn({"params": state.params}, x.toarray()))
+        assert np.allclose(predict(state, x), expected, atol=1e-6)
+    # 3-300 reviews: one or a few bucketed shapes, not one program per input size.
+    assert predict_epoch._cache_size() - before <= 2
