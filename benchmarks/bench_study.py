@@ -14,7 +14,7 @@ and, when present, `imdb-jax study all` timed the same way. Keras running the st
 after another is measured with --keras-study (about 8 minutes); otherwise the 486 s from
 shared/DATA.md is shown as a cited reference, not measured in this run.
 
-  python benchmarks/bench_study.py                     # 3 fresh-process repeats
+  python benchmarks/bench_study.py                     # up to 3 fresh-process repeats (--budget)
   python benchmarks/bench_study.py --keras-study       # and Keras' sequential study (slow)
   python benchmarks/bench_study.py --quick             # 2,048 reviews, 2 epochs, 1 repeat
 """
@@ -55,6 +55,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the library's run_study (auto: when it exists) or fit_variants + fit",
     )
     parser.add_argument("--no-cli", action="store_true", help="do not time the `imdb-jax study all` command")
+    parser.add_argument("--cli-repeats", type=int, default=1, help="runs of `imdb-jax study all` (default 1: the fresh-process repeats above already time the same study)")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=300.0,
+        help="seconds: start another repeat only if the repeats so far predict it ends within this (default 300; 0: always --repeats)",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = common.resolve_common_args(parser.parse_args(argv), default_repeats=3, quick_repeats=1)
     if args.epochs is None:
@@ -175,12 +182,22 @@ def _run_child(command: list[str], timeout: float = 3600) -> tuple[float, subpro
     return time.perf_counter() - start, done
 
 
+def within_budget(walls: list[float], args: argparse.Namespace) -> bool:
+    """Whether one more repeat, as long as the mean so far, still ends within --budget."""
+    if not walls or not args.budget:
+        return True
+    return sum(walls) + sum(walls) / len(walls) <= args.budget
+
+
 def cold_repeats(args: argparse.Namespace) -> tuple[list[float], list[dict]]:
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", "--epochs", str(args.epochs), "--models", str(args.models), "--via", args.via]
     command += ["--synthetic"] if args.synthetic else []
     command += ["--rows", str(args.rows)] if args.rows else []
     walls, results = [], []
     for repeat in range(args.repeats):
+        if not within_budget(walls, args):
+            common.log(f"imdb_jax study: stopping after {repeat} repeats (--budget {args.budget:.0f} s)")
+            break
         common.log(f"imdb_jax study: fresh process {repeat + 1}/{args.repeats} ...")
         wall, done = _run_child(command)
         lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_MARK)]
@@ -289,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     reporter.emit(
         "study",
-        f"imdb_jax {args.models} models together",
+        f"imdb_jax study training ({last['models']} variants together)",
         config,
         **study,
         compile_s=common.summarize([result["study_compile_s"] for result in results])["median_s"],
@@ -301,8 +318,10 @@ def main(argv: list[str] | None = None) -> int:
         reporter.note("imdb-jax study all", f"not timed: {why_not}")
     else:
         cli_walls = []
-        for repeat in range(args.repeats):
-            common.log(f"imdb-jax study all: run {repeat + 1}/{args.repeats} ...")
+        for repeat in range(args.cli_repeats):
+            if not within_budget(cli_walls, args):
+                break
+            common.log(f"imdb-jax study all: run {repeat + 1}/{args.cli_repeats} ...")
             with tempfile.TemporaryDirectory(prefix="bench-study-cli-") as output:
                 seconds, done = _run_child(command + ["--output", output])
             if done.returncode != 0:

@@ -41,6 +41,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--grouping", choices=("auto", "shape", "pad"), default="auto", help="grouping of the mixed-width study (default: auto)")
     parser.add_argument("--no-mixed", action="store_true", help="skip the mixed-width (4/16/512) study")
     parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=60.0,
+        help="seconds of steady epochs to aim for per K: fewer repeats (at least 2) for a K whose epoch "
+        "the earlier K predict to be slow (default 60; 0 always runs --repeats)",
+    )
     args = common.resolve_common_args(parser.parse_args(argv), default_repeats=3)
     text = args.variants or (QUICK_VARIANTS if args.quick else DEFAULT_VARIANTS)
     try:
@@ -52,7 +59,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def time_variants(specs, dataset: common.Dataset, args: argparse.Namespace, grouping: str) -> dict | None:
+def repeats_for(count: int, points: list[tuple[int, float]], args: argparse.Namespace) -> int:
+    """--repeats, or fewer (never under 2) when the line through the earlier K predicts this K's
+    steady epochs would take more than --budget seconds."""
+    if not args.budget or not points:
+        return args.repeats
+    line = growth(points) if len(points) >= 2 else {"fixed_s": 0.0, "per_variant_s": points[0][1] / points[0][0]}
+    predicted = max(line["fixed_s"] + line["per_variant_s"] * count, 1e-3)
+    return max(min(2, args.repeats), min(args.repeats, int(args.budget // predicted)))
+
+
+def time_variants(specs, dataset: common.Dataset, args: argparse.Namespace, grouping: str, repeats: int | None = None) -> dict | None:
     """Trains `specs` together with `fit_variants` for 1 + repeats epochs, each epoch timed.
 
     Returns:
@@ -68,7 +85,7 @@ def time_variants(specs, dataset: common.Dataset, args: argparse.Namespace, grou
         result = fit_variants(
             specs,
             dataset.train,
-            epochs=1 + args.repeats,
+            epochs=1 + (args.repeats if repeats is None else repeats),
             batch_size=args.batch_size,
             first_layer=args.first_layer,
             grouping=grouping,
@@ -102,7 +119,8 @@ def growth(points: list[tuple[int, float]]) -> dict | None:
 
 def emit_timing(reporter, name: str, settings: dict, timing: dict, count: int, figures: dict, dataset, all_figures: dict | None = None) -> None:
     """Emits compile, first epoch, steady epoch (of all `count` together, compared with
-    `all_figures`) and per-variant epoch (compared with one Keras epoch, `figures`)."""
+    `all_figures`) and per-variant epoch (compared with one Keras 16-16 epoch, `figures`, or the
+    cited one when `dataset` is given and Keras TF did not run)."""
     compile_s = timing["compile_s"]
     memory = {key: timing[key] for key in ("rss_before_mb", "peak_rss_mb", "peak_rss_scope")}
     settings = {**settings, "path": timing["path"], "groups": timing["groups"]}
@@ -128,7 +146,7 @@ def emit_timing(reporter, name: str, settings: dict, timing: dict, count: int, f
         **per_variant,
         compile_s=compile_s,
         **memory,
-        vs=common.versus(per_variant["median_s"], figures, "steady_epoch_s", "keras_tensorflow_epoch_steady_s", dataset),
+        vs=common.versus(per_variant["median_s"], figures, "steady_epoch_s", "keras_tensorflow_epoch_steady_s" if dataset else None, dataset),
     )
 
 
@@ -179,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     for count in args.variants:
         common.log(f"imdb_jax: {count} variants of 16-16 together ...")
         specs = [VariantSpec(hidden_units=(16, 16), seed=seed) for seed in range(count)]
-        timing = time_variants(specs, dataset, args, "auto")
+        timing = time_variants(specs, dataset, args, "auto", repeats_for(count, points, args))
         if timing is None:
             reporter.note(f"imdb_jax {count}x 16-16", "per-epoch timing unavailable: fit_variants no longer calls imdb_jax.train.train_epoch")
             continue
@@ -200,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         if timing is None:
             reporter.note(name, "per-epoch timing unavailable")
         else:
-            emit_timing(reporter, name, settings, timing, len(specs), {}, dataset, all_figures=mixed_figures)
+            emit_timing(reporter, name, settings, timing, len(specs), {}, None, all_figures=mixed_figures)
     if not args.no_table:
         reporter.table()
     return 0
