@@ -332,6 +332,8 @@ def _jsonable(value: Any) -> Any:
 def _seconds(value: float | None) -> str:
     if value is None:
         return ""
+    if value == 0:
+        return "0"
     if value >= 100:
         return f"{value:.0f}"
     if value >= 1:

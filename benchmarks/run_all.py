@@ -49,6 +49,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def unique(records: list[dict]) -> list[dict]:
+    """Records minus repeats: a baseline measured once is reported by every script that uses it."""
+    seen, kept = set(), []
+    for record in records:
+        key = (record["what"], record["name"], json.dumps(record["config"], sort_keys=True), record.get("median_s"), record.get("note"))
+        if key not in seen:
+            seen.add(key)
+            kept.append(record)
+    return kept
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
@@ -81,8 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         f"Command: `python benchmarks/run_all.py {' '.join(argv if argv is not None else sys.argv[1:])}`".rstrip() + f" ({total / 60:.1f} minutes).",
         "",
     ]
-    (out / "table.md").write_text("\n".join(header) + common.markdown_table(records) + "\n")
-    common.print_table(records, file=sys.stdout)
+    table = unique(records)
+    (out / "table.md").write_text("\n".join(header) + common.markdown_table(table) + "\n")
+    common.print_table(table, file=sys.stdout)
     common.log(f"\nwrote {out}/ (results.jsonl, table.md) in {total / 60:.1f} minutes")
     for failure in failures:
         common.log(f"FAILED: {failure}")
