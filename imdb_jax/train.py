@@ -166,13 +166,16 @@ def predict_epoch(states, data: DeviceReviews, rows: jax.Array, *, predict: Call
 # Host-side driving.
 
 
-# Relative cost of one gathered (or scatter-added) float of the sparse path against one
-# multiply-add of the dense matmul, measured with XLA on CPU (benchmarks/README.md): columns that
-# appear in more than this fraction of reviews are cheaper to multiply densely.
-SPARSE_TO_DENSE_COST = 0.02
+# Costs of the first layer, fitted to epoch timings of XLA on CPU (2 cores; 1 and 64 variants
+# of 16-16, 0 / 1,051 / 3,000 dense columns; benchmarks/README.md). Unit: one tail word of one
+# review through one hidden unit (its gather forward and scatter-add backward). A dense column
+# costs SPARSE_TO_DENSE_COST of that per unit (its share of the matmuls), plus
+# HEAD_COLUMN_COST per column whatever the width (building the dense head of each batch).
+SPARSE_TO_DENSE_COST = 0.012
+HEAD_COLUMN_COST = 2.0
 
 
-def choose_dense_words(first_layer: str | int, x: Any) -> int:
+def choose_dense_words(first_layer: str | int, x: Any, width: int = 16) -> int:
     """How many leading (most frequent) columns the first layer multiplies densely.
 
     Args:
@@ -180,9 +183,13 @@ def choose_dense_words(first_layer: str | int, x: Any) -> int:
         "auto" (the split minimising estimated cost), or an explicit column count.
       x: the training CSR matrix (columns ordered most frequent first, as `load_imdb` makes
         them).
+      width: first-layer units trained together (all variants' together in `fit_variants`).
 
-    "auto" minimises, per review and hidden unit, `SPARSE_TO_DENSE_COST * dense_words` (the
-    matmul over the head) plus the expected number of tail words (the embedding bag).
+    "auto" minimises, per review, `width * (SPARSE_TO_DENSE_COST * dense_words + tail_words)
+    + HEAD_COLUMN_COST * dense_words`, `tail_words` being the expected number of a review's words
+    beyond the head: a column goes dense when it is in more than `SPARSE_TO_DENSE_COST +
+    HEAD_COLUMN_COST / width` of the reviews. Narrow models stay (nearly) all sparse; wide
+    studies multiply the frequent words densely.
     """
     x = checked_csr(x)
     num_words = x.shape[1]
@@ -196,7 +203,8 @@ def choose_dense_words(first_layer: str | int, x: Any) -> int:
         return num_words if first_layer == "dense" else 0
     review_share = np.bincount(x.indices, minlength=num_words) / x.shape[0]
     tail_words = review_share.sum() - np.concatenate([[0.0], np.cumsum(review_share)])
-    cost = SPARSE_TO_DENSE_COST * np.arange(num_words + 1) + tail_words
+    columns = np.arange(num_words + 1)
+    cost = max(width, 1) * (SPARSE_TO_DENSE_COST * columns + tail_words) + HEAD_COLUMN_COST * columns
     return int(np.argmin(cost))
 
 
@@ -309,10 +317,16 @@ def _describe_single(epoch, record, carry):
     return text + ("" if bool(record["alive"]) else " DIVERGED")
 
 
-def device_splits(train: Any, validation: Any, first_layer: str | int) -> tuple[DeviceReviews, DeviceReviews | None]:
-    """Both splits on the device, cut into dense head and sparse tail at the same column."""
+def device_splits(
+    train: Any, validation: Any, first_layer: str | int, width: int
+) -> tuple[DeviceReviews, DeviceReviews | None]:
+    """Both splits on the device, cut into dense head and sparse tail at the same column.
+
+    Args:
+      width: first-layer units trained together (see `choose_dense_words`).
+    """
     train_x, train_y = as_xy(train)
-    dense_words = choose_dense_words(first_layer, train_x)
+    dense_words = choose_dense_words(first_layer, train_x, width)
     train_data = to_device((train_x, train_y), dense_words)
     val_data = None
     if validation is not None:
@@ -355,7 +369,7 @@ def fit(
       The trained state and the history: {"loss", "accuracy", "val_loss", "val_accuracy",
       "diverged"}, one value per epoch, training figures including the penalty like Keras.
     """
-    train_data, val_data = device_splits(train, validation, first_layer)
+    train_data, val_data = device_splits(train, validation, first_layer, config.hidden_units[0])
     if train_data.num_words != config.num_words:
         raise ImdbJaxError(f"the data has {train_data.num_words} word columns but the model expects num_words={config.num_words}")
     init_key, dropout_key = jax.random.split(jax.random.key(seed))
@@ -393,10 +407,10 @@ def _scoring_data(state: TrainState, x: Any, first_layer: str | int) -> sp.csr_m
 AUTO_SCORING_MIN_ROWS = 4096
 
 
-def _scoring_dense_words(first_layer: str | int, x: sp.csr_matrix) -> int:
+def _scoring_dense_words(first_layer: str | int, x: sp.csr_matrix, state: TrainState) -> int:
     if first_layer == "auto" and x.shape[0] < AUTO_SCORING_MIN_ROWS:
         return 0
-    return choose_dense_words(first_layer, x)
+    return choose_dense_words(first_layer, x, state.params["hidden_0"]["kernel"].shape[-1])
 
 
 def evaluate(state: TrainState, split: Any, *, batch_size: int = 512, first_layer: str | int = "auto") -> dict[str, float]:
@@ -405,7 +419,7 @@ def evaluate(state: TrainState, split: Any, *, batch_size: int = 512, first_laye
     if y is None:
         raise ImdbJaxError("evaluate needs labels: pass a Split or an (x, y) pair")
     _scoring_data(state, x, first_layer)
-    data = to_device((x, y), _scoring_dense_words(first_layer, x), bucket_sizes=batch_size)
+    data = to_device((x, y), _scoring_dense_words(first_layer, x, state), bucket_sizes=batch_size)
     plan = _EpochPlan(data, batch_size, shuffle=False)
     sums = jax.device_get(eval_epoch(state, data, plan.rows, evaluate=MODEL.evaluate, capacity=plan.capacity))
     return {"loss": float(_ratio(sums["loss_sum"], sums["count"])), "accuracy": float(_ratio(sums["correct"], sums["count"]))}
@@ -414,7 +428,7 @@ def evaluate(state: TrainState, split: Any, *, batch_size: int = 512, first_laye
 def predict(state: TrainState, x: Any, *, batch_size: int = 512, first_layer: str | int = "auto") -> np.ndarray:
     """float32[num_reviews] probabilities of a positive review, for CSR multi-hot rows `x`."""
     x = _scoring_data(state, as_xy(x)[0], first_layer)
-    data = to_device(x, _scoring_dense_words(first_layer, x), bucket_sizes=batch_size)
+    data = to_device(x, _scoring_dense_words(first_layer, x, state), bucket_sizes=batch_size)
     plan = _EpochPlan(data, batch_size, shuffle=False)
     logits = predict_epoch(state, data, plan.rows, predict=MODEL.predict, capacity=plan.capacity)
     return np.asarray(jax.nn.sigmoid(logits.reshape(-1)[: x.shape[0]]), np.float32)

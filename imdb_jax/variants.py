@@ -27,6 +27,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from imdb_jax.config import ConfigError, ModelConfig
+from imdb_jax.device_data import as_xy
 from imdb_jax.errors import ImdbJaxError
 from imdb_jax.steps import TrainState, create_train_state
 from imdb_jax.train import (
@@ -164,7 +165,7 @@ def padded_shape(shapes: Sequence[Sequence[int]]) -> tuple[int, ...]:
 # about 1 / SPARSE_TO_DENSE_COST of them per unit (gather forward, scatter-add backward); about
 # half of a review's words are in the tail under the "auto" split. A separate group adds a fixed
 # cost per step (its own ops in the compiled step): about 0.2 ms against ~5 ms for one 16-16
-# model's step on CPU, i.e. ~2,000 units per review.
+# model's step on CPU, i.e. a few thousand units per review.
 GROUP_OVERHEAD = 2_000.0
 TAIL_SHARE = 0.5
 
@@ -400,9 +401,11 @@ def fit_variants(
     specs = list(specs)
     if not specs:
         raise ImdbJaxError("no variants to train")
-    train_data, val_data = device_splits(train, validation, first_layer)
-    num_words = train_data.num_words
-    groups = plan_groups(specs, num_words, train_data.nonzeros / train_data.num_rows, batch_size, grouping)
+    train_x = as_xy(train)[0]
+    num_words = train_x.shape[1]
+    groups = plan_groups(specs, num_words, train_x.nnz / max(train_x.shape[0], 1), batch_size, grouping)
+    width = sum(len(group.members) * group.hidden_units[0] for group in groups)
+    train_data, val_data = device_splits(train, validation, first_layer, width)
     mesh = variant_mesh(devices)
     device_count = 1 if mesh is None else mesh.size
     carries = []
