@@ -131,3 +131,26 @@ def test_scoring_handles_empty_reviews_anywhere_and_shares_compilations():
         assert np.allclose(predict(state, x), expected, atol=1e-6)
     # 3-300 reviews: one or a few bucketed shapes, not one program per input size.
     assert predict_epoch._cache_size() - before <= 2
+
+
+def test_first_layer_choice_follows_width_and_the_paths_agree():
+    from imdb_jax.train import choose_dense_words
+
+    rng = np.random.default_rng(1)
+    # Column j appears in a share of reviews falling with j, like a frequency-ordered vocabulary.
+    share = 0.5 / (1.0 + np.arange(400) / 10.0)
+    x = sp.csr_matrix((rng.random((2000, 400)) < share).astype(np.float32))
+    assert choose_dense_words("sparse", x) == 0
+    assert choose_dense_words("dense", x) == 400
+    assert choose_dense_words(37, x) == 37
+    narrow, wide = choose_dense_words("auto", x, 16), choose_dense_words("auto", x, 4096)
+    assert 0 <= narrow < wide < 400
+    with pytest.raises(ImdbJaxError):
+        choose_dense_words("fast", x)
+    with pytest.raises(ImdbJaxError):
+        choose_dense_words(401, x)
+    y = (x[:, :20].sum(axis=1).A1 > 2).astype(np.float32)
+    config = ModelConfig(num_words=400, hidden_units=(8,))
+    histories = [fit(config, (x, y), epochs=2, batch_size=256, first_layer=path, progress=False)[1] for path in ("sparse", 60, "dense")]
+    for history in histories[1:]:
+        assert np.allclose(history["loss"], histories[0]["loss"], rtol=1e-5)
