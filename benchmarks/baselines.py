@@ -368,6 +368,9 @@ class BaselineCache:
             except (OSError, ValueError):
                 self.entries = {}
 
+    def __contains__(self, key: str) -> bool:
+        return key in self.entries
+
     def get_or_run(self, key: str, run) -> Any:
         if key in self.entries:
             return self.entries[key]

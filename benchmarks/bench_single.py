@@ -1,15 +1,17 @@
 """Single model: seconds per epoch of the seed model (16-16-1, batch 512) over the training reviews.
 
-For each first layer (sparse embedding bag, dense per-batch matmul):
-  compile      trace + lower + XLA compile of one epoch (ahead of time), apart from running
-  epoch_first  compile + the first epoch: what a user waits for (Keras' first epoch also traces)
+For each first layer (sparse embedding bag, dense per-batch matmul, and `auto`, the library's
+own choice), the epochs of one `fit` are timed inside the library's loop:
+  compile      tracing, lowering and XLA compilation inside the first epoch
+  epoch_first  the whole first epoch: what a user waits for (Keras' first epoch also traces)
   epoch_steady the following epochs, each a fresh shuffle, median of --repeats
-  fit_4_epochs `imdb_jax.train.fit(..., epochs=4)` end to end once compiled (host work included),
-               with the test accuracy of the model it returns
+  fit_4_epochs whole `imdb_jax.train.fit(..., epochs=4)` calls after a first fit in the process
+               (host work included; compile_inside_s says if one compiled again), with the
+               test accuracy of the model it returns
 and, in the same run, Keras 3 (TensorFlow and JAX backends) and scikit-learn's
 LogisticRegression(C=0.05) on the same CSR vectors, with ratio = imdb_jax time / baseline time.
 
-  python benchmarks/bench_single.py                  # all 25,000 reviews, both first layers
+  python benchmarks/bench_single.py                  # all 25,000 reviews, all three first layers
   python benchmarks/bench_single.py --quick          # 2,048 reviews, 2 repeats
   python benchmarks/bench_single.py --first-layer sparse --no-baselines
 """
@@ -65,7 +67,7 @@ def time_single_model(reporter: common.Reporter, args: argparse.Namespace, datas
         reporter.note(label, "per-epoch timing unavailable: imdb_jax.train.fit no longer calls imdb_jax.train.train_epoch")
         return
     compile_s = timing["compile_s"]
-    reporter.emit("compile", label, settings, **common.summarize([compile_s]), compile_stages_s=dict(common.CompileClock.by_stage))
+    reporter.emit("compile", label, settings, **common.summarize([compile_s]))
     reporter.emit(
         "epoch_first",
         label,

@@ -161,7 +161,7 @@ def keras_mixed_baselines(reporter, args, dataset, epochs: int = 3) -> dict:
     for backend in args.keras_backends:
         label = f"keras_{backend}"
         key = f"keras:{backend}:mixed{MIXED_WIDTHS}:{epochs}ep:{common.data_signature(dataset)}"
-        common.log(f"baseline: Keras ({backend} backend), widths {MIXED_WIDTHS} one after another, {epochs} epochs each ...")
+        common.log(f"baseline: Keras ({backend} backend), widths {MIXED_WIDTHS} one after another, {epochs} epochs each" + (": reused" if key in cache else " ..."))
         result = cache.get_or_run(key, lambda: baselines.run_keras(backend, models, dataset.train))
         if "skipped" in result:
             reporter.note(f"{label} mixed", result["skipped"], baseline=label)

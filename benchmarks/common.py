@@ -463,10 +463,10 @@ def dataset_from_args(args: argparse.Namespace, num_words: int = 10000) -> Datas
 
 
 class CompileClock:
-    """Sums JAX's compile-duration events (`/jax/core/compile/...`) since the process started."""
+    """Sums JAX's compile-duration events (`/jax/core/compile/...`: tracing, lowering, XLA compile)
+    since `install()`."""
 
     total_s = 0.0
-    by_stage: dict[str, float] = {}
     _installed = False
 
     @classmethod
@@ -478,9 +478,7 @@ class CompileClock:
         def listen(event: str, duration: float, **kwargs: Any) -> None:
             del kwargs
             if event.startswith("/jax/core/compile/"):
-                stage = event.rsplit("/", 1)[-1]
                 cls.total_s += duration
-                cls.by_stage[stage] = cls.by_stage.get(stage, 0.0) + duration
 
         jax.monitoring.register_event_duration_secs_listener(listen)
         cls._installed = True
@@ -579,7 +577,7 @@ def keras_seed_baselines(reporter: Reporter, args: argparse.Namespace, dataset: 
     for backend in args.keras_backends:
         label = f"keras_{backend}"
         key = f"keras:{backend}:seed16-16:{epochs}ep:{data_signature(dataset)}"
-        log(f"baseline: Keras ({backend} backend), 16-16-1 for {epochs} epochs, in a subprocess ...")
+        log(f"baseline: Keras ({backend} backend), 16-16-1 for {epochs} epochs" + (": reused from this run" if key in cache else ", in a subprocess ..."))
         result = cache.get_or_run(
             key, lambda: baselines.run_keras(backend, [baselines.KerasModel(epochs=epochs, evaluate_test=True)], dataset.train, dataset.test)
         )
