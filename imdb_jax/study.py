@@ -392,7 +392,7 @@ def report_markdown(summary: Mapping[str, Any]) -> str:
             lines.append("Every variant diverged; nothing to compare.")
         elif experiment in writers:
             lines.append(writers[experiment](result))
-        else:
+        elif len(indices) > 1:
             lines.append(f"Best: {result['best']} (lowest validation loss {_number(result['best_val_loss'])} at epoch {result['best_epoch']}).")
         for name, turn in result.get("turns_up", {}).items():
             lines.append(_turn_text(name, turn))
