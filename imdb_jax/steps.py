@@ -61,15 +61,22 @@ def create_train_state(rng: jax.Array, config: ModelConfig) -> TrainState:
       rng: PRNG key for the initial weights.
       config: the model; its numeric settings become arrays in the state.
     """
-    model = create_model(config)
-    params = model.init(rng, jnp.zeros((1, config.num_words), jnp.float32))["params"]
+    numbers = {name: jnp.asarray(value, jnp.float32) for name, value in config.hyperparams.items()}
+    return _create_train_state(rng, numbers, config.num_words, config.hidden_units)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _create_train_state(rng: jax.Array, numbers: dict[str, jax.Array], num_words: int, hidden_units: tuple[int, ...]):
+    # One compiled program per shape (not one small program per eager op, nor one per setting).
+    model = _shared_model(num_words, hidden_units)
+    params = model.init(rng, jnp.zeros((1, num_words), jnp.float32))["params"]
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         apply_fn=model.apply,
         params=params,
         tx=rmsprop(),
-        opt_state=init_opt_state(params, config.learning_rate, config.weight_decay),
-        hparams={name: jnp.asarray(getattr(config, name), jnp.float32) for name in ("dropout_rate", "l1", "l2")},
+        opt_state=init_opt_state(params, numbers["learning_rate"], numbers["weight_decay"]),
+        hparams={name: numbers[name] for name in ("dropout_rate", "l1", "l2")},
     )
 
 

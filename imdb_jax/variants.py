@@ -225,23 +225,30 @@ def plan_groups(
 # Padding and unpadding states by parameter path.
 
 
+# Padding happens on the host with NumPy: a study's states are assembled once, and doing it with
+# eager JAX ops would compile a small program per leaf shape.
+
+
 def _leaves_by_path(tree: Any) -> dict[str, Any]:
     return {jax.tree_util.keystr(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def _embed(small: jax.Array, big_shape: tuple[int, ...], fill: Any = 0) -> jax.Array:
-    big = jnp.full(big_shape, fill, jnp.asarray(small).dtype)
-    return big.at[tuple(slice(0, size) for size in jnp.shape(small))].set(small)
+def _embed(small: Any, big_shape: tuple[int, ...]) -> np.ndarray:
+    small = np.asarray(small)
+    big = np.zeros(big_shape, small.dtype)
+    big[tuple(slice(0, size) for size in small.shape)] = small
+    return big
 
 
 def pad_state(state: TrainState, template: TrainState) -> TrainState:
     """`state` zero-padded into `template`'s shapes (leaves matched by path; the template's
-    extra leaves, e.g. missing layers, stay zero)."""
-    source = _leaves_by_path(state)
+    extra leaves, e.g. missing layers, stay zero). Leaves come back as NumPy arrays; `template`
+    may hold `jax.ShapeDtypeStruct`s."""
+    source = _leaves_by_path(jax.device_get(state))
 
     def fill(path, leaf):
         key = jax.tree_util.keystr(path)
-        return _embed(source[key], leaf.shape) if key in source else jnp.zeros_like(leaf)
+        return _embed(source[key], leaf.shape) if key in source else np.zeros(leaf.shape, leaf.dtype)
 
     return jax.tree_util.tree_map_with_path(fill, template)
 
@@ -253,19 +260,20 @@ def param_mask(params: Any, template_params: Any) -> Any:
     def fill(path, leaf):
         key = jax.tree_util.keystr(path)
         if key not in source:
-            return jnp.zeros_like(leaf)
-        return _embed(jnp.ones_like(source[key]), leaf.shape)
+            return np.zeros(leaf.shape, leaf.dtype)
+        return _embed(np.ones(source[key].shape, leaf.dtype), leaf.shape)
 
     return jax.tree_util.tree_map_with_path(fill, template_params)
 
 
 def unpad_state(padded: TrainState, template: TrainState) -> TrainState:
-    """The inverse of `pad_state`: `template`'s leaves cut out of `padded` by path."""
-    source = _leaves_by_path(padded)
+    """The inverse of `pad_state`: `template`'s leaves cut out of `padded` by path, as device
+    arrays; `template` may hold `jax.ShapeDtypeStruct`s."""
+    source = _leaves_by_path(jax.device_get(padded))
 
     def cut(path, leaf):
-        value = source[jax.tree_util.keystr(path)]
-        return value[tuple(slice(0, size) for size in jnp.shape(leaf))]
+        value = np.asarray(source[jax.tree_util.keystr(path)])
+        return jnp.asarray(value[tuple(slice(0, size) for size in leaf.shape)])
 
     return jax.tree_util.tree_map_with_path(cut, template)
 
@@ -273,6 +281,11 @@ def unpad_state(padded: TrainState, template: TrainState) -> TrainState:
 def _keys(seed: int) -> tuple[jax.Array, jax.Array]:
     init_key, dropout_key = jax.random.split(jax.random.key(seed))
     return init_key, dropout_key
+
+
+def _state_shapes(num_words: int, hidden_units: tuple[int, ...]) -> TrainState:
+    config = ModelConfig(num_words=num_words, hidden_units=hidden_units)
+    return jax.eval_shape(lambda key: create_train_state(key, config), jax.random.key(0))
 
 
 def group_carry(group: Group, specs: Sequence[VariantSpec], num_words: int, copies: int = 0):
@@ -283,7 +296,7 @@ def group_carry(group: Group, specs: Sequence[VariantSpec], num_words: int, copi
         over devices (their results are discarded).
     """
     shape = group.hidden_units
-    template = create_train_state(jax.random.key(0), ModelConfig(num_words=num_words, hidden_units=shape))
+    template = _state_shapes(num_words, shape)
     members = list(group.members) + [group.members[0]] * copies
     states, keys = [], []
     for index in members:
@@ -291,17 +304,19 @@ def group_carry(group: Group, specs: Sequence[VariantSpec], num_words: int, copi
         init_key, dropout_key = _keys(spec.seed)
         own = create_train_state(init_key, spec.config(num_words))
         padded = pad_state(own, template)
-        active = jnp.arange(len(shape)) < len(spec.hidden_units)
+        active = np.arange(len(shape)) < len(spec.hidden_units)
         states.append(padded.replace(grad_mask=param_mask(own.params, template.params), layer_active=active))
         keys.append(dropout_key)
-    stacked = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *states)
+    stacked = jax.tree_util.tree_map(lambda *leaves: np.stack(leaves), *states)
     # Masks that are all ones (no member pads that weight) would only cost a pass per step.
-    mask = jax.tree_util.tree_map(lambda leaf: None if bool(jnp.all(leaf == 1)) else leaf, stacked.grad_mask)
+    mask = jax.tree_util.tree_map(lambda leaf: None if leaf.all() else leaf, stacked.grad_mask)
     if all(leaf is None for leaf in jax.tree_util.tree_leaves(mask, is_leaf=lambda x: x is None)):
         mask = None
-    if bool(jnp.all(stacked.layer_active)):
+    stacked = stacked.replace(grad_mask=mask)
+    if stacked.layer_active.all():
         stacked = stacked.replace(layer_active=None)
-    return stacked.replace(grad_mask=mask), jnp.ones((len(members),), bool), jnp.stack(keys)
+    stacked = jax.tree_util.tree_map(jnp.asarray, stacked)
+    return stacked, jnp.ones((len(members),), bool), jnp.stack(keys)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,10 +357,9 @@ class VariantsResult:
         """Variant `index` as an ordinary trained model (unpadded) for `evaluate`, `predict`
         or saving."""
         group_index, position = self._locate(index)
-        stacked = self.states[group_index]
-        padded = jax.tree_util.tree_map(lambda leaf: leaf[position], stacked)
-        own = create_train_state(jax.random.key(0), self.config(index))
-        return unpad_state(padded, own)
+        padded = jax.tree_util.tree_map(lambda leaf: np.asarray(leaf)[position], jax.device_get(self.states[group_index]))
+        config = self.config(index)
+        return unpad_state(padded, _state_shapes(config.num_words, config.hidden_units))
 
     def best_epoch(self, index: int) -> int | None:
         """1-based epoch of the lowest validation loss (None without validation or if every
