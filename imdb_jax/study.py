@@ -27,6 +27,7 @@ from typing import Any, Mapping, Sequence
 import jax
 import numpy as np
 
+from imdb_jax.checkpoint import save_model, to_json_value
 from imdb_jax.errors import ImdbJaxError
 from imdb_jax.variants import VariantSpec, VariantsResult, fit_variants
 
@@ -676,11 +677,7 @@ def _retrain(spec, best, data, output_dir, batch_size, shuffle_seed, first_layer
         "history": history,
         "model_dir": None,
     }
-    try:
-        from imdb_jax.checkpoint import save_model
-    except ImportError:  # the checkpoint module is optional for a study
-        save_model = None
-    if save_model is not None and getattr(data, "vocabulary", None) is not None:
+    if getattr(data, "vocabulary", None) is not None:
         metrics = {"test_loss": test["loss"], "test_accuracy": test["accuracy"], "epochs": best["best_epoch"]}
         record["model_dir"] = str(save_model(output_dir / "model", state, config, data.vocabulary, history, metrics))
     record["wall_s"] = time.perf_counter() - started
@@ -689,20 +686,5 @@ def _retrain(spec, best, data, output_dir, batch_size, shuffle_seed, first_layer
     return state, record
 
 
-def _json_value(value: Any) -> Any:
-    """Strict JSON: NaN and infinities become null, numpy values plain numbers."""
-    if isinstance(value, Mapping):
-        return {str(key): _json_value(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_value(item) for item in value]
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    return value
-
-
 def _write_json(path: Path, summary: Mapping[str, Any]) -> None:
-    path.write_text(json.dumps(_json_value(summary), indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(to_json_value(summary), indent=1, allow_nan=False) + "\n", encoding="utf-8")
