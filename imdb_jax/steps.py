@@ -39,18 +39,14 @@ class TrainState(train_state.TrainState):
     layer_active: Any = None
 
 
-def create_model(config: ModelConfig) -> MLP:
-    """The Flax module of `config`, one shared instance per shape.
+@functools.cache
+def _shared_model(num_words: int, hidden_units: tuple[int, ...]) -> MLP:
+    """The Flax module of one shape, one shared instance per shape.
 
     A train state keeps the module's bound `apply` as a static field, and bound methods compare
     their `self` by identity: sharing the instance keeps the states of equal shapes equal as
     static structure, so a second `fit` of the same shapes reuses the compiled epoch.
     """
-    return _shared_model(config.num_words, config.hidden_units)
-
-
-@functools.cache
-def _shared_model(num_words: int, hidden_units: tuple[int, ...]) -> MLP:
     return MLP(num_words=num_words, hidden_units=hidden_units)
 
 

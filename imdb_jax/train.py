@@ -14,7 +14,7 @@ import dataclasses
 import functools
 import math
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp

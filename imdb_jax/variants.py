@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import math
 import tomllib
 from pathlib import Path
 from typing import Any, Sequence

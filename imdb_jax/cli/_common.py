@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
+from pathlib import Path
 from typing import Any
 
 from imdb_jax.errors import ImdbJaxError
@@ -56,3 +58,13 @@ def device_names() -> list[str]:
 def label_of(probability: float) -> str:
     """The sentiment a probability stands for (the accuracy's threshold: logit > 0)."""
     return "positive" if probability > 0.5 else "negative"
+
+
+def default_output(kind: str) -> Path:
+    """A fresh `runs/<kind>-<timestamp>[-n]` folder name (not created)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path, suffix = Path("runs") / f"{kind}-{stamp}", 1
+    while path.exists():
+        suffix += 1
+        path = Path("runs") / f"{kind}-{stamp}-{suffix}"
+    return path

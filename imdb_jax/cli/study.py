@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
-from imdb_jax.cli._common import add_data_options, load_data, positive, print_json
+from imdb_jax.cli._common import add_data_options, default_output, load_data, positive, print_json
 from imdb_jax.errors import ImdbJaxError
 
 
@@ -35,14 +34,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def _default_output() -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    path, suffix = Path("runs") / f"study-{stamp}", 1
-    while path.exists():
-        suffix += 1
-        path = Path("runs") / f"study-{stamp}-{suffix}"
-    return path
-
 
 def run(args: argparse.Namespace) -> int:
     from imdb_jax.study import run_study, select_experiments
@@ -57,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         raise ImdbJaxError("name at least one experiment (units, layers, epochs, regularization, dropout or all) or pass --spec FILE")
     chosen = list(args.experiments) + (load_specs(args.spec) if args.spec else [])
     select_experiments(chosen)
-    output = Path(args.output) if args.output else _default_output()
+    output = Path(args.output) if args.output else default_output("study")
     if output.exists() and not output.is_dir():
         raise ImdbJaxError(f"--output {output} exists and is not a folder")
 

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from imdb_jax.cli._common import add_data_options, device_names, label_of, load_data, parse_hidden_units, positive, print_json
+from imdb_jax.cli._common import add_data_options, default_output, device_names, label_of, load_data, parse_hidden_units, positive, print_json
 from imdb_jax.errors import ImdbJaxError
 
 SAMPLE_PREDICTIONS = 10
@@ -45,15 +45,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def _default_output() -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = Path("runs") / f"train-{stamp}"
-    suffix = 1
-    while path.exists():
-        suffix += 1
-        path = Path("runs") / f"train-{stamp}-{suffix}"
-    return path
-
 
 def best_epochs(history: dict[str, list]) -> dict[str, Any]:
     """The epochs (1-based) with the lowest validation loss and the highest validation accuracy."""
@@ -88,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay,
         learning_rate=args.learning_rate,
     )
-    output = Path(args.output) if args.output else _default_output()
+    output = Path(args.output) if args.output else default_output("train")
     if output.exists() and not output.is_dir():
         raise ImdbJaxError(f"--output {output} exists and is not a folder")
 
