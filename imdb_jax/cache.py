@@ -5,8 +5,8 @@ File layout: ``MAGIC``, the payload length (8 bytes, little endian), the SHA-256
 entry. A file that is truncated, has flipped bytes or was made for other settings fails
 ``load_arrays`` with ``CacheError``; the caller reports it and rebuilds.
 
-Writes go to a temporary file in the same folder, are fsynced, then ``os.replace``d into place, so
-a killed run leaves either the old file or the new one, never half of one.
+Writes go through `imdb_jax.atomic.atomic_write` (a fsynced temporary file ``os.replace``d into
+place), so a killed run leaves either the old file or the new one, never half of one.
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from imdb_jax.atomic import atomic_write
 
 CACHE_FORMAT_VERSION = 1
 MAGIC = b"IMDBJAX-CACHE\n"
@@ -63,39 +64,7 @@ def save_arrays(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any])
     payload = buffer.getbuffer()
     header = MAGIC + len(payload).to_bytes(8, "little") + hashlib.sha256(payload).digest()
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(temp_name, 0o666 & ~_umask())  # mkstemp makes 0600; a cache file is an ordinary file
-        with os.fdopen(handle, "wb") as temp:
-            temp.write(header)
-            temp.write(payload)
-            temp.flush()
-            os.fsync(temp.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    _fsync_folder(path.parent)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_folder(folder: Path) -> None:
-    # Makes the rename itself durable; not every platform can open a folder, which is harmless.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    atomic_write(path, header, payload)
 
 
 def load_arrays(path: Path, expected_meta: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

@@ -15,23 +15,29 @@ it would tie the folder's layout to Orbax's version and make it unreadable witho
 restore needs a target tree built first anyway. ``.npz`` and JSON can be opened by anyone, with
 NumPy and a text editor.
 
-Each file is written to a temporary file in the same folder and ``os.replace``d into place,
-``model.json`` last: a run killed while saving leaves whole files, and a ``params.npz`` that does
-not belong to ``model.json`` is caught by its checksum. Anything that is not a model folder
-(missing files, corrupt npz or JSON, parameters that do not fit the config) raises
-``ImdbJaxError`` naming the folder and what is wrong.
+A save never leaves the folder without a loadable model. Into a folder that holds no model yet,
+each file is written atomically (`imdb_jax.atomic.atomic_write`), ``model.json`` last: it vouches
+for the others by the checksum of ``params.npz``. Over an existing model, the new model is written
+whole to a folder beside it, and the two folders are swapped by one rename (Linux's
+``renameat2(RENAME_EXCHANGE)``; elsewhere two renames a moment apart); anything else in the old
+folder (figures, your files) is then moved into the new one. A run killed at any moment leaves
+the old model or the new one. Anything that is not a model folder (missing files, corrupt npz or
+JSON, parameters that do not fit the config) raises ``ImdbJaxError`` naming the folder and what
+is wrong.
 """
 
 from __future__ import annotations
 
-import contextlib
+import ctypes
 import dataclasses
+import errno
 import functools
 import hashlib
 import io
 import json
 import math
 import os
+import sys
 import tempfile
 import zipfile
 from collections.abc import Iterable, Mapping
@@ -44,6 +50,7 @@ import numpy as np
 from flax import traverse_util
 
 from imdb_jax import __version__
+from imdb_jax.atomic import atomic_write, fsync_folder, json_bytes, to_json_value  # noqa: F401 (re-exported)
 from imdb_jax.config import ModelConfig
 from imdb_jax.errors import ImdbJaxError
 from imdb_jax.steps import TrainState, create_train_state
@@ -97,26 +104,6 @@ class SavedModel:
         return predict(self.state, x, batch_size=batch_size)
 
 
-def to_json_value(value: Any) -> Any:
-    """A strict-JSON version of `value`: numpy and JAX scalars and arrays become numbers and
-    lists, tuples become lists, paths become strings, NaN and infinities become null."""
-    if isinstance(value, Mapping):
-        return {str(key): to_json_value(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_json_value(item) for item in value]
-    if isinstance(value, (np.ndarray, jax.Array)):
-        return to_json_value(np.asarray(value).tolist())
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    return value
-
-
 def _history_from_json(history: Any) -> dict[str, list] | None:
     """Undoes `to_json_value` on a history: null epochs of numeric curves become NaN again."""
     if history is None:
@@ -127,31 +114,6 @@ def _history_from_json(history: Any) -> dict[str, list] | None:
         key: [math.nan if item is None and key != "diverged" else item for item in values]
         for key, values in history.items()
     }
-
-
-def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
-    """Writes `data` to `path` via a fsynced temporary file in the same folder and `os.replace`,
-    so readers see the old file or the new one, never part of one."""
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes 0600; these are ordinary files
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-    return path
-
-
-def _json_bytes(value: Any) -> bytes:
-    return (json.dumps(to_json_value(value), allow_nan=False) + "\n").encode("utf-8")
 
 
 def _flat_params(params: Any) -> dict[str, np.ndarray]:
@@ -221,14 +183,87 @@ def save_model(
         "params_sha256": hashlib.sha256(params_bytes).hexdigest(),
         "metrics": None if metrics is None else dict(metrics),
     }
+    files = {
+        PARAMS_FILE: params_bytes,
+        HISTORY_FILE: json_bytes(None if history is None else dict(history)),
+        MODEL_FILE: json_bytes(model),  # last: it vouches for the others
+    }
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write(folder / PARAMS_FILE, params_bytes)
-        atomic_write(folder / HISTORY_FILE, _json_bytes(None if history is None else dict(history)))
-        atomic_write(folder / MODEL_FILE, _json_bytes(model))  # last: it vouches for the others
+        _write_model_files(folder, files)
     except OSError as error:
         raise ImdbJaxError(f"could not save the model to {folder}: {error}") from error
     return folder
+
+
+def _write_model_files(folder: Path, files: Mapping[str, bytes]) -> None:
+    """Puts `files` ({name: bytes}, model.json last) into `folder` so that a loadable model is
+    there at every moment: the old one until the switch, the new one after."""
+    if not (folder / MODEL_FILE).exists() or _holds_working_directory(folder):
+        # No old model to keep (or the folder cannot be swapped): write in place, model.json last.
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, data in files.items():
+            atomic_write(folder / name, data)
+        return
+    beside = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.saving-"))
+    try:
+        os.chmod(beside, 0o777 & ~_umask())  # mkdtemp makes 0700; a model folder is an ordinary folder
+        for name, data in files.items():
+            atomic_write(beside / name, data)
+    except BaseException:
+        for name in files:
+            (beside / name).unlink(missing_ok=True)
+        os.rmdir(beside)
+        raise
+    old = _swap(folder, beside)
+    fsync_folder(folder.parent)
+    # The new model is in place; what else the old folder held (figures, the user's files) moves in.
+    for entry in sorted(old.iterdir()):
+        if entry.name not in files:
+            os.rename(entry, folder / entry.name)
+    for name in files:
+        (old / name).unlink(missing_ok=True)
+    os.rmdir(old)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _holds_working_directory(folder: Path) -> bool:
+    cwd = Path.cwd().resolve()
+    target = folder.resolve()
+    return cwd == target or target in cwd.parents
+
+
+def _swap(folder: Path, beside: Path) -> Path:
+    """Gives `beside`'s contents the name `folder`; returns where the old folder now is."""
+    if _exchange(folder, beside):
+        return beside
+    old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.old-"))
+    os.rmdir(old)
+    os.rename(folder, old)
+    os.rename(beside, folder)  # between these two renames the model is only at `old`
+    return old
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swaps two paths atomically with Linux's renameat2(RENAME_EXCHANGE); False where the
+    platform, C library or file system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM):
+        return False
+    raise OSError(code, os.strerror(code), os.fspath(first))
 
 
 def _read_json(file: Path, folder: Path) -> Any:

@@ -18,7 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from imdb_jax.checkpoint import atomic_write
+from imdb_jax.atomic import atomic_write
 
 # The seed's (Keras book) styles: training as blue dots, validation as a solid blue line.
 HISTORY_STYLES = {"training": {"linestyle": "none", "marker": "o", "color": "tab:blue"}, "validation": {"color": "tab:blue"}}

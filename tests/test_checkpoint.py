@@ -180,3 +180,78 @@ def test_saving_again_replaces_the_model(state, tmp_path):
     np.testing.assert_array_equal(np.asarray(loaded.state.params["output"]["kernel"]), np.asarray(moved.params["output"]["kernel"]))
     assert loaded.history is None and loaded.metrics is None
     assert not [path for path in folder.iterdir() if path.name.startswith(".")]
+
+
+def test_saving_over_a_model_keeps_the_other_files_in_its_folder(state, tmp_path):
+    folder = save_model(tmp_path / "model", state, CONFIG, Vocabulary(WORDS), HISTORY, METRICS)
+    (folder / "history_loss.png").write_bytes(b"figure")
+    (folder / "notes").mkdir()
+    (folder / "notes" / "mine.txt").write_text("keep me")
+    save_model(folder, state, CONFIG, Vocabulary(WORDS))
+    assert (folder / "history_loss.png").read_bytes() == b"figure" and (folder / "notes" / "mine.txt").read_text() == "keep me"
+    assert load_model(folder).metrics is None
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["model"]  # nothing left beside it
+
+
+@pytest.mark.parametrize("fail_at", ["params", "history", "model", "swap"])
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two renames"])
+def test_a_save_killed_part_way_leaves_the_old_model_loadable(state, tmp_path, monkeypatch, fail_at, exchange):
+    import imdb_jax.checkpoint as checkpoint
+
+    folder = save_model(tmp_path / "model", state, CONFIG, Vocabulary(WORDS), HISTORY, METRICS)
+    if not exchange:
+        monkeypatch.setattr(checkpoint, "_exchange", lambda first, second: False)
+    written = []
+
+    def dying_write(path, data):
+        written.append(path.name)
+        if path.name == {"params": PARAMS_FILE, "history": HISTORY_FILE, "model": MODEL_FILE}.get(fail_at):
+            raise KeyboardInterrupt
+        return checkpoint.atomic_write.__wrapped__(path, data)
+
+    def dying_swap(first, second):
+        raise KeyboardInterrupt
+
+    dying_write.__wrapped__ = checkpoint.atomic_write
+    monkeypatch.setattr(checkpoint, "atomic_write", dying_write)
+    if fail_at == "swap":
+        monkeypatch.setattr(checkpoint, "_swap", dying_swap)
+    with pytest.raises(KeyboardInterrupt):
+        save_model(folder, state.replace(params=jax.tree_util.tree_map(lambda leaf: leaf * 2, state.params)), CONFIG, Vocabulary(WORDS))
+    assert load_model(folder).metrics == METRICS  # the old model, whole
+
+
+_SAVE_FOREVER = """
+import itertools, sys
+import jax
+from imdb_jax.checkpoint import save_model
+from imdb_jax.config import ModelConfig
+from imdb_jax.steps import create_train_state
+from imdb_jax.text import Vocabulary
+words = tuple(f"w{index}" for index in range(2000))
+config = ModelConfig(num_words=len(words), hidden_units=(64,))
+state = create_train_state(jax.random.key(0), config)
+print("ready", flush=True)
+for number in itertools.count():
+    save_model(sys.argv[1], state, config, Vocabulary(words), metrics={"save": number})
+"""
+
+
+def test_a_save_killed_with_sigkill_at_a_random_moment_leaves_a_loadable_model(tmp_path):
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path / "model"
+    chances = random.Random(0)
+    saves = []
+    for attempt in range(3):
+        process = subprocess.Popen([sys.executable, "-c", _SAVE_FOREVER, str(folder)], stdout=subprocess.PIPE, text=True)
+        assert process.stdout.readline() == "ready\n"
+        time.sleep(chances.uniform(0.2, 0.6))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        saves.append(load_model(folder).metrics["save"])  # whichever save won, it is whole
+    assert all(isinstance(save, int) for save in saves)
