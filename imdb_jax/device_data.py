@@ -36,11 +36,13 @@ class CSRPart:
       indptr: int32[num_rows + 1] row pointers.
       indices: int32[nnz] column indices (absolute, sorted within each row).
       lengths: int32[num_rows + 1] non-zeros per row, with a trailing 0 for the padding row.
+      values: None when every value is 1 (multi-hot), else float32[nnz] the CSR values.
     """
 
     indptr: jax.Array
     indices: jax.Array
     lengths: jax.Array
+    values: jax.Array | None = None
 
 
 @struct.dataclass
@@ -85,6 +87,13 @@ def as_xy(split: Any) -> tuple[sp.csr_matrix, np.ndarray | None]:
 
 
 def checked_csr(x: Any) -> sp.csr_matrix:
+    """`x` as a CSR matrix with sorted indices.
+
+    Accepts any SciPy sparse matrix of finite float values: multi-hot rows (all ones, the fast
+    path), or weighted features (tf-idf, naive-Bayes ratios). A column repeated within a row
+    is kept and counts with each of its values, as in `x.toarray()`. Rejects dense arrays,
+    empty matrices and non-finite values.
+    """
     if not sp.issparse(x):
         raise ImdbJaxError(f"expected a scipy.sparse CSR matrix of multi-hot rows, got {type(x).__name__}")
     x = sp.csr_matrix(x)
@@ -92,7 +101,14 @@ def checked_csr(x: Any) -> sp.csr_matrix:
         raise ImdbJaxError("the split has no reviews")
     if not x.has_sorted_indices:
         x = x.sorted_indices()
+    if x.data.size and not np.all(np.isfinite(x.data)):
+        raise ImdbJaxError("the matrix holds non-finite values (NaN or infinity)")
     return x
+
+
+def is_binary(x: sp.csr_matrix) -> bool:
+    """Every stored value is exactly 1 (multi-hot rows): the first layer then skips values."""
+    return bool(np.all(x.data == 1.0))
 
 
 def bucket(count: int) -> int:
@@ -104,13 +120,18 @@ def bucket(count: int) -> int:
     return -(-count // step) * step
 
 
-def _part(x: sp.csr_matrix, rows: int, nonzeros: int) -> CSRPart:
+def _part(x: sp.csr_matrix, rows: int, nonzeros: int, binary: bool) -> CSRPart:
     indptr = np.full(rows + 1, x.indptr[-1], np.int32)
     indptr[: x.shape[0] + 1] = x.indptr
     indices = np.zeros(nonzeros, np.int32)
     indices[: x.indices.size] = x.indices
     lengths = np.append(np.diff(indptr), 0).astype(np.int32)
-    return CSRPart(jnp.asarray(indptr), jnp.asarray(indices), jnp.asarray(lengths))
+    values = None
+    if not binary:
+        values = np.zeros(nonzeros, np.float32)
+        values[: x.data.size] = x.data
+        values = jnp.asarray(values)
+    return CSRPart(jnp.asarray(indptr), jnp.asarray(indices), jnp.asarray(lengths), values)
 
 
 def to_device(split: Any, dense_words: int = 0, *, bucket_sizes: int = 0) -> DeviceReviews:
@@ -135,11 +156,12 @@ def to_device(split: Any, dense_words: int = 0, *, bucket_sizes: int = 0) -> Dev
             raise ImdbJaxError(f"{x.shape[0]} reviews but {labels.shape[0]} labels")
     rows = bucket(math.ceil(x.shape[0] / bucket_sizes)) * bucket_sizes if bucket_sizes else x.shape[0]
     in_head = x.indices < dense_words
+    binary = is_binary(x)
     parts = []
     for keep in (in_head, ~in_head):
         part = sp.csr_matrix((x.data[keep], x.indices[keep], _part_indptr(x, keep)), shape=x.shape)
         nonzeros = bucket(max(part.nnz, CAPACITY_QUANTUM)) if bucket_sizes else part.nnz
-        parts.append(_part(part, rows, nonzeros))
+        parts.append(_part(part, rows, nonzeros, binary))
     padded_labels = np.zeros(rows, np.float32)
     padded_labels[: labels.size] = labels
     return DeviceReviews(
@@ -201,8 +223,9 @@ def shuffled_capacity(data: DeviceReviews, batch_size: int) -> tuple[int, int]:
     return tuple(capacities)
 
 
-def _pairs(part: CSRPart, rows: jax.Array, real: jax.Array, capacity: int) -> tuple[jax.Array, jax.Array]:
-    """Flat (word, row-in-batch) pairs of `rows`; unused slots get row `batch_size`."""
+def _pairs(part: CSRPart, rows: jax.Array, real: jax.Array, capacity: int):
+    """Flat (word, row-in-batch, value) triples of `rows`; unused slots get row `batch_size`
+    (and value 0); the values are None for multi-hot parts."""
     batch_size = rows.shape[0]
     safe_rows = jnp.where(real, rows, 0)
     lengths = part.lengths[rows]  # 0 for padding rows
@@ -216,7 +239,11 @@ def _pairs(part: CSRPart, rows: jax.Array, real: jax.Array, capacity: int) -> tu
     source = part.indptr[safe_rows] - starts  # CSR position of a row's first word, minus its slot
     positions = jnp.clip(source[slot_row] + slots, 0, max(part.indices.shape[0] - 1, 0))
     words = part.indices[positions] if part.indices.shape[0] else jnp.zeros((capacity,), jnp.int32)
-    return jnp.where(used, words, 0), jnp.where(used, slot_row, batch_size)
+    values = None
+    if part.values is not None:
+        values = part.values[positions] if part.values.shape[0] else jnp.zeros((capacity,), jnp.float32)
+        values = jnp.where(used, values, 0.0)
+    return jnp.where(used, words, 0), jnp.where(used, slot_row, batch_size), values
 
 
 def gather_batch(data: DeviceReviews, rows: jax.Array, capacity: tuple[int, int]) -> dict[str, Any]:
@@ -236,11 +263,12 @@ def gather_batch(data: DeviceReviews, rows: jax.Array, capacity: tuple[int, int]
     real = rows < data.real_rows
     head = tail = None
     if data.dense_words:
-        words, row_ids = _pairs(data.head, rows, real, capacity[0])
-        head = jnp.zeros((batch_size, data.dense_words), jnp.float32).at[row_ids, words].set(1.0, mode="drop")
+        words, row_ids, values = _pairs(data.head, rows, real, capacity[0])
+        values = 1.0 if values is None else values
+        head = jnp.zeros((batch_size, data.dense_words), jnp.float32).at[row_ids, words].add(values, mode="drop")
     if data.dense_words < data.num_words:
-        words, row_ids = _pairs(data.tail, rows, real, capacity[1])
-        tail = SparseMultiHot(word_ids=words, row_ids=row_ids, batch_size=batch_size)
+        words, row_ids, values = _pairs(data.tail, rows, real, capacity[1])
+        tail = SparseMultiHot(word_ids=words, row_ids=row_ids, batch_size=batch_size, values=values)
     safe_rows = jnp.where(real, rows, 0)
     return {
         "inputs": MultiHot(head=head, tail=tail),

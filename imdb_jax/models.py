@@ -18,23 +18,28 @@ glorot_uniform = nn.initializers.glorot_uniform()
 
 @struct.dataclass
 class SparseMultiHot:
-    """A batch of multi-hot rows as flat (row, word) pairs, padded to a fixed capacity.
+    """A batch of sparse rows as flat (row, word, value) triples, padded to a fixed capacity.
 
     Attributes:
       word_ids: int32[capacity] column (word) index of each non-zero.
       row_ids: int32[capacity] row of each non-zero within the batch; padding entries hold
         `batch_size`, which is out of range and therefore ignored.
       batch_size: static number of rows.
+      values: None for multi-hot rows (every value 1), else float32[capacity], the CSR values
+        (tf-idf, naive-Bayes weights, ...). A column repeated within a row counts with each
+        of its values, as in `x.toarray()`.
     """
 
     word_ids: jax.Array
     row_ids: jax.Array
     batch_size: int = struct.field(pytree_node=False)
+    values: jax.Array | None = None
 
     def todense(self, num_words: int) -> jax.Array:
-        """float32[batch_size, num_words] with ones at the non-zeros."""
+        """float32[batch_size, num_words], duplicates summed (as `scipy`'s `toarray`)."""
         dense = jnp.zeros((self.batch_size, num_words), jnp.float32)
-        return dense.at[self.row_ids, self.word_ids].set(1.0, mode="drop")
+        values = 1.0 if self.values is None else self.values
+        return dense.at[self.row_ids, self.word_ids].add(values, mode="drop")
 
 
 @struct.dataclass
@@ -79,6 +84,8 @@ class MultiHotDense(nn.Module):
             summed = summed + inputs.head @ kernel[: inputs.head.shape[-1]]
         if inputs.tail is not None:
             rows = jnp.take(kernel, inputs.tail.word_ids, axis=0)
+            if inputs.tail.values is not None:
+                rows = rows * inputs.tail.values[:, None]
             summed = summed + jax.ops.segment_sum(rows, inputs.tail.row_ids, num_segments=inputs.tail.batch_size)
         return summed
 
