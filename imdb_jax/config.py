@@ -4,12 +4,37 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+from typing import Any
 
 from imdb_jax.errors import ImdbJaxError
 
 
 class ConfigError(ImdbJaxError, ValueError):
-    """A setting is out of range (negative width, dropout of 1, ...)."""
+    """A setting is out of range or of the wrong type (negative width, dropout of 1, "0.5").
+
+    Attributes:
+      setting: the name of the offending setting (e.g. "dropout_rate"), so a command line can
+        name its own option instead; None when the problem is not one setting's.
+    """
+
+    def __init__(self, message: str, setting: str | None = None):
+        super().__init__(message)
+        self.setting = setting
+
+
+def integer_setting(name: str, value: Any) -> int:
+    """`value` as an int; a bool, a float (even 2.0) or a string such as "3" is refused."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ConfigError(f"{name} must be an integer, got {value!r}", name)
+    return int(value)
+
+
+def number_setting(name: str, value: Any) -> float:
+    """`value` as a float (ints and NumPy numbers too); a bool or a string such as "0.5" is refused."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"{name} must be a number, got {value!r}", name)
+    return float(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,29 +65,32 @@ class ModelConfig:
 
     def __post_init__(self):
         units = self.hidden_units
-        if isinstance(units, int):
+        if isinstance(units, numbers.Integral) and not isinstance(units, bool):
             units = (units,)
+        if isinstance(units, (str, bytes)) or not hasattr(units, "__iter__"):
+            raise ConfigError(f"hidden_units must be a list of positive integers, got {self.hidden_units!r}", "hidden_units")
         try:
-            units = tuple(int(width) for width in units)
-        except (TypeError, ValueError):
-            raise ConfigError(f"hidden_units must be a list of positive integers, got {self.hidden_units!r}")
+            units = tuple(integer_setting("hidden_units", width) for width in units)
+        except ConfigError:
+            raise ConfigError(f"hidden_units must be a list of positive integers, got {self.hidden_units!r}", "hidden_units") from None
         object.__setattr__(self, "hidden_units", units)
         if not units:
-            raise ConfigError("hidden_units needs at least one hidden layer")
+            raise ConfigError("hidden_units needs at least one hidden layer", "hidden_units")
         if any(width <= 0 for width in units):
-            raise ConfigError(f"hidden layer widths must be positive, got {list(units)}")
-        if int(self.num_words) <= 0:
-            raise ConfigError(f"num_words must be positive, got {self.num_words}")
-        object.__setattr__(self, "num_words", int(self.num_words))
+            raise ConfigError(f"hidden_units: widths must be positive, got {list(units)}", "hidden_units")
+        num_words = integer_setting("num_words", self.num_words)
+        if num_words <= 0:
+            raise ConfigError(f"num_words must be positive, got {self.num_words}", "num_words")
+        object.__setattr__(self, "num_words", num_words)
         for name in ("dropout_rate", "l1", "l2", "weight_decay", "learning_rate"):
-            value = float(getattr(self, name))
+            value = number_setting(name, getattr(self, name))
             if not math.isfinite(value) or value < 0:
-                raise ConfigError(f"{name} must be a finite number >= 0, got {getattr(self, name)!r}")
+                raise ConfigError(f"{name} must be a finite number >= 0, got {getattr(self, name)!r}", name)
             object.__setattr__(self, name, value)
         if not self.dropout_rate < 1:
-            raise ConfigError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
+            raise ConfigError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}", "dropout_rate")
         if self.learning_rate <= 0:
-            raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
+            raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}", "learning_rate")
 
     @property
     def hyperparams(self) -> dict[str, float]:

@@ -8,7 +8,7 @@ import json
 import tomllib
 from pathlib import Path
 
-from imdb_jax.config import ConfigError, ModelConfig
+from imdb_jax.config import ConfigError, ModelConfig, integer_setting
 from imdb_jax.errors import ImdbJaxError
 
 
@@ -20,7 +20,7 @@ class VariantSpec:
       hidden_units: widths of the hidden layers (any depth >= 1).
       dropout_rate, l1, l2, weight_decay, learning_rate: as in `ModelConfig`.
       seed: seeds this variant's initial weights and dropout (not the data order, which the
-        whole study shares).
+        whole study shares); a study with `seeds=N` trains seeds `seed` .. `seed + N - 1`.
       name: a label for reports; derived from the settings when empty.
     """
 
@@ -34,11 +34,14 @@ class VariantSpec:
     name: str = ""
 
     def __post_init__(self):
-        checked = self.config(1)  # validates every number, normalises hidden_units
-        object.__setattr__(self, "hidden_units", checked.hidden_units)
-        if isinstance(self.seed, bool) or int(self.seed) != self.seed:
-            raise ConfigError(f"seed must be an integer, got {self.seed!r}")
-        object.__setattr__(self, "seed", int(self.seed))
+        # Validates every setting (strings are not numbers, 1.5 is not a width) and normalises
+        # them, so l2=0 and l2=0.0 are one variant with one name.
+        checked = self.config(1)
+        for name in ("hidden_units", *checked.hyperparams):
+            object.__setattr__(self, name, getattr(checked, name))
+        object.__setattr__(self, "seed", integer_setting("seed", self.seed))
+        if not isinstance(self.name, str):
+            raise ConfigError(f"name must be a string, got {self.name!r}", "name")
         if not self.name:
             object.__setattr__(self, "name", self.default_name())
 
