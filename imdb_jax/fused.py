@@ -262,6 +262,8 @@ class FusedState:
       hyperparams: {name: float32[slots]} for `HYPERPARAMS`.
       dropout_keys: one PRNG key per slot, folded with the step for each batch.
       alive: bool[slots], False from the epoch a variant stopped being finite.
+      best_params: None, or like `params`: each variant's weights at its lowest validation loss
+        so far (kept on the device, one `where` per epoch).
       layout: the static arrangement.
     """
 
@@ -271,7 +273,8 @@ class FusedState:
     hyperparams: dict[str, jax.Array]
     dropout_keys: jax.Array
     alive: jax.Array
-    layout: Layout = struct.field(pytree_node=False)
+    best_params: Any = None
+    layout: Layout = struct.field(pytree_node=False, default=None)
 
 
 def _per_leaf(layout: Layout, values: jax.Array, params: Any) -> Any:

@@ -108,8 +108,22 @@ def eval_epoch(state: FusedState, data: DeviceReviews, rows: jax.Array, *, capac
     return sums
 
 
+@jax.jit
+def keep_best(state: FusedState, improved: jax.Array) -> FusedState:
+    """`best_params` takes each variant's current weights where `improved` (bool[shards,
+    slots]) says its validation loss is the lowest so far."""
+    select = jax.vmap(lambda keep, new, old: select_slots(keep, new, old, state.layout))
+    return state.replace(best_params=select(improved, state.params, state.best_params))
+
+
 # ---------------------------------------------------------------------------------------------
 # Host-side driving.
+
+
+def fetch(tree: Any) -> Any:
+    """Device arrays → host NumPy, for records, checkpoints and results (the one place a run's
+    numbers leave the devices)."""
+    return jax.device_get(tree)
 
 
 class EpochPlan:
@@ -151,16 +165,19 @@ def run_epochs(
     epochs: int,
     batch_size: int,
     shuffle_seed: int,
-    start_epoch: int = 0,
+    records: list[dict[str, Any]] | None = None,
     progress: bool = True,
     description: str = "train",
     describe: Callable[[dict[str, Any]], str] | None = None,
     on_epoch_end: Callable[[int, FusedState, dict[str, Any]], None] | None = None,
 ) -> tuple[FusedState, list[dict[str, Any]]]:
-    """Drives epochs `start_epoch .. epochs - 1` and returns the state and per-epoch records.
+    """Drives the epochs after `records` (those already done, when resuming) up to `epochs` and
+    returns the state and every epoch's record.
 
     Epoch `e` is shuffled with `fold_in(key(shuffle_seed), e)`, so a run resumed at an epoch
-    boundary sees the same batches as one that never stopped.
+    boundary sees the same batches as one that never stopped. With validation and a state that
+    keeps `best_params`, each variant's weights at its lowest validation loss so far (strictly
+    lower than every earlier epoch's) are kept.
 
     Each record holds host NumPy copies: {"train": sums, "val": sums or None, "alive":
     bool[shards, slots], "train_s": seconds of the training epoch, "val_s": seconds of the
@@ -174,7 +191,11 @@ def run_epochs(
     train_plan = EpochPlan(train, batch_size, shuffle=True)
     val_plan = None if validation is None else EpochPlan(validation, batch_size, shuffle=False)
     shuffle_key = jax.random.key(shuffle_seed)
-    records = []
+    records = list(records or [])
+    start_epoch = len(records)
+    best_loss = None
+    for record in records:
+        best_loss = _lowest(best_loss, record)
     bar = tqdm(
         range(start_epoch, epochs), desc=description, unit="epoch", disable=not progress, file=sys.stderr, leave=True,
         initial=start_epoch, total=epochs,
@@ -183,11 +204,14 @@ def run_epochs(
         started = time.perf_counter()
         rows = train_plan.shuffled_rows(jax.random.fold_in(shuffle_key, epoch))
         state, train_sums = train_epoch(state, train, rows, capacity=train_plan.capacity)
-        record = {"train": jax.device_get(train_sums), "alive": jax.device_get(state.alive), "val": None, "val_s": 0.0}
+        record = {"train": fetch(train_sums), "alive": fetch(state.alive), "val": None, "val_s": 0.0}
         record["train_s"] = time.perf_counter() - started
         if val_plan is not None:
             started = time.perf_counter()
-            record["val"] = jax.device_get(eval_epoch(state, validation, val_plan.rows, capacity=val_plan.capacity))
+            record["val"] = fetch(eval_epoch(state, validation, val_plan.rows, capacity=val_plan.capacity))
+            if state.best_params is not None:
+                previous, best_loss = best_loss, _lowest(best_loss, record)
+                state = keep_best(state, best_loss < (np.inf if previous is None else previous))
             record["val_s"] = time.perf_counter() - started
         records.append(record)
         if on_epoch_end is not None:
@@ -196,6 +220,16 @@ def run_epochs(
             bar.set_postfix_str(describe(record))
     bar.close()
     return state, records
+
+
+def _lowest(best: np.ndarray | None, record: dict[str, Any]) -> np.ndarray:
+    """float64[shards, slots]: the lowest validation loss so far, counting this record (NaN,
+    i.e. a diverged epoch, never counts)."""
+    sums = record["val"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        loss = _ratio(sums["loss_sum"], np.asarray(sums["count"])[:, None])
+    loss = np.where(np.asarray(record["alive"], bool) & np.isfinite(loss), loss, np.inf)
+    return loss if best is None else np.minimum(best, loss)
 
 
 def _ratio(numerator, count):
@@ -251,6 +285,9 @@ def fit(
     shuffle_seed: int | None = None,
     first_layer: str | int = "auto",
     progress: bool = True,
+    restore_best: bool = False,
+    checkpoint_dir: Any = None,
+    resume: bool = False,
 ) -> tuple[TrainState, dict[str, list]]:
     """Trains one model like Keras' `model.fit(..., shuffle=True)`.
 
@@ -270,15 +307,21 @@ def fit(
         backend's choice, see `imdb_jax.planning`) or a number of leading columns to multiply
         densely. Results agree to float32 rounding.
       progress: show a progress bar with the running losses.
+      restore_best: return the weights of the epoch with the lowest validation loss (Keras'
+        `EarlyStopping(restore_best_weights=True)`); default False: the last epoch's weights.
+      checkpoint_dir, resume: save the run after every epoch / continue a killed run, as in
+        `fit_variants`.
 
     Returns:
-      The trained state (last epoch's weights) and the history: {"loss", "accuracy",
+      The trained state (the last epoch's weights unless `restore_best`) and the history: {"loss", "accuracy",
       "val_loss", "val_accuracy", "diverged"}, one value per epoch, training figures including
       the penalty like Keras.
     """
     from imdb_jax.specs import VariantSpec
     from imdb_jax.variants import fit_variants
 
+    if restore_best and validation is None:
+        raise ImdbJaxError("restore_best needs validation data")
     spec = VariantSpec(
         hidden_units=config.hidden_units,
         dropout_rate=config.dropout_rate,
@@ -302,12 +345,15 @@ def fit(
         devices=jax.devices()[:1],
         progress=progress,
         description="fit",
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
     )
+
     history = result.histories[0]
     if any(history["diverged"]):
         epoch = history["diverged"].index(True) + 1
         print(f"warning: training diverged in epoch {epoch}; the state holds the last finite weights", file=sys.stderr)
-    return result.state(0), history
+    return result.state(0, "best" if restore_best else "last"), history
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ blocks (padded with copies, whose results are dropped) on the same batches.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import jax
@@ -27,7 +28,8 @@ from imdb_jax.optim import init_opt_state
 from imdb_jax.planning import plan_layout
 from imdb_jax.specs import VariantSpec, load_specs  # noqa: F401  (re-exported)
 from imdb_jax.steps import TrainState, create_train_state
-from imdb_jax.train import device_splits, history_from_records, run_epochs
+from imdb_jax import resume as run_checkpoint
+from imdb_jax.train import device_splits, fetch, history_from_records, run_epochs
 
 VARIANT_AXIS = "variants"
 
@@ -86,9 +88,12 @@ def take_variant(fused: Any, layout: Layout, slot: int) -> dict[str, Any]:
     return jax.tree_util.tree_map(jnp.asarray, params)
 
 
-def initial_state(specs: Sequence[VariantSpec], layout: Layout, members: Sequence[int], shards: int) -> FusedState:
+def initial_state(
+    specs: Sequence[VariantSpec], layout: Layout, members: Sequence[int], shards: int, keep_best: bool = False
+) -> FusedState:
     """The fused state of every slot (shard-major `members` index the specs), each variant
-    initialised at its own shape from its own seed, exactly as `create_train_state` would."""
+    initialised at its own shape from its own seed, exactly as `create_train_state` would;
+    with `keep_best`, room for each variant's best weights."""
     slots = layout.slots
     per_shard, hyperparams, dropout_keys = [], {name: np.zeros((shards, slots), np.float32) for name in HYPERPARAMS}, []
     initialised: dict[tuple, Any] = {}
@@ -116,6 +121,7 @@ def initial_state(specs: Sequence[VariantSpec], layout: Layout, members: Sequenc
         hyperparams={name: jnp.asarray(values) for name, values in hyperparams.items()},
         dropout_keys=jnp.stack(dropout_keys),
         alive=jnp.ones((shards, slots), bool),
+        best_params=jax.tree_util.tree_map(jnp.copy, params) if keep_best else None,
         layout=layout,
     )
 
@@ -154,11 +160,24 @@ class VariantsResult:
     def _where(self, index: int) -> tuple[int, int]:
         return divmod(self.slot_of[index], self.layout.slots)
 
-    def state(self, index: int) -> TrainState:
-        """Variant `index` as an ordinary trained model (last epoch's weights, rmsprop state
-        included) for `evaluate`, `predict`, saving, or more training with `train_step`."""
+    def state(self, index: int, weights: str = "last") -> TrainState:
+        """Variant `index` as an ordinary trained model for `evaluate`, `predict`, saving, or
+        more training with `train_step`.
+
+        Args:
+          index: the variant's position in `specs`.
+          weights: "last" (default, as Keras leaves a model after `fit`): the weights after the
+            last epoch, with their rmsprop state; "best": the weights at the variant's lowest
+            validation loss (`best_epoch`; Keras' `EarlyStopping(restore_best_weights=True)`),
+            with the last rmsprop state.
+        """
+        if weights not in ("last", "best"):
+            raise ImdbJaxError(f"weights must be 'last' or 'best', got {weights!r}")
+        if weights == "best" and self.fused.best_params is None:
+            raise ImdbJaxError("best weights are kept only when training had validation data")
         shard, slot = self._where(index)
-        host = jax.device_get(jax.tree_util.tree_map(lambda leaf: leaf[shard], (self.fused.params, self.fused.nu)))
+        source = self.fused.params if weights == "last" else self.fused.best_params
+        host = fetch(jax.tree_util.tree_map(lambda leaf: leaf[shard], (source, self.fused.nu)))
         params = take_variant(host[0], self.layout, slot)
         nu = take_variant(host[1], self.layout, slot)
         config = self.config(index)
@@ -166,7 +185,7 @@ class VariantsResult:
         opt_state = init_opt_state(params, config.learning_rate, config.weight_decay)
         inner = list(opt_state.inner_state)
         inner[0] = inner[0]._replace(nu=nu)
-        step = jnp.asarray(jax.device_get(self.fused.step)[shard], jnp.int32)
+        step = jnp.asarray(fetch(self.fused.step)[shard], jnp.int32)
         opt_state = opt_state._replace(inner_state=tuple(inner), count=step)
         return template.replace(params=params, opt_state=opt_state, step=step)
 
@@ -189,6 +208,21 @@ def _place(tree: Any, mesh: Mesh | None, spec: PartitionSpec) -> Any:
     return tree if mesh is None else jax.device_put(tree, NamedSharding(mesh, spec))
 
 
+def _run_description(specs, train, validation, batch_size, shuffle_seed, shards, dense_words) -> dict[str, Any]:
+    """What a checkpoint must agree on to be resumed."""
+    data = [run_checkpoint.data_fingerprint(*as_xy(train))]
+    if validation is not None:
+        data.append(run_checkpoint.data_fingerprint(*as_xy(validation)))
+    return {
+        "specs": [spec.to_dict() for spec in specs],
+        "data": data,
+        "batch_size": int(batch_size),
+        "shuffle_seed": int(shuffle_seed),
+        "shards": shards,
+        "dense_words": int(dense_words),
+    }
+
+
 def fit_variants(
     specs: Sequence[VariantSpec],
     train: Any,
@@ -202,6 +236,8 @@ def fit_variants(
     progress: bool = True,
     description: str = "variants",
     on_epoch_end: Callable[[int, list[dict[str, list]]], None] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
 ) -> VariantsResult:
     """Trains every spec at once, fused, on the same shuffled batches.
 
@@ -223,6 +259,15 @@ def fit_variants(
       description: the progress bar's label.
       on_epoch_end: optional `fn(epochs_done, histories)` called after every epoch with every
         variant's history so far (e.g. to write a study's JSON as it goes).
+      checkpoint_dir: a folder to write the run's state to after every epoch
+        (`imdb_jax.resume`), so that a killed run can be resumed.
+      resume: continue from the checkpoint in `checkpoint_dir` if there is one (it must be of
+        the same variants, data, batch size, shuffle seed and devices); the result is bitwise
+        the one an uninterrupted run gives.
+
+    Returns:
+      A `VariantsResult`; with validation data it also holds each variant's best weights
+      (`result.state(i, weights="best")`).
     """
     specs = list(specs)
     if not specs:
@@ -233,18 +278,26 @@ def fit_variants(
     mesh = variant_mesh(devices)
     shards = 1 if mesh is None else mesh.size
     layout, members, slot_of = plan_layout(specs, num_words, shards)
-    state = _place(initial_state(specs, layout, members, shards), mesh, PartitionSpec(VARIANT_AXIS))
+    state = initial_state(specs, layout, members, shards, keep_best=validation is not None)
+    records: list[dict[str, Any]] = []
+    meta = None
+    if checkpoint_dir is not None:
+        meta = _run_description(specs, train, validation, batch_size, shuffle_seed, shards, train_data.dense_words)
+        loaded = run_checkpoint.load(checkpoint_dir, state, meta) if resume else None
+        if loaded is not None:
+            state, records = loaded
+    state = _place(jax.tree_util.tree_map(jnp.asarray, state), mesh, PartitionSpec(VARIANT_AXIS))
     train_data = _place(train_data, mesh, PartitionSpec())
     val_data = None if val_data is None else _place(val_data, mesh, PartitionSpec())
     where = [divmod(slot, layout.slots) for slot in slot_of]
-    records: list[dict[str, Any]] = []
 
     def histories() -> list[dict[str, list]]:
         return [history_from_records(records, shard, slot) for shard, slot in where]
 
     def epoch_done(epochs_done: int, state: FusedState, record: dict[str, Any]) -> None:
-        del state
         records.append(record)
+        if checkpoint_dir is not None:
+            run_checkpoint.save(checkpoint_dir, state, records, meta)
         if on_epoch_end is not None:
             on_epoch_end(epochs_done, histories())
 
@@ -268,6 +321,7 @@ def fit_variants(
         description=description,
         describe=describe,
         on_epoch_end=epoch_done,
+        records=list(records),
     )
     return VariantsResult(
         specs,
