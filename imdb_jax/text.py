@@ -21,6 +21,9 @@ of a vectorised matrix is ``words[j]``. Fit it on training reviews only.
 
 Vectorisation (``Vocabulary.transform``): one multi-hot row per text, float32 ones at the sorted,
 unique columns of its known words; unknown words are dropped.
+
+Word ids (``token_ids``): every token of every review as an int32 word id, in order, for the
+vectorised n-gram builder in ``imdb_jax.features``; the reviews are tokenised once.
 """
 
 from __future__ import annotations
@@ -113,6 +116,62 @@ def _top_words(counts: Counter[str], num_words: int) -> tuple[str, ...]:
             end += 1
     ranked = sorted(items[:end], key=lambda item: (-item[1], item[0]))[:num_words]
     return tuple(word for word, _ in ranked)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TokenIds:
+    """Reviews as word ids, every token kept, in order.
+
+    Attributes:
+        ids: int32[tokens] word ids, review after review.
+        lengths: int64[reviews] tokens per review (0 for a review without words).
+        words: id -> word; ids are given in order of first appearance.
+    """
+
+    ids: np.ndarray
+    lengths: np.ndarray
+    words: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    @functools.cached_property
+    def offsets(self) -> np.ndarray:
+        """int64[reviews + 1]: review ``i`` is ``ids[offsets[i]:offsets[i + 1]]``."""
+        offsets = np.zeros(len(self.lengths) + 1, dtype=np.int64)
+        np.cumsum(self.lengths, out=offsets[1:])
+        return offsets
+
+    def rows(self, start: int, stop: int) -> TokenIds:
+        """Reviews ``start:stop`` (a view sharing ``words``)."""
+        start, stop, _ = slice(start, stop).indices(len(self))
+        stop = max(start, stop)
+        return TokenIds(self.ids[self.offsets[start] : self.offsets[stop]], self.lengths[start:stop], self.words)
+
+
+def token_ids(texts: Sequence[Text], progress: bool = False, desc: str = "tokenising") -> TokenIds:
+    """Tokenises each review once into word ids (the n-gram builder's input).
+
+    Args:
+        texts: reviews, ``str`` or ``bytes``.
+        progress: show a tqdm bar on stderr while tokenising.
+        desc: label of the progress bar.
+
+    Returns:
+        The reviews' tokens as ids; ``words[id]`` is the word.
+    """
+    if isinstance(texts, (str, bytes)):
+        raise TypeError("token_ids expects a sequence of texts, not one text; wrap it in a list")
+    # As in fit_transform, per-token work stays in C (map over a defaultdict that numbers new words).
+    word_ids: defaultdict[str, int] = defaultdict(itertools.count().__next__)
+    ids = array.array("i")
+    lengths = np.zeros(len(texts), dtype=np.int64)
+    for row, text in enumerate(_progress(texts, progress, desc)):
+        tokens = tokenize(text)
+        ids.extend(map(word_ids.__getitem__, tokens))
+        lengths[row] = len(tokens)
+    words = tuple(word_ids)  # dicts keep insertion order: id order
+    return TokenIds(np.frombuffer(ids, dtype=np.int32) if ids else np.zeros(0, np.int32), lengths, words)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,6 +286,11 @@ class Vocabulary:
         Raises:
             ImdbJaxError: the dictionary is malformed or from another tokeniser version.
         """
+        if isinstance(data, dict) and "terms" in data:
+            raise ImdbJaxError(
+                "this is a saved n-gram/weighted feature set, not a plain vocabulary; "
+                "read it with imdb_jax.features.vectorizer_from_dict"
+            )
         try:
             words, tokenizer = data["words"], data["tokenizer"]
         except (KeyError, TypeError) as error:
