@@ -10,6 +10,7 @@ encode and write them. The data cache, model folders, study.json and figures all
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -103,3 +104,24 @@ def json_bytes(value: Any, *, indent: int | None = None, sort_keys: bool = False
 def write_json(path: str | os.PathLike, value: Any, *, indent: int | None = 1) -> Path:
     """Writes `value` as strict JSON to `path` atomically."""
     return atomic_write(path, json_bytes(value, indent=indent))
+
+
+def writable_folder(path: str | os.PathLike) -> Path:
+    """Creates `path` (and its parents) if needed and proves a file can be written in it.
+
+    Call it before long work whose results go there, so a bad folder fails at once.
+
+    Returns:
+      `path` as a `Path`.
+
+    Raises:
+      OSError: it cannot be created, is not a folder, or a file cannot be written in it.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "exists and is not a folder", os.fspath(path))
+    path.mkdir(parents=True, exist_ok=True)
+    handle, probe = tempfile.mkstemp(dir=path, prefix=".write-probe-")
+    os.close(handle)
+    os.unlink(probe)
+    return path

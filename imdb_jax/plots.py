@@ -31,8 +31,10 @@ def plot_curves(
     ylabel: str = "loss",
     title: str | None = None,
     styles: Mapping[str, Mapping[str, Any]] | None = None,
+    bands: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None,
 ) -> list[Any]:
-    """Draws several named per-epoch curves on one axes, epoch 1 first.
+    """Draws several named per-epoch curves on one axes, epoch 1 first, each optionally with a
+    shaded band (e.g. the lowest and highest value over seeds) in its colour.
 
     Args:
       ax: a matplotlib `Axes`.
@@ -41,6 +43,7 @@ def plot_curves(
       title: optional axes title.
       styles: optional {legend name: keyword arguments of `ax.plot`}; unnamed curves get
         matplotlib's colour cycle.
+      bands: optional {legend name: (low, high) per epoch}, shaded around that curve.
 
     Returns:
       The `Line2D` objects, in the order of `curves`.
@@ -51,6 +54,9 @@ def plot_curves(
         values = np.asarray(values, np.float64)
         epochs = np.arange(1, values.size + 1)
         (line,) = ax.plot(epochs, values, label=name, **dict(styles.get(name, {})))
+        if bands and name in bands:
+            low, high = (np.asarray(edge, np.float64) for edge in bands[name])
+            ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
         lines.append(line)
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)

@@ -94,17 +94,22 @@ def _valley(best_epoch, best, epochs=6):
     return [best + 0.05 * abs(epoch - best_epoch) for epoch in range(1, epochs + 1)]
 
 
-def _summary(curves, experiments):
-    """A study summary from {name: (spec, history)} and {experiment: [names]}."""
+def _seeded(best_epoch, bests, loss=None):
+    """One history per seed: the same valley, its floor at each of `bests`."""
+    return [_history(_valley(best_epoch, value), loss) for value in bests]
+
+
+def _summary(curves, experiments, seeds=1):
+    """A study summary from {name: (spec, history or [history per seed])} and {experiment: [names]}."""
     names = list(curves)
     summary = {
-        "settings": {"epochs": 6, "batch_size": 512, "shuffle_seed": 0, "train_reviews": 15000, "validation_reviews": 10000},
+        "settings": {"epochs": 6, "batch_size": 512, "seeds": seeds, "shuffle_seed": 0, "train_reviews": 15000, "validation_reviews": 10000},
         "experiments": {experiment: [names.index(name) for name in members] for experiment, members in experiments.items()},
         "variants": [
             variant_summary(spec, name, history, [e for e, members in experiments.items() if name in members])
             for name, (spec, history) in curves.items()
         ],
-        "retrain": {"variant": "16-16", "epochs": 3, "train_reviews": 25000, "test_loss": 0.3, "test_accuracy": 0.88},
+        "retrain": {"variant": "16-16", "spec": VariantSpec((16, 16)).to_dict(), "epochs": 3, "train_reviews": 25000, "test_loss": 0.3, "test_accuracy": 0.88},
         "wall_s": 1.0,
         "devices": ["cpu"],
     }
@@ -112,7 +117,17 @@ def _summary(curves, experiments):
     return summary
 
 
+SEED_EXPERIMENTS = {
+    "units": ["4", "16", "512"],
+    "layers": ["16", "16-16", "16-16-16"],
+    "epochs": ["16-16"],
+    "regularization": ["16-16", "16-16 l1=0.001", "16-16 l2=0.001"],
+    "dropout": ["16-16", "16-16 dropout=0.5"],
+}
+
+
 def _seedlike(l1_best, l2_best, dropout_best_epoch, dropout_best):
+    """The seed's experiments with one seed each."""
     curves = {
         "4": (VariantSpec((4,)), _history(_valley(5, 0.30), loss=[0.6 - 0.01 * e for e in range(6)])),
         "16": (VariantSpec((16,)), _history(_valley(3, 0.28))),
@@ -123,42 +138,94 @@ def _seedlike(l1_best, l2_best, dropout_best_epoch, dropout_best):
         "16-16 l2=0.001": (VariantSpec((16, 16), l2=0.001), _history(_valley(4, l2_best))),
         "16-16 dropout=0.5": (VariantSpec((16, 16), dropout_rate=0.5), _history(_valley(dropout_best_epoch, dropout_best))),
     }
-    experiments = {
-        "units": ["4", "16", "512"],
-        "layers": ["16", "16-16", "16-16-16"],
-        "epochs": ["16-16"],
-        "regularization": ["16-16", "16-16 l1=0.001", "16-16 l2=0.001"],
-        "dropout": ["16-16", "16-16 dropout=0.5"],
+    return _summary(curves, SEED_EXPERIMENTS)
+
+
+def _three_seeds(units_16, l2, dropout_epochs):
+    """The seed's experiments with three seeds each: `units_16` are the 16-unit model's three
+    minimum validation losses (4 units: 0.300 ± 0.001, 512 units: 0.290 ± 0.001), `l2` the L2
+    variant's (16-16: 0.270 ± 0.001), `dropout_epochs` the dropout variant's best epochs."""
+    dropout = [_history(_valley(epoch, 0.2705 + 0.0005 * index)) for index, epoch in enumerate(dropout_epochs)]
+    curves = {
+        "4": (VariantSpec((4,)), _seeded(5, [0.299, 0.300, 0.301], loss=[0.6 - 0.01 * e for e in range(6)])),
+        "16": (VariantSpec((16,)), _seeded(3, units_16)),
+        "512": (VariantSpec((512,)), _seeded(1, [0.289, 0.290, 0.291], loss=[0.2 - 0.03 * e for e in range(6)])),
+        "16-16": (VariantSpec((16, 16)), [_history(_valley(epoch, value)) for epoch, value in zip((3, 4, 4), (0.269, 0.270, 0.271))]),
+        "16-16-16": (VariantSpec((16, 16, 16)), _seeded(2, [0.284, 0.285, 0.286])),
+        "16-16 l1=0.001": (VariantSpec((16, 16), l1=0.001), _seeded(6, [0.309, 0.310, 0.311])),
+        "16-16 l2=0.001": (VariantSpec((16, 16), l2=0.001), _seeded(4, l2)),
+        "16-16 dropout=0.5": (VariantSpec((16, 16), dropout_rate=0.5), dropout),
     }
-    return _summary(curves, experiments)
+    return _summary(curves, SEED_EXPERIMENTS, seeds=3)
 
 
-def test_report_states_what_the_numbers_say():
+def test_with_one_seed_the_report_ranks_but_claims_nothing():
     summary = _seedlike(l1_best=0.31, l2_best=0.26, dropout_best_epoch=6, dropout_best=0.275)
     report = report_markdown(summary)
-    assert "Width: 16 units did best (lowest validation loss 0.2800 at epoch 3)" in report
-    assert "512 units overfit soonest (validation loss lowest at epoch 1, rising after)" in report
+    assert "Width: 16 units had the lowest minimum validation loss (0.2800 at epoch 3), but with 1 seed the noise between runs is not measured" in report
+    assert "did best" not in report and "indistinguishable" not in report
+    assert "512 units overfit soonest (mean validation loss lowest at epoch 1, rising after)" in report
     assert "4 units fit the training reviews least" in report
-    assert "Depth: 2 hidden layers did best (lowest validation loss 0.2700 at epoch 4); 3 hidden layers overfit soonest" in report
-    assert "The 16-16 model's validation loss is lowest at epoch 4 (0.2700) and turns up after it" in report
-    assert "L2(0.001) lowered the minimum validation loss (0.2600 vs 0.2700 without a penalty)" in report
-    assert "L1(0.001) did not lower the minimum validation loss (0.3100 vs 0.2700" in report
-    assert "L2(0.001) helped; L2(0.001) most." in report
-    assert "dropout 0.5 moved the best epoch later, from 4 to 6, and its minimum validation loss was not lower" in report
+    assert "Depth: 2 hidden layers had the lowest minimum validation loss (0.2700 at epoch 4)" in report
+    assert "3 hidden layers overfit soonest" in report
+    assert "The 16-16 model's mean validation loss is lowest at epoch 4 (0.2700) and turns up after it" in report
+    assert "L2(0.001) gave a lower minimum validation loss (0.2600 vs 0.2700 without a penalty), with the noise unmeasured (1 seed)" in report
+    assert "L1(0.001) gave a not lower minimum validation loss (0.3100 vs 0.2700" in report
+    assert "No penalty helped beyond the noise; L2(0.001) came closest." in report
+    assert "dropout 0.5 moved the best epoch later, from 4 to 6, and gave a not lower minimum validation loss" in report
     assert "test accuracy 0.8800" in report
+    assert summary["conclusions"]["units"]["clear_best"] is None
 
 
-def test_report_changes_when_the_numbers_change():
-    summary = _seedlike(l1_best=0.25, l2_best=0.29, dropout_best_epoch=2, dropout_best=0.26)
+def test_a_lead_larger_than_the_noise_did_best():
+    summary = _three_seeds(units_16=[0.279, 0.280, 0.281], l2=[0.259, 0.260, 0.261], dropout_epochs=[6, 6, 5])
+    found = summary["conclusions"]["units"]
+    assert found["best"] == "16" and found["clear_best"] is True and found["tied_with_best"] == []
+    variant = summary["variants"][1]
+    assert variant["stats"]["best_val_loss"]["mean"] == pytest.approx(0.280)
+    assert variant["stats"]["best_val_loss"]["sd"] == pytest.approx(0.001)
     report = report_markdown(summary)
-    assert summary["conclusions"]["regularization"]["helped"] == ["L1(0.001)"]
-    assert "L1(0.001) lowered the minimum validation loss (0.2500" in report
-    assert "L2(0.001) did not lower" in report
-    assert "dropout 0.5 moved the best epoch earlier, from 4 to 2, and its minimum validation loss was lower" in report
-    summary = _seedlike(l1_best=0.40, l2_best=0.29, dropout_best_epoch=4, dropout_best=0.30)
+    # 512 units trails by 0.0100; the standard error of the difference is sqrt(2 * 0.001**2 / 3) = 0.00082.
+    assert (
+        "Width: 16 units did best (mean minimum validation loss 0.2800 ± 0.0010 over 3 seeds; mean curve lowest at epoch 3); "
+        "its lead over 512 units is larger than the noise (0.0100 vs 2 standard errors = 0.0016)." in report
+    )
+    assert "L2(0.001) lowered the minimum validation loss (0.2600 ± 0.0010 vs 0.2700 ± 0.0010 without a penalty)" in report
+    assert "L1(0.001) raised the minimum validation loss" in report
+    assert "L2(0.001) helped; L2(0.001) most." in report
+    assert summary["conclusions"]["regularization"]["helped"] == ["L2(0.001)"]
+    # 16-16's best epochs are 3, 4, 4 and dropout's 6, 6, 5: later beyond the noise.
+    assert "dropout 0.5 moved the best epoch later, from 3.7 to 5.7 on average" in report
+    assert "did not change the minimum validation loss beyond the noise (0.2710 ± 0.0005 vs 0.2700 ± 0.0010 without dropout)" in report
+    assert "| 16 | 3/3 | 3.0 ± 0.0 | 0.2800 ± 0.0010 | 0.8720 ± 0.0001 |" in report
+
+
+def test_a_lead_within_the_noise_is_indistinguishable():
+    summary = _three_seeds(units_16=[0.282, 0.275, 0.289], l2=[0.262, 0.270, 0.276], dropout_epochs=[3, 5, 4])
+    found = summary["conclusions"]["units"]
+    # 16 units: mean 0.282 ± 0.007; 512 units: 0.290 ± 0.001. Lead 0.008 < 2 * sqrt(0.007**2/3 + 0.001**2/3) = 0.0082.
+    assert found["best"] == "16" and found["clear_best"] is False
+    assert [row["variant"] for row in found["tied_with_best"]] == ["512"]
     report = report_markdown(summary)
-    assert "No penalty helped; L2(0.001) came closest." in report
-    assert "dropout 0.5 left the best epoch where it was (4)" in report
+    assert "Width: 16 units and 512 units are indistinguishable at 3 seeds: 16 units has the lowest mean" in report
+    assert "its lead over 512 units is within the noise (0.0080 vs 2 standard errors = 0.0082)" in report
+    assert "did best" not in report.split("## units")[1].split("## layers")[0]
+    assert "L2(0.001) did not change the minimum validation loss beyond the noise (0.2693 ± 0.0070" in report
+    assert "No penalty helped beyond the noise; L2(0.001) came closest." in report
+    assert "dropout 0.5 left the best epoch where it was within the noise (mean 3.7 vs 4.0)" in report
+
+
+def test_the_rule_is_welch_two_standard_errors():
+    from imdb_jax.study import difference, spread
+
+    a, b = spread([1.0, 2.0, 3.0]), spread([4.0, 4.5, 5.0])
+    assert a == {"mean": 2.0, "sd": 1.0, "min": 1.0, "max": 3.0, "n": 3}
+    found = difference(a, b)
+    assert found["difference"] == -2.5 and found["se"] == pytest.approx(math.sqrt(1 / 3 + 0.25 / 3))
+    assert found["verdict"] == "lower"  # 2.5 > 2 * 0.645
+    assert difference(spread([1.0, 3.0]), spread([2.5, 3.5]))["verdict"] == "indistinguishable"
+    assert difference(spread([1.0]), spread([2.0]))["verdict"] == "unmeasured"
+    assert difference(spread([None, None]), spread([2.0])) is None
 
 
 def test_report_handles_diverged_variants_and_no_overfitting():
@@ -171,10 +238,19 @@ def test_report_handles_diverged_variants_and_no_overfitting():
     assert summary["variants"][1]["diverged_epoch"] == 2 and summary["variants"][1]["best_epoch"] == 1
     assert summary["variants"][2]["best_epoch"] is None and summary["variants"][2]["best_val_loss"] is None
     report = report_markdown(summary)
-    assert "Best: 8 (lowest validation loss 0.2500 at epoch 4)" in report
+    assert "Ranking: 8 had the lowest minimum validation loss (0.2500 at epoch 4)" in report
     assert "still at its lowest at the last epoch (4): no overfitting yet" in report
-    assert "Diverged: 8 lr=1e+30, 8 lr=10." in report
-    assert "| 8 lr=10 | n/a | n/a |" in report
+    assert "Diverged (on at least one seed): 8 lr=1e+30, 8 lr=10." in report
+    assert "| 8 lr=10 | 0/1 | n/a | n/a |" in report
+
+
+def test_a_seed_that_diverges_is_left_out_of_the_statistics():
+    histories = [_history([0.5, 0.4, 0.3]), _history([0.5, math.nan, math.nan]), _history([0.6, 0.45, 0.35])]
+    variant = variant_summary(VariantSpec((8,), seed=5), "8", histories, ["custom"])
+    assert variant["seeds"] == [5, 6, 7] and variant["diverged_seeds"] == [6] and variant["diverged_epoch"] == 2
+    assert variant["stats"]["best_val_loss"]["n"] == 3  # seed 6 has a best epoch (1) before it diverged
+    assert variant["stats"]["best_val_loss"]["mean"] == pytest.approx((0.3 + 0.5 + 0.35) / 3)
+    assert variant["history"]["val_loss"] == pytest.approx([(0.5 + 0.5 + 0.6) / 3, 0.425, 0.325])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,64 +260,113 @@ STUDY = {
     "widths": [VariantSpec((4,), seed=1), VariantSpec((8, 8), learning_rate=3e-3)],
     "penalties": [VariantSpec((8, 8), learning_rate=3e-3), VariantSpec((8, 8), l2=0.01, learning_rate=3e-3)],
 }
+EPOCHS = 4
 
 
 @pytest.fixture(scope="module")
 def synthetic_study(tmp_path_factory):
+    """STUDY with 2 seeds per variant; every study.json written while it ran is kept."""
+    import imdb_jax.study.runner as runner
+
     output = tmp_path_factory.mktemp("study")
     data = synthetic_data()
-    result = run_study(STUDY, data, output_dir=output, validation=40, epochs=4, batch_size=32, progress=False)
-    return result, data
+    snapshots = []
+    original = runner.write_json
+
+    def keep(path, value, **options):
+        written = original(path, value, **options)
+        snapshots.append(json.loads(written.read_text()))
+        return written
+
+    runner.write_json = keep
+    try:
+        result = run_study(STUDY, data, output_dir=output, validation=40, epochs=EPOCHS, batch_size=32, seeds=2, progress=False)
+    finally:
+        runner.write_json = original
+    return result, data, snapshots
 
 
-def test_study_json_holds_every_variant_and_epoch(synthetic_study):
-    result, _ = synthetic_study
+def test_study_json_holds_every_variant_seed_and_epoch(synthetic_study):
+    result, _, _ = synthetic_study
     stored = json.loads((result.output_dir / "study.json").read_text())
+    assert stored["status"] == "done" and stored["settings"]["seeds"] == 2
     assert [variant["name"] for variant in stored["variants"]] == ["4 seed=1", "8-8 lr=0.003", "8-8 l2=0.01 lr=0.003"]
     assert stored["experiments"] == {"widths": [0, 1], "penalties": [1, 2]}
     assert [variant["experiments"] for variant in stored["variants"]] == [["widths"], ["widths", "penalties"], ["penalties"]]
+    assert stored["noise"]["varied_by_seeds"] == ["initial weights", "dropout masks"]
+    assert "data order (shuffle_seed)" in stored["noise"]["shared"] and "2 standard errors" in stored["noise"]["rule"]
     for variant, spec in zip(stored["variants"], result.specs):
         assert VariantSpec.from_dict(variant["spec"]) == spec
-        assert all(len(values) == 4 for values in variant["history"].values())
-        val_loss = variant["history"]["val_loss"]
-        assert variant["best_epoch"] == int(np.argmin(val_loss)) + 1
-        assert variant["best_val_loss"] == pytest.approx(min(val_loss))
-        assert variant["best_val_accuracy"] == pytest.approx(max(variant["history"]["val_accuracy"]))
-        assert variant["diverged"] is False
+        assert variant["seeds"] == [spec.seed, spec.seed + 1] and len(variant["histories"]) == 2
+        minima = []
+        for history, figures in zip(variant["histories"], variant["per_seed"]):
+            assert all(len(values) == EPOCHS for values in history.values())
+            assert figures["best_epoch"] == int(np.argmin(history["val_loss"])) + 1
+            assert figures["best_val_loss"] == pytest.approx(min(history["val_loss"]))
+            minima.append(min(history["val_loss"]))
+        assert variant["stats"]["best_val_loss"]["mean"] == pytest.approx(np.mean(minima))
+        assert variant["stats"]["best_val_loss"]["sd"] == pytest.approx(np.std(minima, ddof=1))
+        assert variant["best_val_loss"] == variant["stats"]["best_val_loss"]["mean"]
+        mean_curve = np.mean([history["val_loss"] for history in variant["histories"]], axis=0)
+        np.testing.assert_allclose(variant["history"]["val_loss"], mean_curve, rtol=1e-12)
+        assert variant["best_epoch"] == int(np.argmin(mean_curve)) + 1
+        assert {"mean", "sd", "min", "max", "n"} <= set(variant["stats"]["val_accuracy_at_best"])
     assert stored["settings"]["train_reviews"] == 80 and stored["settings"]["validation_reviews"] == 40
-    assert len(stored["runs"]) == 1  # merged: one fit_variants run for both experiments
+    assert len(stored["runs"]) == 1 and stored["runs"][0]["trained"] == 6  # merged: every seed of every variant in one run
     run = stored["runs"][0]
-    assert sorted(name for group in run["groups"] for name in group["variants"]) == sorted(v["name"] for v in stored["variants"])
     assert run["compile_s"] > 0 and run["wall_s"] >= run["compile_s"]
     assert stored["devices"]
 
 
-def test_study_histories_are_the_trained_variants(synthetic_study):
-    result, _ = synthetic_study
+def test_each_seed_is_the_variant_trained_alone_with_that_seed(synthetic_study):
+    from imdb_jax import fit
+
+    result, data, _ = synthetic_study
     stored = json.loads((result.output_dir / "study.json").read_text())
-    run = result.runs[0]
-    for position, spec in enumerate(run.specs):
-        variant = stored["variants"][result.specs.index(spec)]
-        np.testing.assert_allclose(variant["history"]["val_loss"], run.histories[position]["val_loss"], rtol=1e-12)
+    train, validation = data.split_validation(40)
+    variant = stored["variants"][0]  # "4 seed=1": seeds 1 and 2
+    spec = VariantSpec.from_dict(variant["spec"])
+    _, history = fit(spec.config(NUM_WORDS), train, validation, epochs=EPOCHS, batch_size=32, seed=2, shuffle_seed=0, progress=False)
+    np.testing.assert_allclose(variant["histories"][1]["val_loss"], history["val_loss"], rtol=1e-5)
+    assert not np.allclose(variant["histories"][0]["val_loss"], history["val_loss"])  # seed 1 differs
+
+
+def test_study_json_is_written_after_every_epoch(synthetic_study):
+    result, _, snapshots = synthetic_study
+    running = [snapshot for snapshot in snapshots if snapshot["status"] == "running"]
+    assert [snapshot["epochs_done"]["epochs"] for snapshot in running] == list(range(1, EPOCHS + 1))
+    for epochs, snapshot in enumerate(running, 1):
+        assert all(len(history["val_loss"]) == epochs for variant in snapshot["variants"] for history in variant["histories"])
+    assert snapshots[-1]["status"] == "done"
+    assert not [path for path in result.output_dir.iterdir() if path.name.endswith(".tmp")]
 
 
 def test_study_report_matches_the_json(synthetic_study):
-    result, _ = synthetic_study
+    result, _, _ = synthetic_study
     stored = json.loads((result.output_dir / "study.json").read_text())
     report = (result.output_dir / "report.md").read_text()
     best = min(stored["variants"], key=lambda variant: variant["best_val_loss"])
     assert stored["best_variant"] == best["name"]
-    for experiment, indices in stored["experiments"].items():
-        winner = min((stored["variants"][index] for index in indices), key=lambda variant: variant["best_val_loss"])
-        assert f"Best: {winner['name']} (lowest validation loss {winner['best_val_loss']:.4f} at epoch {winner['best_epoch']})" in report
+    for experiment in stored["experiments"]:
+        found = stored["conclusions"][experiment]
+        winner = min((stored["variants"][index] for index in stored["experiments"][experiment]), key=lambda variant: variant["best_val_loss"])
+        assert found["best"] == winner["name"]
+        stats = winner["stats"]["best_val_loss"]
+        figures = f"mean minimum validation loss {stats['mean']:.4f} ± {stats['sd']:.4f} over 2 seeds"
+        if found["clear_best"]:
+            assert f"Ranking: {winner['name']} did best ({figures}" in report
+        else:
+            assert f"are indistinguishable at 2 seeds: {winner['name']} has the lowest mean ({figures}" in report
     for variant in stored["variants"]:
-        assert f"| {variant['name']} | {variant['best_epoch']} | {variant['best_val_loss']:.4f} |" in report
+        stats = variant["stats"]
+        assert f"| {variant['name']} | 2/2 | " in report
+        assert f"| {stats['best_val_loss']['mean']:.4f} ± {stats['best_val_loss']['sd']:.4f} |" in report
 
 
 def test_study_retrains_the_best_variant_on_all_reviews(synthetic_study):
     from imdb_jax import evaluate, fit, load_model
 
-    result, data = synthetic_study
+    result, data, _ = synthetic_study
     stored = json.loads((result.output_dir / "study.json").read_text())
     best = next(variant for variant in stored["variants"] if variant["name"] == stored["best_variant"])
     retrain = stored["retrain"]
@@ -258,7 +383,7 @@ def test_study_retrains_the_best_variant_on_all_reviews(synthetic_study):
 
 
 def test_study_figures_are_pngs(synthetic_study):
-    result, _ = synthetic_study
+    result, _, _ = synthetic_study
     figures = result.summary["figures"]
     assert sorted(figures) == ["train_vs_val_loss.png", "val_loss_penalties.png", "val_loss_widths.png"]
     for name in figures:
@@ -266,27 +391,76 @@ def test_study_figures_are_pngs(synthetic_study):
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 5000
 
 
-def test_depth_figure_with_a_layers_experiment(tmp_path):
+def test_figures_draw_a_band_from_the_lowest_to_the_highest_seed(monkeypatch, tmp_path):
+    from matplotlib.axes import Axes
+
     from imdb_jax.study import write_figures
 
-    summary = _seedlike(l1_best=0.31, l2_best=0.26, dropout_best_epoch=6, dropout_best=0.275)
+    summary = _three_seeds(units_16=[0.279, 0.280, 0.281], l2=[0.259, 0.260, 0.261], dropout_epochs=[6, 6, 5])
+    bands = []
+    original = Axes.fill_between
+
+    def record(self, x, low, high, **options):
+        bands.append((np.asarray(low), np.asarray(high)))
+        return original(self, x, low, high, **options)
+
+    monkeypatch.setattr(Axes, "fill_between", record)
     paths = write_figures(summary, tmp_path)
     assert [path.name for path in paths] == [
         "val_loss_units.png", "val_loss_layers.png", "val_loss_epochs.png", "val_loss_regularization.png",
         "val_loss_dropout.png", "train_vs_val_loss.png", "depth.png",
     ]
     assert all(path.read_bytes().startswith(b"\x89PNG") for path in paths)
+    sixteen = summary["variants"][1]
+    low, high = bands[1]  # the units figure's second curve: 16 units
+    np.testing.assert_allclose(low, np.min([history["val_loss"] for history in sixteen["histories"]], axis=0))
+    np.testing.assert_allclose(high, np.max([history["val_loss"] for history in sixteen["histories"]], axis=0))
+
+
+def test_runs_per_experiment_train_each_shared_variant_once(tmp_path):
+    data = synthetic_data()
+    options = dict(validation=40, epochs=3, batch_size=32, seeds=2, progress=False, retrain=False, figures=False)
+    merged = run_study(STUDY, data, output_dir=tmp_path / "merged", **options)
+    apart = run_study(STUDY, data, output_dir=tmp_path / "apart", runs="experiment", **options)
+    records = apart.summary["runs"]
+    # 8-8 lr=0.003 belongs to both experiments but trains (2 seeds) only in the first run.
+    assert [(record["label"], record["variants"], record["trained"]) for record in records] == [
+        ("widths", ["4 seed=1", "8-8 lr=0.003"], 4),
+        ("penalties", ["8-8 l2=0.01 lr=0.003"], 2),
+    ]
+    assert len(apart.runs) == 2
+    for alone, together in zip(apart.summary["variants"], merged.summary["variants"]):
+        for history, same in zip(alone["histories"], together["histories"]):
+            np.testing.assert_allclose(history["val_loss"], same["val_loss"], rtol=1e-5)
+    state = apart.variant_state(2, seed_index=1)
+    assert state.params["hidden_0"]["kernel"].shape == (NUM_WORDS, 8)
+
+
+def test_study_all_with_three_seeds_has_mean_and_sd_per_variant(tmp_path):
+    result = run_study("all", synthetic_data(), output_dir=tmp_path, validation=40, epochs=2, batch_size=32, seeds=3,
+                       progress=False, retrain=False, figures=False)
+    variants = result.summary["variants"]
+    assert len(variants) == 9 and sum(record["trained"] for record in result.summary["runs"]) == 27
+    for variant in variants:
+        for key in ("best_val_loss", "best_epoch", "val_accuracy_at_best"):
+            stats = variant["stats"][key]
+            assert stats["n"] == 3 and stats["sd"] is not None and stats["min"] <= stats["mean"] <= stats["max"]
+    assert "over 3 seeds" in (tmp_path / "report.md").read_text()
 
 
 def test_run_study_rejects_bad_settings_before_training(tmp_path):
     data = synthetic_data(num_train=20, num_test=10)
     with pytest.raises(ImdbJaxError, match="epochs must be a positive integer"):
         run_study("units", data, output_dir=tmp_path, epochs=0)
+    with pytest.raises(ImdbJaxError, match="seeds must be a positive integer, got 0"):
+        run_study("units", data, output_dir=tmp_path, seeds=0)
     with pytest.raises(ImdbJaxError, match="unknown experiment"):
         run_study(["units", "depth"], data, output_dir=tmp_path)
-    with pytest.raises(ImdbJaxError, match="num_validation"):
+    with pytest.raises(ImdbJaxError, match="validation must be between 1 and 19"):
         run_study("units", data, output_dir=tmp_path, validation=20)
     assert not any(tmp_path.iterdir())
+    with pytest.raises(ImdbJaxError, match="cannot write the study to /proc/x"):
+        run_study("units", data, output_dir="/proc/x", validation=10)
 
 
 # ---------------------------------------------------------------------------------------------
