@@ -1,14 +1,19 @@
-"""The IMDb reviews as multi-hot matrices: ``load_imdb``, ``IMDbData`` and ``Split``.
+"""The IMDb reviews as sparse feature matrices: ``load_imdb``, ``IMDbData`` and ``Split``.
 
 ``load_imdb`` finds the data (``imdb_jax.sources``), and either loads the matrices from the on-disk
-cache (``imdb_jax.cache``) or tokenises the reviews (``imdb_jax.text``), fitting the vocabulary on
-the training reviews only, and caches the result.
+cache (``imdb_jax.cache``) or tokenises the reviews once (``imdb_jax.text``) and builds the
+features (``imdb_jax.features``), fitting the vocabulary (and idf or naive-Bayes ratios) on the
+training reviews only, less the first ``held_out`` of them, and caches the result.
+
+The default features (words, binary, ``min_count=1``, ``held_out=0``) are today's multi-hot rows
+over the ``num_words`` most frequent training words, in a cache file of today's name and layout.
 
 The cache file name carries a hash of everything that changes its content: the source's identity
 (TFDS name/config/version and shard sizes, or the aclImdb path with every file's size and mtime,
-or the archive's path, size and mtime), the tokeniser version, ``num_words`` and the cache format.
-Column indices are stored as uint16 when ``num_words`` allows, so the full data set at 10,000
-words takes about 13 MB.
+or the archive's path, size and mtime), the tokeniser version, ``num_words``, the cache format and,
+for other than the default features, ``ngrams``, ``weighting``, ``min_count``, ``held_out`` and the
+features' format. Column indices are stored as uint16 when the width allows, so the full data set
+at 10,000 words takes about 13 MB; 1-3-grams at 1,000,000 features about 80 MB.
 """
 
 from __future__ import annotations
@@ -25,15 +30,18 @@ import scipy.sparse as sp
 
 from imdb_jax import cache, sources
 from imdb_jax.errors import ImdbJaxError
-from imdb_jax.text import TOKENIZER_VERSION, Text, Vocabulary
+from imdb_jax.features import FORMAT_VERSION as FEATURES_FORMAT_VERSION
+from imdb_jax.features import NB_ALPHA, FeatureSpec, check_settings
+from imdb_jax.text import TOKENIZER_VERSION, Text, Vocabulary, token_ids
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Split:
-    """Labelled multi-hot reviews.
+    """Labelled vectorised reviews.
 
     Attributes:
-        x: float32[reviews, num_words] CSR multi-hot rows (sorted unique indices, data all 1.0).
+        x: float32[reviews, num_words] CSR rows, sorted unique indices; data all 1.0 (multi-hot)
+            for binary features, else the tf-idf or naive-Bayes values (``imdb_jax.features``).
         y: float32[reviews] labels, 1.0 = positive, 0.0 = negative.
     """
 
@@ -60,20 +68,34 @@ class IMDbData:
     Attributes:
         train: the 25,000 training reviews.
         test: the 25,000 test reviews.
-        vocabulary: fitted on ``train`` only; column ``j`` is ``vocabulary.words[j]``.
+        vocabulary: fitted on ``train[held_out:]`` only; column ``j`` is ``vocabulary.words[j]``.
+            A ``Vocabulary`` for plain word features; for n-grams or weighted values the
+            ``FeatureSpec`` itself, which offers the same interface (``words``, ``transform``,
+            ``to_dict``).
         source: human-readable where-it-came-from string.
         cache_path: the cache file read or written, or None when caching was off or failed.
         from_cache: whether the matrices were read from ``cache_path``.
         load_seconds: wall time ``load_imdb`` took.
+        features: the fitted features (terms, weighting, idf or ratios), which transform new
+            reviews as the data was; made from ``vocabulary`` when not given.
+        held_out: the first ``held_out`` training reviews took no part in fitting ``features``.
     """
 
     train: Split
     test: Split
-    vocabulary: Vocabulary
+    vocabulary: Vocabulary | FeatureSpec
     source: str
     cache_path: Path | None = None
     from_cache: bool = False
     load_seconds: float = 0.0
+    features: FeatureSpec | None = None
+    held_out: int = 0
+
+    def __post_init__(self) -> None:
+        if self.features is None:
+            vocabulary = self.vocabulary
+            features = vocabulary if isinstance(vocabulary, FeatureSpec) else FeatureSpec.from_vocabulary(vocabulary)
+            object.__setattr__(self, "features", features)
 
     @property
     def x_train(self) -> sp.csr_matrix:
@@ -108,38 +130,65 @@ class IMDbData:
     def split_validation(self, num_validation: int) -> tuple[Split, Split]:
         """Holds out the FIRST ``num_validation`` training reviews (the Keras study protocol).
 
+        Plain word features may have been fitted on all training reviews (the seed's protocol);
+        n-gram or weighted features must not have seen the validation reviews: load them with
+        ``load_imdb(..., held_out=num_validation)`` (or more).
+
         Args:
             num_validation: reviews to hold out, ``0 < num_validation < len(self.train)``.
 
         Returns:
             ``(train, val)``: ``train`` the remaining reviews, ``val`` the first ``num_validation``.
+
+        Raises:
+            ImdbJaxError: a bad count, or non-plain features fitted on some of the held-out reviews.
         """
         if isinstance(num_validation, bool) or not 0 < num_validation < len(self.train):
             raise ImdbJaxError(
                 f"num_validation must be between 1 and {len(self.train) - 1}; got {num_validation!r}"
+            )
+        if not self.features.plain and num_validation > self.held_out:
+            raise ImdbJaxError(
+                f"these {self.features.ngrams}-gram {self.features.weighting} features were fitted on training "
+                f"reviews {self.held_out}: onwards, so holding out the first {num_validation} for validation "
+                f"would leak them into model selection; load the data with held_out={num_validation}"
             )
         val = Split(self.train.x[:num_validation], self.train.y[:num_validation])
         rest = Split(self.train.x[num_validation:], self.train.y[num_validation:])
         return rest, val
 
     def vectorize(self, texts: Iterable[Text]) -> sp.csr_matrix:
-        """float32[len(texts), num_words] multi-hot rows of new reviews with this vocabulary."""
+        """float32[len(texts), num_words] rows of new reviews with these features."""
         return self.vocabulary.transform(texts)
 
 
 def load_imdb(
-    num_words: int = 10000,
+    num_words: int | None = 10000,
     *,
+    ngrams: int = 1,
+    weighting: str = "binary",
+    min_count: int = 1,
+    held_out: int = 0,
     data_dir: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
     source: str = "auto",
     progress: bool = True,
     use_cache: bool = True,
 ) -> IMDbData:
-    """Loads the IMDb reviews as multi-hot matrices over the ``num_words`` most frequent words.
+    """Loads the IMDb reviews as sparse rows over the most frequent training words or n-grams.
+
+    The defaults give the seed's multi-hot rows over the 10,000 most frequent training words.
 
     Args:
-        num_words: vocabulary size, the most frequent training words.
+        num_words: the most features to keep, the most frequent (ties alphabetical); None keeps
+            every term seen at least ``min_count`` times.
+        ngrams: longest word n-gram used as a feature (1 = words only).
+        weighting: the value of a present feature: ``"binary"`` (1.0), ``"tfidf"`` or ``"nb"``
+            (naive-Bayes log-count ratio); see ``imdb_jax.features``.
+        min_count: the fewest occurrences in the fitted reviews a feature needs.
+        held_out: the first ``held_out`` training reviews take no part in fitting the vocabulary,
+            idf or ratios (they are still vectorised); pass the validation size used with
+            ``IMDbData.split_validation``. 0 fits on all training reviews.
         data_dir: where the data is: a TFDS data_dir holding the prepared ``imdb_reviews``
             (array_record), an aclImdb folder, or ``aclImdb_v1.tar.gz``. Default:
             ``$TFDS_DATA_DIR``, else TFDS's default folder (``~/tensorflow_datasets``).
@@ -151,53 +200,86 @@ def load_imdb(
         use_cache: read and write the cache; False always tokenises and writes nothing.
 
     Returns:
-        The data set; ``from_cache`` says whether it came from the cache.
+        The data set; ``from_cache`` says whether it came from the cache, ``features`` what the
+        columns are.
 
     Raises:
         DataNotFoundError: the data is not where we looked (the message says how to get it).
         ImdbJaxError: a bad argument.
     """
     start = time.perf_counter()
-    if isinstance(num_words, bool) or not isinstance(num_words, (int, np.integer)) or num_words <= 0:
-        raise ImdbJaxError(f"num_words must be a positive integer, got {num_words!r}")
-    num_words = int(num_words)
+    check_settings(ngrams, num_words, min_count, weighting)
+    if isinstance(held_out, bool) or not isinstance(held_out, (int, np.integer)) or held_out < 0:
+        raise ImdbJaxError(f"held_out must be 0 or a number of training reviews, got {held_out!r}")
+    num_words = None if num_words is None else int(num_words)
+    settings = {"ngrams": int(ngrams), "weighting": weighting, "min_count": int(min_count), "held_out": int(held_out)}
+    default = num_words is not None and settings == {"ngrams": 1, "weighting": "binary", "min_count": 1, "held_out": 0}
     found = sources.resolve_source(data_dir, source)
-    key = cache.cache_key(
-        {"source": found.identity, "tokenizer": TOKENIZER_VERSION, "num_words": num_words}
-    )
+    fields = {"source": found.identity, "tokenizer": TOKENIZER_VERSION, "num_words": num_words}
+    if not default:  # the default keeps today's key, so existing caches stay valid
+        fields["features"] = {**settings, "format": FEATURES_FORMAT_VERSION, "nb_alpha": NB_ALPHA}
+    key = cache.cache_key(fields)
     path = None
     if use_cache:
         folder = Path(cache_dir).expanduser() if cache_dir is not None else cache.default_cache_dir()
-        path = folder.absolute() / f"imdb-{found.kind}-{num_words}w-{key[:20]}.cache"
+        words = "all" if num_words is None else num_words
+        name = f"imdb-{found.kind}-{words}w" if default else f"imdb-{found.kind}-{ngrams}g-{weighting}-{words}w-h{held_out}"
+        path = folder.absolute() / f"{name}-{key[:20]}.cache"
         cached = _read_cache(path, key, num_words)
         if cached is not None:
-            train, test, vocabulary = cached
-            return IMDbData(train, test, vocabulary, found.description, path, True, time.perf_counter() - start)
+            train, test, features = cached
+            return _data(train, test, features, found.description, path, True, start, settings["held_out"])
 
     raw = found.read(progress=progress)
-    vocabulary, x_train = Vocabulary.fit_transform(
-        raw.train_texts, num_words, progress=progress, desc="tokenising train"
+    num_train = len(raw.train_texts)
+    if held_out >= num_train:
+        raise ImdbJaxError(f"held_out must be less than the {num_train} training reviews, got {held_out}")
+    texts = raw.train_texts + raw.test_texts
+    del raw.train_texts[:], raw.test_texts[:]  # free the texts early: peak memory, not correctness
+    tokens = token_ids(texts, progress=progress, desc="tokenising train and test")
+    del texts
+    features = FeatureSpec.fit_tokens(
+        tokens.rows(held_out, num_train),
+        raw.train_labels[held_out:],
+        ngrams=ngrams,
+        num_words=num_words,
+        min_count=min_count,
+        weighting=weighting,
     )
-    train = Split(x_train, raw.train_labels.astype(np.float32))
-    del raw.train_texts[:]  # free the texts early: peak memory, not correctness
-    x_test = vocabulary.transform(raw.test_texts, progress=progress, desc="tokenising test")
-    test = Split(x_test, raw.test_labels.astype(np.float32))
-    if path is not None and not _write_cache(path, key, num_words, train, test, vocabulary):
+    train = Split(features.transform_tokens(tokens.rows(0, num_train)), raw.train_labels.astype(np.float32))
+    test = Split(features.transform_tokens(tokens.rows(num_train, len(tokens))), raw.test_labels.astype(np.float32))
+    if path is not None and not _write_cache(path, key, num_words, train, test, features):
         path = None
-    return IMDbData(train, test, vocabulary, found.description, path, False, time.perf_counter() - start)
+    return _data(train, test, features, found.description, path, False, start, settings["held_out"])
+
+
+def _data(
+    train: Split, test: Split, features: FeatureSpec, description: str, path: Path | None, from_cache: bool,
+    start: float, held_out: int,
+) -> IMDbData:
+    vocabulary = Vocabulary(features.terms, features.tokenizer) if features.plain else features
+    return IMDbData(
+        train, test, vocabulary, description, path, from_cache, time.perf_counter() - start, features, held_out
+    )
 
 
 def _index_dtype(num_columns: int) -> np.dtype:
     return np.dtype(np.uint16) if num_columns <= 2**16 else np.dtype(np.int32)
 
 
-def _write_cache(path: Path, key: str, num_words: int, train: Split, test: Split, vocabulary: Vocabulary) -> bool:
+def _write_cache(path: Path, key: str, num_words: int | None, train: Split, test: Split, features: FeatureSpec) -> bool:
     arrays = {}
     for name, split in (("train", train), ("test", test)):
         arrays[f"{name}_indices"] = split.x.indices.astype(_index_dtype(split.num_words))
         arrays[f"{name}_indptr"] = split.x.indptr.astype(np.int32 if split.x.nnz < 2**31 else np.int64)
         arrays[f"{name}_labels"] = split.y.astype(np.uint8)
-    meta = {"key": key, "num_words": num_words, "num_columns": len(vocabulary), "vocabulary": vocabulary.to_dict()}
+        if features.weighting == "tfidf":  # binary and nb values follow from the columns
+            arrays[f"{name}_data"] = split.x.data
+    meta = {"key": key, "num_words": num_words, "num_columns": len(features)}
+    if features.plain:  # today's layout
+        meta["vocabulary"] = Vocabulary(features.terms, features.tokenizer).to_dict()
+    else:
+        arrays.update({f"features_{name}": array for name, array in features.to_arrays().items()})
     try:
         cache.save_arrays(path, arrays, meta)
     except OSError as error:
@@ -206,30 +288,42 @@ def _write_cache(path: Path, key: str, num_words: int, train: Split, test: Split
     return True
 
 
-def _read_cache(path: Path, key: str, num_words: int) -> tuple[Split, Split, Vocabulary] | None:
+def _read_cache(path: Path, key: str, num_words: int | None) -> tuple[Split, Split, FeatureSpec] | None:
     """The cached splits, or None (with a warning naming the file) when absent or unusable."""
     if not path.is_file():
         return None
     try:
         arrays, meta = cache.load_arrays(path, {"key": key, "num_words": num_words})
-        vocabulary = Vocabulary.from_dict(meta["vocabulary"])
-        splits = [
-            _split_from_arrays(arrays, name, meta["num_columns"], len(vocabulary)) for name in ("train", "test")
-        ]
+        if "vocabulary" in meta:
+            features = FeatureSpec.from_vocabulary(Vocabulary.from_dict(meta["vocabulary"]))
+        else:
+            prefix = "features_"
+            features = FeatureSpec.from_arrays(
+                {name[len(prefix) :]: array for name, array in arrays.items() if name.startswith(prefix)}
+            )
+        splits = [_split_from_arrays(arrays, name, meta["num_columns"], features) for name in ("train", "test")]
     except (cache.CacheError, ImdbJaxError, KeyError, ValueError, OSError) as error:
         warnings.warn(
             cache.CacheWarning(f"ignoring the IMDb cache {path}: {error}; rebuilding it"), stacklevel=3
         )
         return None
-    return splits[0], splits[1], vocabulary
+    return splits[0], splits[1], features
 
 
-def _split_from_arrays(arrays: dict[str, np.ndarray], name: str, num_columns: int, vocab_size: int) -> Split:
-    if num_columns != vocab_size:
-        raise ValueError(f"{num_columns} columns for a vocabulary of {vocab_size} words")
+def _split_from_arrays(arrays: dict[str, np.ndarray], name: str, num_columns: int, features: FeatureSpec) -> Split:
+    if num_columns != len(features):
+        raise ValueError(f"{num_columns} columns for {len(features)} features")
     indices = arrays[f"{name}_indices"].astype(np.int32)
     indptr = arrays[f"{name}_indptr"].astype(np.int32 if len(indices) < 2**31 else np.int64)
-    x = sp.csr_matrix(
-        (np.ones(len(indices), np.float32), indices, indptr), shape=(len(indptr) - 1, num_columns)
-    )
+    if features.weighting == "binary":
+        data = np.ones(len(indices), np.float32)
+    elif features.weighting == "nb":
+        data = features.weights[indices]
+    else:
+        data = arrays[f"{name}_data"].astype(np.float32)
+        if len(data) != len(indices):
+            raise ValueError(f"{len(data)} values for {len(indices)} entries")
+    if len(indices) and int(indices.max()) >= num_columns:
+        raise ValueError(f"a column index is past the {num_columns} columns")
+    x = sp.csr_matrix((data, indices, indptr), shape=(len(indptr) - 1, num_columns))
     return Split(x, arrays[f"{name}_labels"].astype(np.float32))

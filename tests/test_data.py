@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -282,7 +283,155 @@ def test_progress_bar_goes_to_stderr(tmp_path, fake_aclimdb, capsys):
     load_imdb(num_words=8, data_dir=fake_aclimdb, cache_dir=tmp_path, progress=True)
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert "tokenising train" in captured.err and "tokenising test" in captured.err
+    assert "tokenising train and test" in captured.err
+
+
+# ---------------------------------------------------------------- n-gram and weighted features
+
+
+def synthetic_rows(seed: int, reviews: int) -> list[dict]:
+    """TFDS-style records of random reviews over a small alphabet (many shared bigrams)."""
+    rng = np.random.default_rng(seed)
+    words = np.array(["good", "bad", "film", "plot", "not", "very", "great", "awful", "the", "acting"])
+    return [
+        {"text": " ".join(rng.choice(words, rng.integers(3, 12))).encode(), "label": np.int64(rng.integers(0, 2))}
+        for _ in range(reviews)
+    ]
+
+
+@pytest.fixture()
+def tfds_dir_with(tmp_path, monkeypatch):
+    """``tfds_dir_with(train_rows, test_rows) -> data_dir`` serving those records as TFDS splits."""
+    version_dir = tmp_path / "tfds" / "imdb_reviews" / "plain_text" / "1.0.0"
+    version_dir.mkdir(parents=True)
+    (version_dir / "dataset_info.json").write_text("{}")
+    for split in ("train", "test"):
+        (version_dir / f"imdb_reviews-{split}.array_record-00000-of-00001").write_bytes(b"x")
+
+    def serve(train_rows: list[dict], test_rows: list[dict]) -> Path:
+        splits = {"train": _FakeTfdsSplit(train_rows), "test": _FakeTfdsSplit(test_rows)}
+        monkeypatch.setattr(sources, "_open_tfds", lambda data_dir: splits)
+        return tmp_path / "tfds"
+
+    return serve
+
+
+NGRAM_SETTINGS = {"ngrams": 2, "num_words": 30, "weighting": "nb", "progress": False, "use_cache": False}
+
+
+def test_features_are_fitted_on_the_training_reviews_after_the_held_out_ones(tfds_dir_with):
+    from imdb_jax.features import FeatureSpec
+
+    train, test = synthetic_rows(0, 40), synthetic_rows(1, 10)
+    data = load_imdb(data_dir=tfds_dir_with(train, test), held_out=15, **NGRAM_SETTINGS)
+    texts, labels = [row["text"] for row in train], np.array([int(row["label"]) for row in train])
+    spec, x_rest = FeatureSpec.fit_transform(texts[15:], labels[15:], ngrams=2, num_words=30, weighting="nb")
+    assert data.features == spec and data.vocabulary is data.features and data.held_out == 15
+    assert (data.x_train[15:] != x_rest).nnz == 0
+    assert (data.x_train[:15] != spec.transform(texts[:15])).nnz == 0  # held out, still vectorised
+    assert (data.x_test != spec.transform([row["text"] for row in test])).nnz == 0
+
+
+def test_held_out_and_test_reviews_never_change_the_features(tfds_dir_with):
+    train, test = synthetic_rows(0, 40), synthetic_rows(1, 10)
+    base = load_imdb(data_dir=tfds_dir_with(train, test), held_out=15, **NGRAM_SETTINGS)
+    # Other texts and flipped labels in the held-out rows, and another test set.
+    changed = synthetic_rows(2, 15) + train[15:]
+    for row in changed[:15]:
+        row["label"] = np.int64(1 - int(row["label"]))
+    other = load_imdb(data_dir=tfds_dir_with(changed, synthetic_rows(3, 10)), held_out=15, **NGRAM_SETTINGS)
+    assert other.features == base.features
+    assert (other.x_train[15:] != base.x_train[15:]).nnz == 0
+    np.testing.assert_array_equal(other.x_train[15:].data, base.x_train[15:].data)
+
+
+def test_the_fitted_training_reviews_do_change_the_features(tfds_dir_with):
+    train, test = synthetic_rows(0, 40), synthetic_rows(1, 10)
+    base = load_imdb(data_dir=tfds_dir_with(train, test), held_out=15, **NGRAM_SETTINGS)
+    flipped = [dict(row) for row in train]
+    flipped[20]["label"] = np.int64(1 - int(flipped[20]["label"]))
+    relabelled = load_imdb(data_dir=tfds_dir_with(flipped, test), held_out=15, **NGRAM_SETTINGS)
+    assert relabelled.features.terms == base.features.terms
+    assert not np.array_equal(relabelled.features.weights, base.features.weights)  # NB ratios use the labels
+    edited = [dict(row) for row in train]
+    edited[30]["text"] = b"zebra zebra zebra zebra zebra zebra zebra zebra"
+    rewritten = load_imdb(data_dir=tfds_dir_with(edited, test), held_out=15, **NGRAM_SETTINGS)
+    assert "zebra" in rewritten.features.terms and rewritten.features != base.features
+
+
+def test_validation_must_not_overlap_the_fitted_reviews(tfds_dir_with):
+    data_dir = tfds_dir_with(synthetic_rows(0, 40), synthetic_rows(1, 10))
+    data = load_imdb(data_dir=data_dir, held_out=15, **NGRAM_SETTINGS)
+    train, val = data.split_validation(15)
+    assert (len(train), len(val)) == (25, 15)
+    assert len(data.split_validation(10)[1]) == 10  # fewer than held out: no leak
+    with pytest.raises(ImdbJaxError, match="held_out=16"):
+        data.split_validation(16)
+    with pytest.raises(ImdbJaxError, match="held_out=10"):
+        load_imdb(data_dir=data_dir, **NGRAM_SETTINGS).split_validation(10)
+    plain = load_imdb(num_words=8, data_dir=data_dir, progress=False, use_cache=False)
+    assert len(plain.split_validation(10)[1]) == 10  # the seed's protocol for plain words stays
+
+
+@pytest.mark.parametrize("weighting", ["binary", "tfidf", "nb"])
+def test_ngram_features_are_cached(tmp_path, fake_aclimdb, weighting):
+    settings = {"num_words": 20, "ngrams": 3, "weighting": weighting, "held_out": 2, "data_dir": fake_aclimdb}
+    cold = load_imdb(cache_dir=tmp_path, progress=False, **settings)
+    warm = load_imdb(cache_dir=tmp_path, progress=False, **settings)
+    fresh = load_imdb(use_cache=False, progress=False, **settings)
+    assert not cold.from_cache and warm.from_cache and warm.cache_path == cold.cache_path
+    assert f"-3g-{weighting}-20w-h2-" in cold.cache_path.name
+    for data in (warm, fresh):
+        assert data.features == cold.features and data.held_out == 2
+        for split, expected in ((data.train, cold.train), (data.test, cold.test)):
+            for name in ("indptr", "indices", "data"):
+                np.testing.assert_array_equal(getattr(split.x, name), getattr(expected.x, name))
+            assert split.x.dtype == np.float32 and split.x.has_canonical_format
+
+
+def test_every_feature_setting_has_its_own_cache_and_the_default_keeps_its_key(tmp_path, fake_aclimdb):
+    from imdb_jax import cache
+    from imdb_jax.text import TOKENIZER_VERSION
+
+    default = load_imdb(num_words=8, data_dir=fake_aclimdb, cache_dir=tmp_path, progress=False)
+    identity = sources.resolve_source(fake_aclimdb).identity
+    key = cache.cache_key({"source": identity, "tokenizer": TOKENIZER_VERSION, "num_words": 8})
+    assert default.cache_path.name == f"imdb-aclimdb-folder-8w-{key[:20]}.cache"  # the name before n-grams
+    assert isinstance(default.vocabulary, Vocabulary) and default.features.plain
+    paths = {default.cache_path}
+    for change in ({"ngrams": 2}, {"weighting": "tfidf"}, {"min_count": 2}, {"held_out": 1}, {"num_words": None}):
+        data = load_imdb(**{"num_words": 8, **change}, data_dir=fake_aclimdb, cache_dir=tmp_path, progress=False)
+        assert not data.from_cache and data.cache_path not in paths
+        paths.add(data.cache_path)
+
+
+def test_words_held_out_and_counted_at_least_twice(tmp_path, fake_aclimdb, fake_reviews):
+    data = load_imdb(num_words=None, min_count=2, held_out=2, data_dir=fake_aclimdb, progress=False, use_cache=False)
+    texts = [text for text, _ in documented_order(fake_reviews, "train")][2:]
+    counts = Counter(word for text in texts for word in tokenize(text))
+    assert data.vocab == sorted((word for word in counts if counts[word] >= 2), key=lambda word: (-counts[word], word))
+    assert_multi_hot(data.x_train)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"ngrams": 0}, "ngrams"), ({"weighting": "idf"}, "weighting"), ({"min_count": 0}, "min_count"),
+     ({"held_out": -1}, "held_out"), ({"held_out": 6}, "held_out must be less than the 6")],
+)
+def test_bad_feature_arguments(tmp_path, fake_aclimdb, kwargs, match):
+    with pytest.raises(ImdbJaxError, match=match):
+        load_imdb(data_dir=fake_aclimdb, cache_dir=tmp_path, progress=False, **kwargs)
+
+
+def test_data_command_builds_ngram_features(tmp_path, fake_aclimdb, capsys):
+    from imdb_jax.cli import main
+
+    argv = ["data", "--data-dir", str(fake_aclimdb), "--cache-dir", str(tmp_path), "--no-progress", "--json"]
+    assert main([*argv, "--ngrams", "2", "--weighting", "nb", "--held-out", "2", "--num-words", "15"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["ngrams"], summary["weighting"], summary["held_out"], summary["num_words"]) == (2, "nb", 2, 15)
+    assert main([*argv, "--min-count", "0"]) == 2
+    assert "min_count must be a positive integer" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- real data

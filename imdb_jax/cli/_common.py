@@ -12,19 +12,37 @@ from imdb_jax.errors import ImdbJaxError
 
 
 def add_data_options(parser: argparse.ArgumentParser, *, num_words: bool = True) -> None:
-    """--data-dir, --cache-dir, [--num-words,] --no-progress."""
+    """--data-dir, --cache-dir, [--num-words, --ngrams, --weighting, --min-count,] --no-progress."""
     parser.add_argument("--data-dir", help="TFDS data_dir, aclImdb folder or aclImdb_v1.tar.gz (default: $TFDS_DATA_DIR)")
     parser.add_argument("--cache-dir", help="cache folder (default: $IMDB_JAX_CACHE_DIR or ~/.cache/imdb_jax)")
     if num_words:
-        parser.add_argument("--num-words", type=int, default=10000, help="vocabulary size (default: 10000)")
+        from imdb_jax.features import WEIGHTINGS
+
+        parser.add_argument("--num-words", type=int, default=10000, help="features kept, the most frequent (default: 10000)")
+        parser.add_argument("--ngrams", type=int, default=1, metavar="N", help="word n-grams up to N as features (default: 1, words)")
+        parser.add_argument("--weighting", choices=WEIGHTINGS, default="binary", help="feature values: binary, tf-idf or naive-Bayes ratios (default: binary)")
+        parser.add_argument("--min-count", type=int, default=1, metavar="K", help="drop features seen fewer than K times in training (default: 1)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
 
 
 def load_data(args: argparse.Namespace, num_words: int) -> Any:
-    """`load_imdb` with the data options of `args`."""
+    """`load_imdb` with the data options of `args`. N-gram or weighted features are fitted without
+    the first `args.validation` training reviews (when the command has that option), so the
+    validation reviews stay unseen."""
     from imdb_jax.data import load_imdb
 
-    return load_imdb(num_words=num_words, data_dir=args.data_dir, cache_dir=args.cache_dir, progress=not args.no_progress)
+    ngrams, weighting = getattr(args, "ngrams", 1), getattr(args, "weighting", "binary")
+    plain = ngrams == 1 and weighting == "binary"
+    return load_imdb(
+        num_words=num_words,
+        ngrams=ngrams,
+        weighting=weighting,
+        min_count=getattr(args, "min_count", 1),
+        held_out=0 if plain else getattr(args, "validation", 0) or 0,
+        data_dir=args.data_dir,
+        cache_dir=args.cache_dir,
+        progress=not args.no_progress,
+    )
 
 
 def positive(name: str, value: int) -> int:

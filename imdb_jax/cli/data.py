@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from imdb_jax.cli._common import add_data_options
 from imdb_jax.errors import ImdbJaxError
 from imdb_jax.sources import SOURCES
 
@@ -16,11 +17,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="load the IMDb reviews (building the cache if needed) and summarise them",
         description=__doc__.splitlines()[0].split(": ", 1)[1],
     )
-    parser.add_argument("--data-dir", help="TFDS data_dir, aclImdb folder or aclImdb_v1.tar.gz (default: $TFDS_DATA_DIR)")
-    parser.add_argument("--cache-dir", help="cache folder (default: $IMDB_JAX_CACHE_DIR or ~/.cache/imdb_jax)")
-    parser.add_argument("--num-words", type=int, default=10000, help="vocabulary size (default: 10000)")
+    add_data_options(parser)
+    parser.add_argument("--held-out", type=int, default=0, metavar="N", help="fit the features without the first N training reviews (default: 0)")
     parser.add_argument("--source", choices=SOURCES, default="auto", help="where to read from (default: auto)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     parser.add_argument("--json", action="store_true", help="print one JSON line instead of the summary")
     parser.set_defaults(run=run)
 
@@ -34,8 +33,12 @@ def summarise(data: Any) -> dict[str, Any]:
         summary[f"{name}_positive"] = positive
         summary[f"{name}_negative"] = len(split) - positive
         summary[f"{name}_mean_unique_words"] = round(split.x.nnz / max(len(split), 1), 2)
+    features = data.features
     summary.update(
         num_words=data.num_words,
+        ngrams=features.ngrams,
+        weighting=features.weighting,
+        held_out=data.held_out,
         source=data.source,
         cache_path=None if data.cache_path is None else str(data.cache_path),
         from_cache=data.from_cache,
@@ -51,6 +54,10 @@ def run(args: argparse.Namespace) -> int:
         raise ImdbJaxError(f"--num-words must be a positive integer, got {args.num_words}")
     data = load_imdb(
         num_words=args.num_words,
+        ngrams=args.ngrams,
+        weighting=args.weighting,
+        min_count=args.min_count,
+        held_out=args.held_out,
         data_dir=args.data_dir,
         cache_dir=args.cache_dir,
         source=args.source,
@@ -64,13 +71,22 @@ def run(args: argparse.Namespace) -> int:
     if summary["cache_path"] is None:
         cache_note = "tokenised, no cache"
     print(f"source:        {summary['source']}")
+    unit = "words" if data.features.plain else "features"
     for name in ("train", "test"):
         print(
             f"{name + ':':<14} {summary[f'{name}_reviews']:>6} reviews  "
             f"({summary[f'{name}_positive']} positive, {summary[f'{name}_negative']} negative), "
-            f"{summary[f'{name}_mean_unique_words']:.1f} unique words per review on average"
+            f"{summary[f'{name}_mean_unique_words']:.1f} unique {unit} per review on average"
         )
-    print(f"vocabulary:    {summary['num_words']} words (most frequent in train)")
+    if data.features.plain:
+        print(f"vocabulary:    {summary['num_words']} words (most frequent in train)")
+    else:
+        print(
+            f"features:      {summary['num_words']} 1- to {summary['ngrams']}-grams (most frequent in train), "
+            f"{summary['weighting']} values"
+        )
+    if data.held_out:
+        print(f"held out:      the first {data.held_out} training reviews took no part in fitting them")
     print(f"cache:         {summary['cache_path']} ({cache_note})")
     print(f"load time:     {summary['load_seconds']:.2f} s")
     return 0
