@@ -48,8 +48,10 @@ class Block:
       offset: the block's first column in the fused first-layer kernel; member `m` owns columns
         `offset + m * hidden_units[0] ... + hidden_units[0]`.
       start: the block's first slot in the layout's slot order.
-      dropout: whether any member drops units (a block without dropout draws no random numbers;
+      dropout: whether the members drop units (a block without dropout draws no random numbers;
         a rate of 0 would leave the values unchanged anyway).
+      penalty: whether the members have L1 or L2 penalties (only those blocks pay for summing
+        their kernels; a factor of 0 would add exactly 0 anyway).
     """
 
     hidden_units: tuple[int, ...]
@@ -57,6 +59,7 @@ class Block:
     offset: int
     start: int
     dropout: bool
+    penalty: bool = False
 
     @property
     def columns(self) -> int:
@@ -70,7 +73,10 @@ class Layout:
 
     num_words: int
     blocks: tuple[Block, ...]
-    penalty: bool
+
+    @property
+    def penalty(self) -> bool:
+        return any(block.penalty for block in self.blocks)
 
     @property
     def width(self) -> int:
@@ -89,22 +95,22 @@ class Layout:
 
 def make_layout(num_words: int, members: Sequence[tuple[tuple[int, ...], bool, bool]]) -> tuple[Layout, list[int]]:
     """Blocks for variants described by (hidden_units, has_dropout, has_penalty), in a fixed
-    order (by shape, then dropout), and each variant's slot.
+    order (by shape, then dropout, then penalty), and each variant's slot.
 
     Returns:
       The layout and `slot_of[i]` for every member `i` in the given order.
     """
-    keys = sorted({(tuple(units), bool(dropout)) for units, dropout, _ in members})
+    keyed = [(tuple(units), bool(dropout), bool(penalty)) for units, dropout, penalty in members]
     blocks, slot_of, offset, start = [], [None] * len(members), 0, 0
-    for units, dropout in keys:
-        indices = [i for i, (u, d, _) in enumerate(members) if (tuple(u), bool(d)) == (units, dropout)]
+    for key in sorted(set(keyed)):
+        indices = [i for i, member in enumerate(keyed) if member == key]
         for position, index in enumerate(indices):
             slot_of[index] = start + position
-        block = Block(units, len(indices), offset, start, dropout)
+        block = Block(key[0], len(indices), offset, start, key[1], key[2])
         blocks.append(block)
         offset += block.columns
         start += block.size
-    return Layout(num_words, tuple(blocks), any(penalty for *_, penalty in members)), slot_of
+    return Layout(num_words, tuple(blocks)), slot_of
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,17 +235,18 @@ def apply(params: Any, inputs: MultiHot, layout: Layout, dropout: tuple[jax.Arra
 def penalties(params: Any, layout: Layout, l1: jax.Array, l2: jax.Array) -> jax.Array:
     """float32[slots]: each variant's `l1 * sum|w| + l2 * sum w**2` over its hidden kernels
     (Keras' kernel regularisers; the output layer is not penalised)."""
-    if not layout.penalty:
-        return jnp.zeros((layout.slots,), jnp.float32)
     kernel = params["first"]["kernel"]
-    # Column sums reduce over the rows only (each column alone, in row order).
-    column_abs, column_square = jnp.sum(jnp.abs(kernel), axis=0), jnp.sum(jnp.square(kernel), axis=0)
     abs_sums, square_sums = [], []
     for block, block_params in zip(layout.blocks, params["blocks"]):
-        columns = slice(block.offset, block.offset + block.columns)
+        if not block.penalty:
+            abs_sums.append(jnp.zeros((block.size,), jnp.float32))
+            square_sums.append(jnp.zeros((block.size,), jnp.float32))
+            continue
+        # Each column summed over the rows by a fixed tree, then each variant's columns.
+        columns = kernel[:, block.offset : block.offset + block.columns]
         width = block.hidden_units[0]
-        abs_sum = tree_sum(column_abs[columns].reshape(block.size, width), axis=1)
-        square_sum = tree_sum(column_square[columns].reshape(block.size, width), axis=1)
+        abs_sum = tree_sum(tree_sum(jnp.abs(columns), axis=0).reshape(block.size, width), axis=1)
+        square_sum = tree_sum(tree_sum(jnp.square(columns), axis=0).reshape(block.size, width), axis=1)
         for layer in block_params["hidden"]:
             flat = layer["kernel"].reshape(block.size, -1)
             abs_sum = abs_sum + tree_sum(jnp.abs(flat), axis=1)

@@ -108,7 +108,7 @@ def column_dropout(x: jax.Array, rate: jax.Array | float, rng: jax.Array, layer:
     column_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(layer_key, jnp.arange(x.shape[-1]))
     uniform = jax.vmap(lambda key: jax.random.uniform(key, x.shape[:-1]))(column_keys)
     kept = jnp.moveaxis(uniform, 0, -1) < keep
-    return jnp.where(kept, x / keep, 0.0)
+    return jnp.where(kept, x * (1.0 / keep), 0.0)
 
 
 def _resize_units(h: jax.Array, width: int) -> jax.Array:

@@ -58,7 +58,7 @@ def choose_dense_words(first_layer: str | int, x: Any, backend: str | None = Non
 
 
 def plan_layout(specs: Sequence[Any], num_words: int, shards: int = 1) -> tuple[Layout, list[int], list[int]]:
-    """The fused layout of a study: one block per (widths, dropout or not), each padded with
+    """The fused layout of a study: one block per (widths, dropout or not, penalty or not), each padded with
     copies of its first member to a multiple of `shards` (the devices the variant axis is split
     over; the copies' results are discarded).
 
@@ -71,20 +71,19 @@ def plan_layout(specs: Sequence[Any], num_words: int, shards: int = 1) -> tuple[
       (layout of one shard, members: the spec index of every slot, shard-major, slot_of: the
       global slot of every spec).
     """
-    keys = [(tuple(spec.hidden_units), spec.dropout_rate > 0) for spec in specs]
+    keys = [(tuple(spec.hidden_units), spec.dropout_rate > 0, spec.l1 > 0 or spec.l2 > 0) for spec in specs]
     by_key: dict[tuple, list[int]] = {}
     for index, key in enumerate(keys):
         by_key.setdefault(key, []).append(index)
     shard_members: list[list[tuple]] = [[] for _ in range(shards)]
     shard_specs: list[list[int]] = [[] for _ in range(shards)]
-    penalty = any(spec.l1 > 0 or spec.l2 > 0 for spec in specs)
     for key in sorted(by_key):
         indices = by_key[key]
         per_shard = -(-len(indices) // shards)
         padded = indices + [indices[0]] * (per_shard * shards - len(indices))
         for shard in range(shards):
             for index in padded[shard * per_shard : (shard + 1) * per_shard]:
-                shard_members[shard].append((key[0], key[1], penalty))
+                shard_members[shard].append(key)
                 shard_specs[shard].append(index)
     layout, order = make_layout(num_words, shard_members[0])
     members = []
