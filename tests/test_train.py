@@ -122,7 +122,12 @@ def test_scoring_handles_empty_reviews_anywhere_and_shares_compilations():
     # An empty review meets only the (zero) initial biases: logit 0, probability one half.
     assert probabilities[1] == 0.5 and probabilities[0] != 0.5
     assert np.array_equal(predict(state, sp.csr_matrix(np.zeros((3, 10), np.float32))), np.full(3, 0.5, np.float32))
-    assert evaluate(state, (last_row_empty, np.array([1.0, 0.0], np.float32)))["accuracy"] in (0.0, 0.5, 1.0)
+    labels = np.array([1.0, 0.0], np.float32)
+    metrics = evaluate(state, (last_row_empty, labels))
+    logits = np.log(probabilities / (1.0 - probabilities)).astype(np.float64)
+    # Correct means logit > 0 for a positive review, logit <= 0 for a negative one.
+    assert metrics["accuracy"] == np.mean((logits > 0) == (labels > 0.5))
+    assert metrics["loss"] == pytest.approx(np.mean(np.logaddexp(0.0, logits) - labels * logits), rel=1e-5)
     before = predict_epoch._cache_size()
     rng = np.random.default_rng(0)
     for rows in (3, 5, 6, 7, 50, 300):
@@ -133,7 +138,8 @@ def test_scoring_handles_empty_reviews_anywhere_and_shares_compilations():
     assert predict_epoch._cache_size() - before <= 2
 
 
-def test_first_layer_choice_follows_width_and_the_paths_agree():
+def test_first_layer_choice_depends_on_data_and_backend_only_and_the_paths_agree(monkeypatch):
+    from imdb_jax import planning
     from imdb_jax.train import choose_dense_words
 
     rng = np.random.default_rng(1)
@@ -143,8 +149,12 @@ def test_first_layer_choice_follows_width_and_the_paths_agree():
     assert choose_dense_words("sparse", x) == 0
     assert choose_dense_words("dense", x) == 400
     assert choose_dense_words(37, x) == 37
-    narrow, wide = choose_dense_words("auto", x, 16), choose_dense_words("auto", x, 4096)
-    assert 0 <= narrow < wide < 400
+    # "auto" is all-sparse (bitwise in any company) on a backend with no measured head...
+    assert choose_dense_words("auto", x, "cpu") == 0
+    # ...and on one with a head share, the columns held by more than that share of reviews.
+    monkeypatch.setitem(planning.HEAD_SHARE, "gpu", 0.1)
+    expected = int(np.argmax(np.append((np.bincount(x.indices, minlength=400) / 2000) <= 0.1, True)))
+    assert 0 < choose_dense_words("auto", x, "gpu") == expected < 400
     with pytest.raises(ImdbJaxError):
         choose_dense_words("fast", x)
     with pytest.raises(ImdbJaxError):
@@ -154,3 +164,36 @@ def test_first_layer_choice_follows_width_and_the_paths_agree():
     histories = [fit(config, (x, y), epochs=2, batch_size=256, first_layer=path, progress=False)[1] for path in ("sparse", 60, "dense")]
     for history in histories[1:]:
         assert np.allclose(history["loss"], histories[0]["loss"], rtol=1e-5)
+
+
+def test_weighted_features_and_repeated_columns_count_as_in_toarray():
+    """tf-idf-like values and a column repeated within a row: every first-layer path (dense,
+    sparse, hybrid; fused training and Flax scoring) computes `x.toarray() @ kernel`."""
+    from imdb_jax.steps import create_train_state
+
+    rng = np.random.default_rng(3)
+    dense = np.where(rng.random((200, 30)) < 0.2, rng.random((200, 30)) * 3.0, 0.0).astype(np.float32)
+    x = sp.csr_matrix(dense)
+    # Each non-empty row's first entry stored twice (a CSR matrix keeps duplicates until summed).
+    indices, values, indptr = [], [], [0]
+    for row in range(x.shape[0]):
+        start, end = x.indptr[row], x.indptr[row + 1]
+        repeat = [start] if end > start else []
+        indices.extend(x.indices[list(range(start, end)) + repeat])
+        values.extend(x.data[list(range(start, end)) + repeat])
+        indptr.append(len(indices))
+    x_dup = sp.csr_matrix((np.asarray(values, np.float32), np.asarray(indices), np.asarray(indptr)), shape=x.shape)
+    assert x_dup.nnz > x.nnz and not np.array_equal(x_dup.toarray(), dense)
+    state = create_train_state(jax.random.key(0), ModelConfig(num_words=30, hidden_units=(8,)))
+    expected = jax.nn.sigmoid(state.apply_fn({"params": state.params}, x_dup.toarray()))
+    for path in ("sparse", 10, "dense"):
+        np.testing.assert_allclose(predict(state, x_dup, first_layer=path), expected, rtol=1e-5, atol=1e-6)
+    y = (dense[:, :5].sum(axis=1) > dense[:, 5:10].sum(axis=1)).astype(np.float32)
+    config = ModelConfig(num_words=30, hidden_units=(8,))
+    summed = sp.csr_matrix(x_dup.toarray())
+    reference = fit(config, (summed, y), epochs=2, batch_size=64, first_layer="dense", progress=False)[1]
+    for path in ("sparse", 10, "dense"):
+        history = fit(config, (x_dup, y), epochs=2, batch_size=64, first_layer=path, progress=False)[1]
+        np.testing.assert_allclose(history["loss"], reference["loss"], rtol=1e-5)
+    binary = fit(config, (sp.csr_matrix((dense > 0).astype(np.float32)), y), epochs=2, batch_size=64, progress=False)[1]
+    assert not np.allclose(binary["loss"], reference["loss"], rtol=1e-3)  # the values are not ignored
