@@ -5,7 +5,10 @@ from __future__ import annotations
 import io
 import json
 import random
+import subprocess
+import sys
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -239,3 +242,22 @@ def test_real_reviews_give_sensible_ratios(real_data_dir):
     assert ratio["excellent"] > 1 and ratio["worst"] < -1.5 and ratio["waste of"] < -2
     assert abs(ratio["the"]) < 0.1 and spec.terms[:3] == ("the", "and", "a")
     assert x.nnz / x.shape[0] > 200  # words and pairs: about twice the words' 129 a review
+
+
+def test_the_features_benchmark_runs_and_reports_json_lines(fake_aclimdb):
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_features.py"
+    run = subprocess.run(
+        [sys.executable, str(script), "--quick", "--data-dir", str(fake_aclimdb)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    records = [json.loads(line) for line in run.stdout.splitlines()]  # stdout holds JSON lines only
+    by_what = {record["what"]: record for record in records}
+    cold, warm = by_what["features_cold"], by_what["features_warm"]
+    assert cold["name"] == warm["name"] == "imdb_jax nb-1-2" and cold["config"]["features"] > 0
+    assert cold["median_s"] > 0 and warm["repeats"] == 1
+    if "sklearn_logreg" in by_what:  # the bench venv
+        assert 0 <= by_what["sklearn_logreg"]["test_accuracy"] <= 1
+    else:
+        assert by_what["note"]["note"].startswith("skipped: scikit-learn not installed")
+    assert "build cold s" in run.stderr and "test acc" in run.stderr
