@@ -13,7 +13,9 @@ The cache file name carries a hash of everything that changes its content: the s
 or the archive's path, size and mtime), the tokeniser version, ``num_words``, the cache format and,
 for other than the default features, ``ngrams``, ``weighting``, ``min_count``, ``held_out`` and the
 features' format. Column indices are stored as uint16 when the width allows, so the full data set
-at 10,000 words takes about 13 MB; 1-3-grams at 1,000,000 features about 80 MB.
+at 10,000 words takes about 13 MB; 1-3-grams at 1,000,000 features about 95 MB. Building other
+than the default features also keeps the tokenised reviews (``imdb-<source>-tokens-<hash>.cache``,
+about 50 MB), so the next feature set from the same source skips reading and tokenising.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from imdb_jax import cache, sources
 from imdb_jax.errors import ImdbJaxError
 from imdb_jax.features import FORMAT_VERSION as FEATURES_FORMAT_VERSION
 from imdb_jax.features import NB_ALPHA, FeatureSpec, check_settings
-from imdb_jax.text import TOKENIZER_VERSION, Text, Vocabulary, token_ids
+from imdb_jax.text import TOKENIZER_VERSION, Text, TokenIds, Vocabulary, token_ids
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -219,38 +221,75 @@ def load_imdb(
     if not default:  # the default keeps today's key, so existing caches stay valid
         fields["features"] = {**settings, "format": FEATURES_FORMAT_VERSION, "nb_alpha": NB_ALPHA}
     key = cache.cache_key(fields)
-    path = None
+    path = folder = None
     if use_cache:
-        folder = Path(cache_dir).expanduser() if cache_dir is not None else cache.default_cache_dir()
+        folder = (Path(cache_dir).expanduser() if cache_dir is not None else cache.default_cache_dir()).absolute()
         words = "all" if num_words is None else num_words
         name = f"imdb-{found.kind}-{words}w" if default else f"imdb-{found.kind}-{ngrams}g-{weighting}-{words}w-h{held_out}"
-        path = folder.absolute() / f"{name}-{key[:20]}.cache"
+        path = folder / f"{name}-{key[:20]}.cache"
         cached = _read_cache(path, key, num_words)
         if cached is not None:
             train, test, features = cached
             return _data(train, test, features, found.description, path, True, start, settings["held_out"])
 
-    raw = found.read(progress=progress)
-    num_train = len(raw.train_texts)
+    # The default features keep today's one cache file; others share the tokenised reviews.
+    tokens, train_labels, test_labels = _tokenised(found, None if default else folder, progress)
+    num_train = len(train_labels)
     if held_out >= num_train:
         raise ImdbJaxError(f"held_out must be less than the {num_train} training reviews, got {held_out}")
-    texts = raw.train_texts + raw.test_texts
-    del raw.train_texts[:], raw.test_texts[:]  # free the texts early: peak memory, not correctness
-    tokens = token_ids(texts, progress=progress, desc="tokenising train and test")
-    del texts
     features = FeatureSpec.fit_tokens(
         tokens.rows(held_out, num_train),
-        raw.train_labels[held_out:],
+        train_labels[held_out:],
         ngrams=ngrams,
         num_words=num_words,
         min_count=min_count,
         weighting=weighting,
     )
-    train = Split(features.transform_tokens(tokens.rows(0, num_train)), raw.train_labels.astype(np.float32))
-    test = Split(features.transform_tokens(tokens.rows(num_train, len(tokens))), raw.test_labels.astype(np.float32))
+    train = Split(features.transform_tokens(tokens.rows(0, num_train)), train_labels.astype(np.float32))
+    test = Split(features.transform_tokens(tokens.rows(num_train, len(tokens))), test_labels.astype(np.float32))
     if path is not None and not _write_cache(path, key, num_words, train, test, features):
         path = None
     return _data(train, test, features, found.description, path, False, start, settings["held_out"])
+
+
+def _tokenised(found: sources.Source, folder: Path | None, progress: bool) -> tuple[TokenIds, np.ndarray, np.ndarray]:
+    """Both splits' reviews as word ids (train then test) and their uint8 labels.
+
+    With a cache ``folder``, they are read from (or written to) a tokens file there, so building
+    other features from the same source skips reading and tokenising the reviews.
+    """
+    path = None
+    if folder is not None:
+        key = cache.cache_key({"source": found.identity, "tokenizer": TOKENIZER_VERSION, "tokens": 1})
+        path = folder / f"imdb-{found.kind}-tokens-{key[:20]}.cache"
+        if path.is_file():
+            try:
+                arrays, meta = cache.load_arrays(path, {"key": key})
+                text = arrays["words"].tobytes().decode("utf-8")
+                tokens = TokenIds(arrays["ids"], arrays["lengths"].astype(np.int64), tuple(text.split("\n")) if text else ())
+                num_train = meta["num_train"]
+                if int(tokens.lengths.sum()) != len(tokens.ids) or len(arrays["labels"]) != len(tokens):
+                    raise ValueError("the token counts do not add up")
+                return tokens, arrays["labels"][:num_train], arrays["labels"][num_train:]
+            except (cache.CacheError, KeyError, ValueError, OSError) as error:
+                warnings.warn(cache.CacheWarning(f"ignoring the token cache {path}: {error}; rebuilding it"), stacklevel=4)
+    raw = found.read(progress=progress)
+    texts = raw.train_texts + raw.test_texts
+    del raw.train_texts[:], raw.test_texts[:]  # free the texts early: peak memory, not correctness
+    tokens = token_ids(texts, progress=progress, desc="tokenising train and test")
+    del texts
+    if path is not None:
+        arrays = {
+            "ids": tokens.ids,
+            "lengths": tokens.lengths.astype(np.int32),
+            "labels": np.concatenate([raw.train_labels, raw.test_labels]).astype(np.uint8),
+            "words": np.frombuffer("\n".join(tokens.words).encode("utf-8"), dtype=np.uint8),
+        }
+        try:
+            cache.save_arrays(path, arrays, {"key": key, "num_train": len(raw.train_labels)})
+        except OSError as error:
+            warnings.warn(cache.CacheWarning(f"could not write the token cache {path}: {error}"), stacklevel=4)
+    return tokens, raw.train_labels, raw.test_labels
 
 
 def _data(

@@ -413,6 +413,38 @@ def test_words_held_out_and_counted_at_least_twice(tmp_path, fake_aclimdb, fake_
     assert_multi_hot(data.x_train)
 
 
+def test_other_feature_sets_reuse_the_tokenised_reviews(tmp_path, fake_aclimdb, monkeypatch):
+    first = load_imdb(num_words=20, ngrams=2, weighting="nb", data_dir=fake_aclimdb, cache_dir=tmp_path, progress=False)
+    assert len(list(tmp_path.glob("imdb-aclimdb-folder-tokens-*.cache"))) == 1
+
+    def unread(self, progress=False):
+        raise AssertionError("the reviews were read again")
+
+    monkeypatch.setattr(sources.Source, "read", unread)
+    settings = {"num_words": 30, "ngrams": 3, "weighting": "tfidf", "held_out": 1, "data_dir": fake_aclimdb, "progress": False}
+    second = load_imdb(cache_dir=tmp_path, **settings)
+    assert not second.from_cache and second.features != first.features
+    monkeypatch.undo()
+    fresh = load_imdb(use_cache=False, **settings)
+    assert second.features == fresh.features
+    for split, expected in ((second.train, fresh.train), (second.test, fresh.test)):
+        np.testing.assert_array_equal(split.x.indices, expected.x.indices)
+        np.testing.assert_array_equal(split.x.data, expected.x.data)
+        np.testing.assert_array_equal(split.y, expected.y)
+
+
+def test_a_damaged_token_cache_is_reported_and_rebuilt(tmp_path, fake_aclimdb):
+    settings = {"num_words": 20, "ngrams": 2, "data_dir": fake_aclimdb, "cache_dir": tmp_path, "progress": False}
+    first = load_imdb(**settings)
+    (tokens_file,) = tmp_path.glob("imdb-aclimdb-folder-tokens-*.cache")
+    tokens_file.write_bytes(tokens_file.read_bytes()[:-10])
+    first.cache_path.unlink()
+    with pytest.warns(CacheWarning, match="ignoring the token cache.*rebuilding"):
+        again = load_imdb(**settings)
+    assert again.features == first.features and (again.x_train != first.x_train).nnz == 0
+    assert load_imdb(**{**settings, "ngrams": 3}).num_words == 20  # the rebuilt file reads without a warning
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [({"ngrams": 0}, "ngrams"), ({"weighting": "idf"}, "weighting"), ({"min_count": 0}, "min_count"),
