@@ -29,6 +29,7 @@ import numpy as np
 from imdb_jax.atomic import atomic_write, json_bytes
 from imdb_jax.errors import ImdbJaxError
 from imdb_jax.fused import FusedState
+from imdb_jax.train import fetch
 
 ARRAYS = "run.npz"
 META = "run.json"
@@ -82,10 +83,17 @@ def _records_from(arrays: dict[str, np.ndarray]) -> list[dict[str, Any]]:
 
 
 def save(folder: str | Path, state: FusedState, records: list[dict[str, Any]], meta: dict[str, Any]) -> None:
-    """Writes the run after `len(records)` epochs (arrays first, then the description)."""
+    """Writes the run after `len(records)` epochs (arrays first, then the description).
+
+    Across processes every process must call it (the state is gathered from all of them);
+    only process 0 writes.
+    """
+    host = fetch(state)
+    if jax.process_index() != 0:
+        return
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    arrays = {**_flatten(jax.device_get(state)), **_records_arrays(records)}
+    arrays = {**_flatten(host), **_records_arrays(records)}
     arrays["epochs_done"] = np.asarray(len(records))
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)

@@ -122,8 +122,13 @@ def keep_best(state: FusedState, improved: jax.Array) -> FusedState:
 
 def fetch(tree: Any) -> Any:
     """Device arrays → host NumPy, for records, checkpoints and results (the one place a run's
-    numbers leave the devices)."""
-    return jax.device_get(tree)
+    numbers leave the devices). `jax.device_get` in one process; across processes
+    (`imdb_jax.distributed`) every process gets every shard, so all must call it together."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from imdb_jax.distributed import gather
+
+    return gather(tree)
 
 
 class EpochPlan:

@@ -205,7 +205,13 @@ def variant_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh | None:
 
 
 def _place(tree: Any, mesh: Mesh | None, spec: PartitionSpec) -> Any:
-    return tree if mesh is None else jax.device_put(tree, NamedSharding(mesh, spec))
+    """`tree` laid out on `mesh` by `spec`; across processes (a mesh with other processes'
+    devices) every process builds its own shards from its whole copy (`imdb_jax.distributed`)."""
+    if mesh is None:
+        return tree
+    from imdb_jax.distributed import place
+
+    return place(tree, NamedSharding(mesh, spec))
 
 
 def _run_description(specs, train, validation, batch_size, shuffle_seed, shards, dense_words) -> dict[str, Any]:
