@@ -261,3 +261,18 @@ def test_the_features_benchmark_runs_and_reports_json_lines(fake_aclimdb):
     else:
         assert by_what["note"]["note"].startswith("skipped: scikit-learn not installed")
     assert "build cold s" in run.stderr and "test acc" in run.stderr
+
+
+def test_the_fast_unique_and_search_equal_numpys():
+    from imdb_jax.features import _search, _unique_inverse
+
+    rng = np.random.default_rng(0)
+    for count in (0, 1, 2, 1000):
+        for high in (5, 10**6, 2**61):  # the last leaves no spare bits: the argsort path
+            keys = rng.integers(0, high, count, dtype=np.int64)
+            table, inverse = _unique_inverse(keys)
+            expected_table, expected_inverse = np.unique(keys, return_inverse=True)
+            np.testing.assert_array_equal(table, expected_table)
+            np.testing.assert_array_equal(inverse, expected_inverse.ravel())
+            sorted_table = np.unique(rng.integers(0, high, 50))
+            np.testing.assert_array_equal(_search(sorted_table, keys), np.searchsorted(sorted_table, keys))
