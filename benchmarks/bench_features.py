@@ -78,15 +78,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def build_features(settings: dict[str, Any], held_out: int, args: argparse.Namespace, cache_dir: Path) -> tuple[Any, float, float | None]:
-    """``load_imdb`` with these settings: (data, seconds, peak RSS MB of the build)."""
+def build_features(settings: dict[str, Any], held_out: int, args: argparse.Namespace, cache_dir: Path) -> tuple[Any, float, dict[str, Any]]:
+    """``load_imdb`` with these settings: (data, seconds, {"peak_rss_mb", "rss_before_mb"})."""
     from imdb_jax import load_imdb
 
+    before = common.megabytes(common.current_rss_bytes())
     reset = common.reset_peak_rss()
     start = time.perf_counter()
     data = load_imdb(**settings, held_out=held_out, data_dir=args.data_dir, cache_dir=cache_dir, progress=False)
     seconds = time.perf_counter() - start
-    return data, seconds, common.megabytes(common.peak_rss_bytes()) if reset else None
+    return data, seconds, {"peak_rss_mb": common.megabytes(common.peak_rss_bytes()) if reset else None, "rss_before_mb": before}
 
 
 def rows_of(split: Any, rows: int | None) -> tuple[Any, np.ndarray]:
@@ -140,11 +141,12 @@ def sklearn_vectorizer_nb(args: argparse.Namespace, settings: dict[str, Any]) ->
 
 def run_set(reporter: common.Reporter, args: argparse.Namespace, name: str, settings: dict[str, Any], cache_dir: Path, table: list[list[str]]) -> None:
     common.log(f"{name}: building {settings} (cold) ...")
-    data, cold_s, peak_mb = build_features(settings, 0, args, cache_dir)
+    data, cold_s, memory = build_features(settings, 0, args, cache_dir)
+    peak_mb = memory["peak_rss_mb"]
     warm = [build_features(settings, 0, args, cache_dir)[1] for _ in range(args.repeats)]
     config = {**settings, "features": data.num_words, "train_nnz_per_review": round(data.x_train.nnz / len(data.train), 1),
               "cache_mb": None if data.cache_path is None else round(data.cache_path.stat().st_size / 2**20, 1)}
-    reporter.emit("features_cold", f"imdb_jax {name}", config, **common.summarize([cold_s]), from_cache=data.from_cache, peak_rss_mb=peak_mb)
+    reporter.emit("features_cold", f"imdb_jax {name}", config, **common.summarize([cold_s]), from_cache=data.from_cache, **memory)
     reporter.emit("features_warm", f"imdb_jax {name}", config, **common.summarize(warm))
     row = [name, f"{data.num_words:,}", f"{cold_s:.1f}" + (" (cached)" if data.from_cache else ""), f"{np.median(warm):.2f}",
            "" if peak_mb is None else f"{peak_mb:.0f}"]
@@ -192,7 +194,7 @@ def run_set(reporter: common.Reporter, args: argparse.Namespace, name: str, sett
                       f"{chosen:g}", "", f"{result['accuracy']:.4f}", f"{result['fit_s']:.1f}", ""])
 
 
-TABLE_HEADER = ["features", "columns", "build cold s", "warm s", "peak MB", "C", "val acc", "test acc", "fit s", "issue ref"]
+TABLE_HEADER = ["features", "columns", "build cold s", "warm s", "peak RSS MB", "C", "val acc", "test acc", "fit s", "issue ref"]
 
 
 def print_table(rows: list[list[str]]) -> None:
