@@ -296,3 +296,17 @@ def test_variant_axis_shards_over_four_devices(with_exploding):
         for sharded, single in zip(params, leaves(with_exploding.state(index))):
             assert np.array_equal(np.asarray(sharded, np.float32), single)
     assert any(found["histories"][len(SPECS)]["diverged"])
+
+
+def test_a_variant_does_not_depend_on_its_company_when_the_bag_has_several_chunks():
+    from imdb_jax import fused
+
+    big = tiny_reviews(900, seed=2)
+    options = {"epochs": 2, "batch_size": 300, "progress": False}
+    target = SPECS[3]
+    alone = fit_variants([target], big, VALIDATION, **options)
+    crowd = [VariantSpec((64,), seed=20), VariantSpec((16, 8), l2=0.01, seed=21), target, VariantSpec((8, 8), dropout_rate=0.5, seed=22)]
+    together = fit_variants(crowd, big, VALIDATION, **options)
+    # 300 reviews of ~8 words: 3,072 occurrence slots, three chunks of the bag.
+    assert fused.bag_chunk(3072) == 1024
+    assert_bitwise(together, 2, alone.state(0), alone.histories[0])
