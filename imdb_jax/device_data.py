@@ -13,6 +13,7 @@ compilation.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -187,7 +188,18 @@ def epoch_rows(num_rows: int, batch_size: int, key: jax.Array | None = None) -> 
       batch_size: rows per batch.
       key: PRNG key to shuffle with, or None for the split's own order.
     """
-    order = jnp.arange(num_rows, dtype=jnp.int32) if key is None else jax.random.permutation(key, num_rows).astype(jnp.int32)
+    if key is None:
+        num_batches = math.ceil(num_rows / batch_size)
+        padded = np.full(num_batches * batch_size, num_rows, np.int32)
+        padded[:num_rows] = np.arange(num_rows, dtype=np.int32)
+        return jnp.asarray(padded.reshape(num_batches, batch_size))
+    return _shuffled_rows(key, num_rows=num_rows, batch_size=batch_size)
+
+
+@functools.partial(jax.jit, static_argnames=("num_rows", "batch_size"))
+def _shuffled_rows(key: jax.Array, *, num_rows: int, batch_size: int) -> jax.Array:
+    # One small compiled program per split size (eager ops would each be a program of their own).
+    order = jax.random.permutation(key, num_rows).astype(jnp.int32)
     num_batches = math.ceil(num_rows / batch_size)
     padded = jnp.full((num_batches * batch_size,), num_rows, jnp.int32).at[:num_rows].set(order)
     return padded.reshape(num_batches, batch_size)

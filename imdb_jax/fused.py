@@ -125,15 +125,17 @@ def tree_sum(x: jax.Array, axis: int) -> jax.Array:
     so a variant's sum could change with the number of variants beside it; halving adds are
     elementwise and give the same bits for any shape of the other axes.
     """
-    x = jnp.moveaxis(x, axis, 0)
-    size = x.shape[0]
+    axis = axis % x.ndim
+    size = x.shape[axis]
     padded = 1 << max(size - 1, 0).bit_length()
     if padded != size:
-        x = jnp.concatenate([x, jnp.zeros((padded - size,) + x.shape[1:], x.dtype)])
-    while x.shape[0] > 1:
-        half = x.shape[0] // 2
-        x = x[:half] + x[half:]
-    return x[0]
+        pad = [(0, 0, 0)] * x.ndim
+        pad[axis] = (0, padded - size, 0)
+        x = jax.lax.pad(x, jnp.zeros((), x.dtype), pad)
+    while x.shape[axis] > 1:
+        half = x.shape[axis] // 2
+        x = jax.lax.add(jax.lax.slice_in_dim(x, 0, half, axis=axis), jax.lax.slice_in_dim(x, half, 2 * half, axis=axis))
+    return jax.lax.squeeze(x, (axis,))
 
 
 @jax.custom_vjp
