@@ -12,6 +12,7 @@ from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
 from flax.training import train_state
@@ -73,6 +74,40 @@ def _create_train_state(rng: jax.Array, numbers: dict[str, jax.Array], num_words
         tx=rmsprop(),
         opt_state=init_opt_state(params, numbers["learning_rate"], numbers["weight_decay"]),
         hparams={name: numbers[name] for name in ("dropout_rate", "l1", "l2")},
+    )
+
+
+def train_state_from_params(params: Any, config: ModelConfig, *, nu: Any = None, step: int = 0) -> TrainState:
+    """A `TrainState` around known weights (a saved model, a variant cut out of a study), built
+    without compiling anything: the optimiser state's structure comes from `jax.eval_shape`, its
+    arrays from NumPy.
+
+    Args:
+      params: Flax params {"hidden_0": {"kernel", "bias"}, ..., "output": ...}.
+      config: the model's settings (its numbers go into the state as arrays).
+      nu: rmsprop's running mean of squared gradients, like `params` (default zeros: a fresh
+        optimiser).
+      step: updates already done.
+    """
+    params = jax.tree_util.tree_map(jnp.asarray, params)
+    shapes = jax.eval_shape(rmsprop().init, params)
+    opt_state = jax.tree_util.tree_map(lambda leaf: jnp.asarray(np.zeros(leaf.shape, leaf.dtype)), shapes)
+    hyperparams = dict(opt_state.hyperparams)
+    hyperparams["learning_rate"] = jnp.asarray(np.float32(config.learning_rate))
+    hyperparams["weight_decay"] = jnp.asarray(np.float32(config.weight_decay))
+    inner = list(opt_state.inner_state)
+    if nu is not None:
+        inner[0] = inner[0]._replace(nu=jax.tree_util.tree_map(jnp.asarray, nu))
+    step = jnp.asarray(np.int32(step))
+    opt_state = opt_state._replace(hyperparams=hyperparams, inner_state=tuple(inner), count=step)
+    model = _shared_model(config.num_words, config.hidden_units)
+    return TrainState(
+        step=step,
+        apply_fn=model.apply,
+        params=params,
+        tx=rmsprop(),
+        opt_state=opt_state,
+        hparams={name: jnp.asarray(np.float32(getattr(config, name))) for name in ("dropout_rate", "l1", "l2")},
     )
 
 

@@ -24,10 +24,9 @@ from imdb_jax.config import ModelConfig
 from imdb_jax.device_data import as_xy
 from imdb_jax.errors import ImdbJaxError
 from imdb_jax.fused import HYPERPARAMS, FusedState, Layout
-from imdb_jax.optim import init_opt_state
 from imdb_jax.planning import plan_layout
 from imdb_jax.specs import VariantSpec, load_specs  # noqa: F401  (re-exported)
-from imdb_jax.steps import TrainState, create_train_state
+from imdb_jax.steps import TrainState, create_train_state, train_state_from_params
 from imdb_jax import resume as run_checkpoint
 from imdb_jax.train import device_splits, fetch, history_from_records, run_epochs
 
@@ -180,14 +179,8 @@ class VariantsResult:
         host = fetch(jax.tree_util.tree_map(lambda leaf: leaf[shard], (source, self.fused.nu)))
         params = take_variant(host[0], self.layout, slot)
         nu = take_variant(host[1], self.layout, slot)
-        config = self.config(index)
-        template = create_train_state(jax.random.key(0), config)
-        opt_state = init_opt_state(params, config.learning_rate, config.weight_decay)
-        inner = list(opt_state.inner_state)
-        inner[0] = inner[0]._replace(nu=nu)
-        step = jnp.asarray(fetch(self.fused.step)[shard], jnp.int32)
-        opt_state = opt_state._replace(inner_state=tuple(inner), count=step)
-        return template.replace(params=params, opt_state=opt_state, step=step)
+        step = int(fetch(self.fused.step)[shard])
+        return train_state_from_params(params, self.config(index), nu=nu, step=step)
 
     def best_epoch(self, index: int) -> int | None:
         """1-based epoch of the lowest validation loss (None without validation or if every
