@@ -96,9 +96,17 @@ class SavedModel:
         Returns:
           float32[len(texts)] probabilities (empty for no texts).
         """
+        return self.predict_rows(self.vectorize(texts), batch_size=batch_size)
+
+    def vectorize(self, texts: Iterable[Text] | Text) -> Any:
+        """float32[len(texts), num_words] CSR multi-hot rows of raw reviews, vectorised with the
+        saved vocabulary (unknown words dropped: a row with no entries had no known word)."""
         if isinstance(texts, (str, bytes)):
             texts = [texts]
-        x = self.vocabulary.transform(list(texts))
+        return self.vocabulary.transform(list(texts))
+
+    def predict_rows(self, x: Any, *, batch_size: int = 512) -> np.ndarray:
+        """float32[rows] probabilities of rows made by `vectorize`."""
         if x.shape[0] == 0:
             return np.zeros((0,), np.float32)
         return predict(self.state, x, batch_size=batch_size)

@@ -42,7 +42,13 @@ def test_nothing_to_study(capsys, no_data):
 
 @pytest.mark.parametrize(
     "option, message",
-    [(["--epochs", "0"], "--epochs must be a positive integer, got 0"), (["--batch-size", "-1"], "--batch-size"), (["--validation", "0"], "--validation")],
+    [
+        (["--epochs", "0"], "--epochs must be a positive integer, got 0"),
+        (["--batch-size", "-1"], "--batch-size"),
+        (["--batch-size", "100000000"], "--batch-size must be at most 32768"),
+        (["--validation", "0"], "--validation"),
+        (["--seeds", "0"], "--seeds must be a positive integer, got 0"),
+    ],
 )
 def test_bad_numbers(capsys, no_data, option, message):
     assert message in _fail(capsys, ["study", "units", *option])
@@ -60,7 +66,7 @@ def test_bad_spec_files(capsys, no_data, tmp_path):
 
 def test_bad_choice_is_argparse_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["study", "units", "--grouping", "widest"])
+        main(["study", "units", "--runs", "widest"])
     assert exit_info.value.code == 2
     assert "invalid choice: 'widest'" in capsys.readouterr().err
 
@@ -82,19 +88,22 @@ def test_short_study_on_the_real_reviews(imdb_data, imdb_cache_dir, tmp_path, ca
     spec = tmp_path / "l2.toml"
     spec.write_text("[[variants]]\nhidden_units = [16, 16]\nl2 = 0.001\n")
     output = tmp_path / "study"
-    argv = ["study", "epochs", "--spec", str(spec), "--epochs", "2", "--cache-dir", str(imdb_cache_dir), "--output", str(output), "--no-progress", "--json"]
+    argv = ["study", "epochs", "--spec", str(spec), "--epochs", "2", "--cache-dir", str(imdb_cache_dir), "--output", str(output), "--seeds", "2", "--no-progress", "--json"]
     assert main(argv) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1
     summary = json.loads(lines[0])
     assert summary["experiments"] == {"epochs": ["16-16"], "custom": ["16-16 l2=0.001"]}
-    assert [group["hidden_units"] for run in summary["runs"] for group in run["groups"]] == [[16, 16]]
+    blocks = [block for run in summary["runs"] for block in run["blocks"]]
+    assert {tuple(block["hidden_units"]) for block in blocks} == {(16, 16)} and sum(len(block["variants"]) for block in blocks) == 4
+    assert summary["seeds"] == 2 and summary["runs"][0]["trained"] == 4  # 2 variants x 2 seeds, one run
 
     stored = json.loads((output / "study.json").read_text())
     assert stored["settings"]["train_reviews"] == 15000 and stored["settings"]["validation_reviews"] == 10000
     for variant in stored["variants"]:
-        assert len(variant["history"]["val_loss"]) == 2
-        assert variant["val_accuracy_at_best"] > 0.8  # two epochs of rmsprop learn IMDb sentiment
+        assert [len(history["val_loss"]) for history in variant["histories"]] == [2, 2]
+        assert variant["stats"]["val_accuracy_at_best"]["min"] > 0.8  # two epochs of rmsprop learn IMDb sentiment
+        assert variant["stats"]["best_val_loss"]["sd"] is not None
     best = min(stored["variants"], key=lambda variant: variant["best_val_loss"])
     assert summary["best"]["name"] == best["name"]
     retrain = summary["retrain"]
@@ -104,8 +113,8 @@ def test_short_study_on_the_real_reviews(imdb_data, imdb_cache_dir, tmp_path, ca
     report = (output / "report.md").read_text()
     sixteen = stored["variants"][0]
     if sixteen["best_epoch"] < 2:
-        assert f"The 16-16 model's validation loss is lowest at epoch 1 ({sixteen['best_val_loss']:.4f}) and turns up" in report
+        assert f"The 16-16 model's mean validation loss is lowest at epoch 1 ({sixteen['history']['val_loss'][0]:.4f}) and turns up" in report
     else:
-        assert "The 16-16 model's validation loss is still at its lowest at the last epoch (2)" in report
+        assert "The 16-16 model's mean validation loss is still at its lowest at the last epoch (2)" in report
     assert set(stored["figures"]) == {"val_loss_epochs.png", "val_loss_custom.png", "train_vs_val_loss.png"}
     assert (output / "model" / "model.json").is_file()

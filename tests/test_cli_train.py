@@ -116,8 +116,10 @@ def test_predict_reads_reviews_from_stdin_and_survives_bad_bytes(trained, monkey
     status, stdout, stderr = _run(["predict", "--model", str(trained["output"]), "--json"])
     assert status == 0, stderr
     predictions = json.loads(stdout)["predictions"]
-    assert [p["label"] for p in predictions] == ["positive", "negative"]  # blank lines skipped
-    assert "\ufffd" in predictions[1]["text"]
+    # One entry per line, blank lines too, with a note instead of a probability.
+    assert [(p["label"], p["note"]) for p in predictions] == [("positive", None), (None, "empty review"), (None, "empty review"), ("negative", None)]
+    assert predictions[1]["probability"] is None and predictions[1]["known_words"] == 0
+    assert "\ufffd" in predictions[3]["text"]
     monkeypatch.setattr(sys, "stdin", _stdin(b""))
     status, stdout, stderr = _run(["predict", "--model", str(trained["output"])])
     assert status == 0 and stdout == "" and "no reviews" in stderr
@@ -155,14 +157,15 @@ def test_evaluate_vectorises_with_the_model_vocabulary_when_it_differs(trained, 
 
 
 BAD_TRAIN_OPTIONS = {
-    "negative width": (["--hidden-units", "16,-4"], "widths must be positive"),
-    "zero width": (["--hidden-units", "0"], "widths must be positive"),
+    "negative width": (["--hidden-units", "16,-4"], "--hidden-units: widths must be positive"),
+    "zero width": (["--hidden-units", "0"], "--hidden-units: widths must be positive"),
     "not a width": (["--hidden-units", "16,x"], "comma-separated integers"),
     "zero epochs": (["--epochs", "0"], "--epochs must be a positive integer"),
     "zero batch size": (["--batch-size", "0"], "--batch-size must be a positive integer"),
-    "dropout of one": (["--dropout", "1"], "dropout_rate must be in"),
-    "negative l2": (["--l2", "-0.1"], "l2 must be"),
-    "zero learning rate": (["--learning-rate", "0"], "learning_rate must be positive"),
+    "dropout of one": (["--dropout", "1"], "--dropout must be in [0, 1), got 1.0"),
+    "negative l2": (["--l2", "-0.1"], "--l2 must be a finite number >= 0"),
+    "zero learning rate": (["--learning-rate", "0"], "--learning-rate must be positive"),
+    "huge batch": (["--batch-size", "100000000"], "--batch-size must be at most 32768"),
     "negative validation": (["--validation", "-5"], "--validation"),
     "unknown flag": (["--colour", "blue"], "unrecognized arguments: --colour"),
     "unknown first layer": (["--first-layer", "conv"], "invalid choice"),
@@ -182,7 +185,9 @@ def test_bad_train_options_end_with_a_message_not_a_traceback(case, tmp_path):
 
 def test_validation_larger_than_the_training_set_is_refused(corpus, tmp_path):
     status, _, stderr = _run(["train", "--data-dir", corpus["data_dir"], "--cache-dir", corpus["cache_dir"], "--output", str(tmp_path / "run"), "--validation", "24", "--no-progress"])
-    assert status == 2 and "num_validation must be between 1 and 23" in stderr and "Traceback" not in stderr
+    assert status == 2 and "Traceback" not in stderr
+    assert stderr.splitlines() == ["imdb-jax train: error: --validation must be between 0 and 23 (the data has 24 training reviews), got 24"]
+    assert not (tmp_path / "run").exists()  # the output folder made for the run is removed again
 
 
 @pytest.mark.parametrize("command", ["predict", "evaluate"])

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from imdb_jax.cli._common import add_data_options, load_data, positive, print_json
+from imdb_jax.cli import _checks as checks
+from imdb_jax.cli._common import add_data_options, load_data, print_json
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -18,6 +19,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", required=True, help="model folder written by `imdb-jax train`")
     parser.add_argument("--batch-size", type=int, default=512, help="reviews per batch (default: 512)")
     add_data_options(parser, num_words=False)
+    checks.add_compile_cache_option(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON line")
     parser.set_defaults(run=run)
 
@@ -41,10 +43,11 @@ def scoring_split(model, args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    checks.batch_size(args.batch_size)
+    checks.enable_compile_cache(args)
     from imdb_jax.checkpoint import load_model
     from imdb_jax.train import evaluate
 
-    positive("--batch-size", args.batch_size)
     model = load_model(args.model)
     started = time.perf_counter()
     test, how = scoring_split(model, args)

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+import unicodedata
+from typing import Any
 
+from imdb_jax.cli import _checks as checks
 from imdb_jax.cli._common import label_of, print_json
 
 PREVIEW_CHARS = 60
+EMPTY = "empty review"
+NO_KNOWN_WORDS = "no known words"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -18,39 +23,82 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         usage="%(prog)s --model DIR [--json] [TEXT ...]",
     )
     parser.add_argument("--model", required=True, help="model folder written by `imdb-jax train`")
-    parser.add_argument("texts", nargs="*", metavar="TEXT", help="reviews; without any, one review per line of standard input")
+    parser.add_argument(
+        "texts", nargs="*", metavar="TEXT",
+        help="reviews; without any, one review per line of standard input (every line, blank ones too, gets one output line)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON line")
+    checks.add_compile_cache_option(parser)
     parser.set_defaults(run=run)
 
 
+def split_lines(data: bytes | str) -> list[str]:
+    """One review per line: split on "\\n" only (a trailing "\\r" is dropped, so CRLF files
+    work), every line kept, blank ones too; no line after a final "\\n". Bytes that are not
+    UTF-8 become U+FFFD."""
+    text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
+    if not text:
+        return []
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
 def read_stdin_reviews() -> list[str]:
-    """Non-blank lines of standard input, decoded as UTF-8 with invalid bytes replaced."""
+    """The reviews on standard input, one per line (`split_lines`)."""
     stream = getattr(sys.stdin, "buffer", None)
-    raw = stream.read() if stream is not None else sys.stdin.read()
-    text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
-    return [line for line in text.splitlines() if line.strip()]
+    return split_lines(stream.read() if stream is not None else sys.stdin.read())
+
+
+def printable(text: str) -> str:
+    """`text` safe to show on a terminal: control and format characters, line and paragraph
+    separators and lone surrogates written as escapes ("\\x1b", "\\t", "\\u2028")."""
+    return "".join(
+        char if char == " " or not (unicodedata.category(char).startswith("C") or unicodedata.category(char) in ("Zl", "Zp"))
+        else ascii(char)[1:-1]
+        for char in text
+    )
 
 
 def _preview(text: str) -> str:
-    text = " ".join(text.split())
+    text = printable(text)
     return text if len(text) <= PREVIEW_CHARS else text[: PREVIEW_CHARS - 3] + "..."
 
 
+def predictions(model: Any, texts: list[str]) -> list[dict[str, Any]]:
+    """One entry per review, in order: {"text", "probability", "label", "known_words", "note"};
+    a review with no word of the model's vocabulary has no probability (None) and a note saying
+    why, instead of the bias's constant."""
+    rows = model.vectorize(texts)
+    known = rows.indptr[1:] - rows.indptr[:-1]
+    probabilities = model.predict_rows(rows)
+    found = []
+    for text, probability, count in zip(texts, probabilities, known):
+        entry = {"text": text, "probability": None, "label": None, "known_words": int(count), "note": None}
+        if count:
+            entry.update(probability=float(probability), label=label_of(probability))
+        else:
+            entry["note"] = EMPTY if not text.strip() else NO_KNOWN_WORDS
+        found.append(entry)
+    return found
+
+
 def run(args: argparse.Namespace) -> int:
+    checks.enable_compile_cache(args)
     from imdb_jax.checkpoint import load_model
 
     model = load_model(args.model)
     texts = list(args.texts) if args.texts else read_stdin_reviews()
-    probabilities = model.predict_texts(texts)
-    predictions = [
-        {"text": text, "probability": float(probability), "label": label_of(probability)}
-        for text, probability in zip(texts, probabilities)
-    ]
+    found = predictions(model, texts)
     if args.json:
-        print_json({"model": str(args.model), "predictions": predictions})
+        print_json({"model": str(args.model), "predictions": found})
         return 0
-    if not predictions:
+    if not found:
         print("no reviews given (pass them as arguments or one per line on standard input)", file=sys.stderr)
-    for prediction in predictions:
-        print(f"{prediction['probability']:.4f}  {prediction['label']:<8}  {_preview(prediction['text'])}")
+    for entry in found:
+        if entry["probability"] is None:
+            print(f"{'-':>6}  {'(' + entry['note'] + ')':<16}  {_preview(entry['text'])}")
+        else:
+            print(f"{entry['probability']:.4f}  {entry['label']:<16}  {_preview(entry['text'])}")
     return 0

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from imdb_jax.cli import _checks as checks
+from imdb_jax.cli._distributed import add_distributed_options, distributed_command
 from imdb_jax.cli._common import add_data_options, default_output, load_data, positive, print_json
 from imdb_jax.errors import ImdbJaxError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from imdb_jax.study import ALL, EXPERIMENTS, RUNS
+    from imdb_jax.study import ALL, DEFAULT_SEEDS, EXPERIMENTS, RUNS
 
     names = ", ".join([*EXPERIMENTS, ALL])
     parser = subparsers.add_parser(
@@ -23,36 +25,52 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--epochs", type=int, default=20, help="epochs per variant (default: 20)")
     parser.add_argument("--batch-size", type=int, default=512, help="reviews per update (default: 512)")
     parser.add_argument("--validation", type=int, default=10000, metavar="N", help="hold out the first N training reviews (default: 10000)")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=DEFAULT_SEEDS,
+        metavar="N",
+        help=f"train every variant with N seeds (initial weights and dropout) in the same run; the report compares means against the spread (default: {DEFAULT_SEEDS})",
+    )
     parser.add_argument("--shuffle-seed", type=int, default=0, help="seeds the batch order every variant shares (default: 0)")
     parser.add_argument("--first-layer", choices=("auto", "sparse", "dense"), default="auto", help="first layer kind (default: auto)")
-    parser.add_argument("--grouping", choices=("auto", "shape", "pad"), default="auto", help="how variants of different shapes share a vmap (default: auto)")
     parser.add_argument("--runs", choices=RUNS, default="merged", help="one fit_variants run for everything, or one per experiment (default: merged)")
     parser.add_argument("--no-retrain", action="store_true", help="do not retrain the best variant on all training reviews")
     parser.add_argument("--output", help="output folder (default: runs/study-<timestamp>)")
     add_data_options(parser)
+    add_distributed_options(parser)
+    checks.add_compile_cache_option(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON summary line instead of the text summary")
     parser.set_defaults(run=run)
 
 
 
+@distributed_command
 def run(args: argparse.Namespace) -> int:
-    from imdb_jax.study import run_study, select_experiments
-    from imdb_jax.variants import load_specs
+    from imdb_jax.study import select_experiments
+    from imdb_jax.specs import load_specs
 
-    # Every option is checked before the data is loaded or anything compiles.
+    # Every option is checked, and the output folder made and proved writable, before the data
+    # is loaded or anything compiles.
     positive("--epochs", args.epochs)
-    positive("--batch-size", args.batch_size)
+    checks.batch_size(args.batch_size)
     positive("--validation", args.validation)
+    positive("--seeds", args.seeds)
     positive("--num-words", args.num_words)
     if not args.experiments and not args.spec:
         raise ImdbJaxError("name at least one experiment (units, layers, epochs, regularization, dropout or all) or pass --spec FILE")
     chosen = list(args.experiments) + (load_specs(args.spec) if args.spec else [])
     select_experiments(chosen)
-    output = Path(args.output) if args.output else default_output("study")
-    if output.exists() and not output.is_dir():
-        raise ImdbJaxError(f"--output {output} exists and is not a folder")
+    with checks.output_folder(args.output or default_output("study")) as output:
+        return _study(args, chosen, output)
+
+
+def _study(args: argparse.Namespace, chosen: list, output: Path) -> int:
+    checks.enable_compile_cache(args)
+    from imdb_jax.study import run_study
 
     data = load_data(args, args.num_words)
+    checks.held_out(args.validation, len(data.train), allow_none=False)
     result = run_study(
         chosen,
         data,
@@ -60,9 +78,9 @@ def run(args: argparse.Namespace) -> int:
         validation=args.validation,
         epochs=args.epochs,
         batch_size=args.batch_size,
+        seeds=args.seeds,
         shuffle_seed=args.shuffle_seed,
         first_layer=args.first_layer,
-        grouping=args.grouping,
         runs=args.runs,
         progress=not args.no_progress,
         retrain=not args.no_retrain,
@@ -77,9 +95,10 @@ def run(args: argparse.Namespace) -> int:
                 "experiments": {name: [summary["variants"][index]["name"] for index in indices] for name, indices in summary["experiments"].items()},
                 "variants": len(summary["variants"]),
                 "epochs": args.epochs,
-                "best": None if best is None else {key: best[key] for key in ("name", "best_epoch", "best_val_loss", "val_accuracy_at_best")},
+                "seeds": args.seeds,
+                "best": None if best is None else {key: best[key] for key in ("name", "best_epoch", "best_val_loss", "best_val_loss_sd", "val_accuracy_at_best")},
                 "retrain": None if retrain is None else {key: retrain[key] for key in ("variant", "epochs", "test_loss", "test_accuracy", "model_dir", "wall_s")},
-                "runs": [{key: record[key] for key in ("label", "groups", "first_layer", "wall_s", "compile_s", "train_s")} for record in summary["runs"]],
+                "runs": [{key: record[key] for key in ("label", "trained", "blocks", "first_layer", "wall_s", "compile_s", "train_s")} for record in summary["runs"]],
                 "training_s": summary["training_s"],
                 "wall_s": summary["wall_s"],
                 "devices": summary["devices"],
@@ -87,15 +106,24 @@ def run(args: argparse.Namespace) -> int:
         )
         return 0
 
-    print(f"{len(summary['variants'])} variants, {args.epochs} epochs; {summary['settings']['train_reviews']} training reviews, first {summary['settings']['validation_reviews']} held out")
-    print(f"{'variant':<24} {'best epoch':>10} {'min val loss':>12} {'val acc':>8}  experiments")
+    print(
+        f"{len(summary['variants'])} variants x {args.seeds} seeds, {args.epochs} epochs; {summary['settings']['train_reviews']} "
+        f"training reviews, first {summary['settings']['validation_reviews']} held out; figures are means ± sd over seeds"
+    )
+    print(f"{'variant':<24} {'best epoch':>10} {'min val loss':>17} {'val acc':>17}  experiments")
     for variant in summary["variants"]:
-        loss = "diverged" if variant["best_val_loss"] is None else f"{variant['best_val_loss']:.4f}"
-        accuracy = "" if variant["val_accuracy_at_best"] is None else f"{variant['val_accuracy_at_best']:.4f}"
-        print(f"{variant['name']:<24} {variant['best_epoch'] or '-':>10} {loss:>12} {accuracy:>8}  {', '.join(variant['experiments'])}")
+        stats = variant["stats"]
+        loss = "diverged" if variant["best_val_loss"] is None else _pm(stats["best_val_loss"])
+        accuracy = "" if variant["val_accuracy_at_best"] is None else _pm(stats["val_accuracy_at_best"])
+        print(f"{variant['name']:<24} {variant['best_epoch'] or '-':>10} {loss:>17} {accuracy:>17}  {', '.join(variant['experiments'])}")
     for record in summary["runs"]:
         print(f"run {record['label']}: {record['wall_s']:.1f} s ({record['compile_s']:.1f} s compiling), first layer {record['first_layer']}")
     if retrain is not None:
         print(f"retrained {retrain['variant']} for {retrain['epochs']} epochs on {retrain['train_reviews']} reviews: test loss {retrain['test_loss']:.4f}, test accuracy {retrain['test_accuracy']:.4f}")
     print(f"wall time {summary['wall_s']:.1f} s; wrote {output / 'study.json'}, {output / 'report.md'} and {len(summary['figures'])} figures")
     return 0
+
+
+def _pm(stats: dict) -> str:
+    """"0.2800 ± 0.0010" (mean ± sd over seeds), or the mean alone with one seed."""
+    return f"{stats['mean']:.4f}" if stats["sd"] is None else f"{stats['mean']:.4f} ± {stats['sd']:.4f}"

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from imdb_jax.cli import _checks as checks
+from imdb_jax.cli._distributed import add_distributed_options, distributed_command
 from imdb_jax.cli._common import add_data_options, default_output, device_names, label_of, load_data, parse_hidden_units, positive, print_json
 from imdb_jax.errors import ImdbJaxError
 
@@ -41,6 +43,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--first-layer", choices=("auto", "sparse", "dense"), default="auto", help="first layer kind (default: auto)")
     parser.add_argument("--output", help="model folder (default: runs/train-<timestamp>)")
     add_data_options(parser)
+    add_distributed_options(parser)
+    checks.add_compile_cache_option(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON line instead of the report")
     parser.set_defaults(run=run)
 
@@ -61,28 +65,33 @@ def best_epochs(history: dict[str, list]) -> dict[str, Any]:
     }
 
 
+@distributed_command
 def run(args: argparse.Namespace) -> int:
     from imdb_jax.config import ModelConfig
 
-    # Every option is checked before the data is loaded or anything compiles.
+    # Every option is checked, and the output folder made and proved writable, before the data
+    # is loaded or anything compiles.
     positive("--epochs", args.epochs)
-    positive("--batch-size", args.batch_size)
+    checks.batch_size(args.batch_size)
     positive("--num-words", args.num_words)
     if args.validation < 0:
         raise ImdbJaxError(f"--validation must be 0 (none) or a number of reviews to hold out, got {args.validation}")
-    config = ModelConfig(
-        num_words=args.num_words,
-        hidden_units=parse_hidden_units(args.hidden_units),
-        dropout_rate=args.dropout,
-        l1=args.l1,
-        l2=args.l2,
-        weight_decay=args.weight_decay,
-        learning_rate=args.learning_rate,
-    )
-    output = Path(args.output) if args.output else default_output("train")
-    if output.exists() and not output.is_dir():
-        raise ImdbJaxError(f"--output {output} exists and is not a folder")
+    with checks.options_named():
+        config = ModelConfig(
+            num_words=args.num_words,
+            hidden_units=parse_hidden_units(args.hidden_units),
+            dropout_rate=args.dropout,
+            l1=args.l1,
+            l2=args.l2,
+            weight_decay=args.weight_decay,
+            learning_rate=args.learning_rate,
+        )
+    with checks.output_folder(args.output or default_output("train")) as output:
+        return _train(args, config, output)
 
+
+def _train(args: argparse.Namespace, config: Any, output: Path) -> int:
+    checks.enable_compile_cache(args)
     from imdb_jax.checkpoint import save_model
     from imdb_jax.plots import plot_history
     from imdb_jax.train import evaluate, fit, predict
@@ -90,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     data = load_data(args, args.num_words)
     config = dataclasses.replace(config, num_words=data.num_words)  # fewer when the corpus has fewer words
+    checks.held_out(args.validation, len(data.train), allow_none=True)
     if args.validation:
         train, validation = data.split_validation(args.validation)
     else:

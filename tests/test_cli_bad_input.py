@@ -1,0 +1,308 @@
+"""Bad input, tried as a new user would: each case ends with one clear line on stderr naming the
+option typed and exit status 2 (130 for Ctrl-C), before any work, losing nothing."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import unicodedata
+from pathlib import Path
+
+import pytest
+
+from imdb_jax.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(argv: list[str]) -> tuple[int, str, str]:
+    """`imdb-jax ARGV` in-process: (exit status, stdout, stderr)."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            status = main(argv)
+        except SystemExit as exit:  # argparse's own errors
+            status = exit.code
+    return status, stdout.getvalue(), stderr.getvalue()
+
+
+def _one_error_line(argv: list[str]) -> str:
+    """Runs a command that must fail with status 2 and exactly one line on stderr; that line."""
+    status, stdout, stderr = _run(argv)
+    assert status == 2, stderr
+    assert stdout == "" and "Traceback" not in stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith(f"imdb-jax {argv[0]}: error: ")
+    return lines[0]
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fails the test if a command loads data or a model: the error must come first."""
+    import imdb_jax.checkpoint
+    import imdb_jax.cli.study
+    import imdb_jax.cli.train
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("work started before the options were checked")
+
+    monkeypatch.setattr(imdb_jax.cli.train, "load_data", refuse)
+    monkeypatch.setattr(imdb_jax.cli.study, "load_data", refuse)
+    monkeypatch.setattr(imdb_jax.checkpoint, "load_model", refuse)
+
+
+# ---------------------------------------------------------------------------------------------
+# Options checked before any work.
+
+
+@pytest.mark.parametrize("command", ["train", "study", "evaluate"])
+def test_a_huge_batch_size_is_refused_naming_the_option(command, no_work, tmp_path):
+    argv = {
+        "train": ["train", "--output", str(tmp_path / "run")],
+        "study": ["study", "units", "--output", str(tmp_path / "run")],
+        "evaluate": ["evaluate", "--model", str(tmp_path / "model")],
+    }[command]
+    line = _one_error_line([*argv, "--batch-size", "100000000"])
+    assert line.endswith("--batch-size must be at most 32768 (more than IMDb's 25,000 reviews in one batch), got 100000000")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('[{"hidden_units": [16], "l2": "abc"}]', "variant 1: l2 must be a number, got 'abc'"),
+        ('[{"dropout_rate": "0.5"}]', "variant 1: dropout_rate must be a number, got '0.5'"),
+        ('[{"name": "half", "dropout_rate": "0.5"}]', "variant 1: dropout_rate must be a number, got '0.5'"),
+        ('[{"seed": "abc"}]', "variant 1: seed must be an integer, got 'abc'"),
+        ('[{"seed": 1.5}]', "variant 1: seed must be an integer, got 1.5"),
+        ('[{"hidden_units": [16.5]}]', "variant 1: hidden_units must be a list of positive integers, got [16.5]"),
+    ],
+)
+def test_spec_values_of_the_wrong_type_are_one_line(text, message, no_work, tmp_path):
+    spec = tmp_path / "specs.json"
+    spec.write_text(text)
+    line = _one_error_line(["study", "--spec", str(spec), "--output", str(tmp_path / "run")])
+    assert line == f"imdb-jax study: error: {spec}, {message}"
+
+
+@pytest.mark.parametrize("command", ["train", "study"])
+@pytest.mark.parametrize("output", ["/proc/x", "/sys/x", "/proc/x/y"])
+def test_an_unwritable_output_is_refused_before_any_work(command, output, no_work):
+    argv = ["train"] if command == "train" else ["study", "units"]
+    line = _one_error_line([*argv, "--output", output])
+    assert line.startswith(f"imdb-jax {command}: error: --output {output} cannot be written: ")
+
+
+def test_an_output_that_is_a_file_is_refused(no_work, tmp_path):
+    (tmp_path / "file").write_text("mine")
+    line = _one_error_line(["train", "--output", str(tmp_path / "file")])
+    assert "--output" in line and "not a folder" in line
+    assert (tmp_path / "file").read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--dropout", "1.5"], "--dropout must be in [0, 1), got 1.5"),
+        (["--weight-decay", "-1"], "--weight-decay must be a finite number >= 0, got -1.0"),
+        (["--l1", "nan"], "--l1 must be a finite number >= 0, got nan"),
+        (["--hidden-units", "0,4"], "--hidden-units: widths must be positive, got [0, 4]"),
+    ],
+)
+def test_model_settings_are_named_as_the_options_typed(options, message, no_work, tmp_path):
+    line = _one_error_line(["train", "--output", str(tmp_path / "run"), *options])
+    assert line == f"imdb-jax train: error: {message}"
+    assert not (tmp_path / "run").exists()
+
+
+def test_validation_is_named_as_the_option_typed(fake_aclimdb, tmp_path):
+    line = _one_error_line(["study", "units", "--data-dir", str(fake_aclimdb), "--cache-dir", str(tmp_path / "cache"),
+                            "--validation", "6", "--output", str(tmp_path / "run"), "--no-progress"])
+    assert line == "imdb-jax study: error: --validation must be between 1 and 5 (the data has 6 training reviews), got 6"
+    assert "num_validation" not in line
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "study", "evaluate", "predict"])
+def test_compile_cache_option_is_applied_before_anything_compiles(command, monkeypatch, tmp_path):
+    from imdb_jax import compile_cache
+
+    calls = []
+    monkeypatch.setattr(compile_cache, "enable", lambda setting=None, force=False: calls.append((setting, force)))
+    argv = {
+        "train": ["train", "--data-dir", str(tmp_path / "nowhere"), "--output", str(tmp_path / "run")],
+        "study": ["study", "units", "--data-dir", str(tmp_path / "nowhere"), "--output", str(tmp_path / "run")],
+        "evaluate": ["evaluate", "--model", str(tmp_path / "absent")],
+        "predict": ["predict", "--model", str(tmp_path / "absent"), "text"],
+    }[command]
+    for options in (["--compile-cache", "off"], []):
+        status, _, stderr = _run([*argv, *options])  # no data or no model: found after the cache is set
+        assert status == 2 and "Traceback" not in stderr
+    assert calls == [("off", True), (None, False)]
+
+
+# ---------------------------------------------------------------------------------------------
+# predict: one output line per input line, nothing raw on the terminal.
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """An untrained model over five words (predictions are whatever its weights say)."""
+    import jax
+
+    from imdb_jax.checkpoint import save_model
+    from imdb_jax.config import ModelConfig
+    from imdb_jax.steps import create_train_state
+    from imdb_jax.text import Vocabulary
+
+    words = ("great", "awful", "film", "plot", "fun")
+    config = ModelConfig(num_words=len(words), hidden_units=(4,))
+    return save_model(tmp_path_factory.mktemp("tiny") / "model", create_train_state(jax.random.key(0), config), config, Vocabulary(words))
+
+
+STDIN = (
+    b"great film\n"
+    b"\n"
+    b"awful\rplot\x0bfun\x0c\x1c\xc2\x85\xe2\x80\xa8 film\r\n"  # line breaks splitlines() knows, in one line
+    b"\x1b[31mred\x1b[0m\n"  # a terminal escape sequence, no known word
+    b"\xff\xfe great \xc3\n"  # not UTF-8
+    b"zzz unknown words\n"
+    b"   \n"
+    b"last line without a newline"
+)
+
+
+def _stdin(monkeypatch, data: bytes) -> None:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"))
+
+
+def test_predict_gives_one_line_per_input_line_in_order(tiny_model, monkeypatch):
+    _stdin(monkeypatch, STDIN)
+    status, stdout, stderr = _run(["predict", "--model", str(tiny_model)])
+    assert status == 0, stderr
+    lines = stdout.split("\n")
+    assert lines[-1] == "" and len(lines[:-1]) == 8
+    assert lines[0].endswith("great film") and lines[0].split()[1] in ("positive", "negative")
+    assert lines[1].split() == ["-", "(empty", "review)"]
+    assert lines[2].endswith(r"awful\rplot\x0bfun\x0c\x1c\x85\u2028 film") and float(lines[2].split()[0]) >= 0
+    assert "(no known words)" in lines[3] and lines[3].endswith(r"\x1b[31mred\x1b[0m")
+    assert lines[4].endswith("\ufffd\ufffd great \ufffd") and lines[4].split()[1] in ("positive", "negative")
+    assert "(no known words)" in lines[5] and lines[5].endswith("zzz unknown words")
+    assert "(empty review)" in lines[6]
+    assert "(no known words)" in lines[7] and lines[7].endswith("last line without a newline")
+    # Nothing reaches the terminal raw: no control, format or line-separator characters.
+    assert not [char for char in stdout.replace("\n", "") if unicodedata.category(char)[0] == "C" or unicodedata.category(char) in ("Zl", "Zp")]
+
+
+def test_predict_json_keeps_every_line_and_marks_the_unscorable(tiny_model, monkeypatch):
+    _stdin(monkeypatch, STDIN)
+    status, stdout, stderr = _run(["predict", "--model", str(tiny_model), "--json"])
+    assert status == 0, stderr
+    assert len(stdout.splitlines()) == 1
+    found = json.loads(stdout)["predictions"]
+    assert [entry["text"] for entry in found] == [
+        "great film", "", "awful\rplot\x0bfun\x0c\x1c\x85\u2028 film", "\x1b[31mred\x1b[0m", "\ufffd\ufffd great \ufffd",
+        "zzz unknown words", "   ", "last line without a newline",
+    ]
+    assert [entry["known_words"] for entry in found] == [2, 0, 4, 0, 1, 0, 0, 0]
+    assert [entry["note"] for entry in found] == [None, "empty review", None, "no known words", None, "no known words", "empty review", "no known words"]
+    assert all((entry["probability"] is None) == (entry["known_words"] == 0) for entry in found)
+    assert all(ord(char) < 128 for char in stdout)  # JSON escapes everything else
+
+
+def test_predict_arguments_get_the_same_treatment(tiny_model):
+    status, stdout, _ = _run(["predict", "--model", str(tiny_model), "", "great\x1b[2J", "nothing known"])
+    assert status == 0
+    lines = stdout.splitlines()
+    assert len(lines) == 3 and "(empty review)" in lines[0] and lines[1].endswith(r"great\x1b[2J") and "(no known words)" in lines[2]
+
+
+# ---------------------------------------------------------------------------------------------
+# In a real process: --help without JAX, and Ctrl-C.
+
+
+def _python(code: str, **options) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120, **options)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["study", "--help"], ["train", "--help"], ["train", "--epochs", "four"], ["predict"]])
+def test_help_and_option_errors_do_not_import_jax(argv):
+    code = (
+        "import sys\n"
+        "from imdb_jax.cli import main\n"
+        "try:\n"
+        f"    main({argv!r})\n"
+        "except SystemExit as exit:\n"
+        "    status = exit.code\n"
+        "print('STATUS', status, 'JAX', 'jax' in sys.modules, [name for name in ('flax', 'optax', 'matplotlib') if name in sys.modules])\n"
+    )
+    result = _python(code)
+    assert result.stdout.splitlines()[-1] == f"STATUS {0 if '--help' in argv else 2} JAX False []", result.stderr
+
+
+def _interrupt(argv: list[str], cwd: Path, wait_for: bytes | None, delay: float) -> subprocess.Popen:
+    """Starts `python -m imdb_jax ARGV`, waits for `wait_for` on its stderr (if given), then
+    `delay` seconds, then sends SIGINT as Ctrl-C would; the process, with `.stderr_bytes`."""
+    process = subprocess.Popen([sys.executable, "-m", "imdb_jax", *argv], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    seen = bytearray()
+    ready = threading.Event()
+
+    def read():
+        for chunk in iter(lambda: process.stderr.read1(4096), b""):
+            seen.extend(chunk)
+            if wait_for is None or wait_for in seen:
+                ready.set()
+        ready.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    process.reader, process.stderr_bytes = reader, seen
+    if wait_for is not None:
+        assert ready.wait(timeout=180), bytes(seen)
+    time.sleep(delay)
+    process.send_signal(signal.SIGINT)
+    return process
+
+
+def test_ctrl_c_exits_130_with_one_line_at_any_moment(fake_aclimdb, tmp_path):
+    """Ctrl-C while JAX is imported and the data read, and twice during training: status 130,
+    the last line "interrupted", never a segmentation fault or a traceback."""
+    env_argv = ["train", "--data-dir", str(fake_aclimdb), "--cache-dir", str(tmp_path / "cache"), "--compile-cache", "off",
+                "--epochs", "1000000", "--batch-size", "2", "--hidden-units", "4"]
+    processes = [
+        _interrupt([*env_argv, "--output", str(tmp_path / "early"), "--no-progress"], tmp_path, None, 1.0),
+        _interrupt([*env_argv, "--output", str(tmp_path / "training-a")], tmp_path, b"fit", 0.3),
+        _interrupt([*env_argv, "--output", str(tmp_path / "training-b")], tmp_path, b"fit", 1.5),
+    ]
+    for process, name in zip(processes, ("early", "training-a", "training-b")):
+        status = process.wait(timeout=120)
+        process.reader.join(timeout=10)
+        stderr = bytes(process.stderr_bytes).decode("utf-8", errors="replace")
+        assert status == 130, (name, status, stderr)
+        assert "Segmentation fault" not in stderr and "Traceback" not in stderr, stderr
+        last = [line for line in stderr.replace("\r", "\n").splitlines() if line.strip()][-1]
+        assert last == "imdb-jax train: interrupted", stderr
+        assert not (tmp_path / name).exists()  # the output folder made for the run, still empty, is gone
+    assert processes[0].stderr_bytes == b"imdb-jax train: interrupted\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# The test suite itself: real-data tests fail, not skip, under CI.
+
+
+def test_real_data_tests_fail_not_skip_under_ci(tmp_path):
+    env = {**os.environ, "CI": "true", "TFDS_DATA_DIR": str(tmp_path / "no-data-here")}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cli_study.py::test_short_study_on_the_real_reviews"],
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=300,
+    )
+    assert result.returncode != 0 and "1 error" in result.stdout, result.stdout
+    assert "real IMDb data not available" in result.stdout and "skipped" not in result.stdout
