@@ -54,6 +54,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.real_data)
 
 
+def _under_ci() -> bool:
+    """CI systems set CI (GitHub, GitLab, CircleCI: "true"); "false" or "0" does not count."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
 @pytest.fixture(scope="session")
 def real_data_dir() -> Path:
     """The TFDS data_dir holding the prepared imdb_reviews; skips (fails under CI) if missing."""
@@ -65,7 +70,7 @@ def real_data_dir() -> Path:
         resolve_source(path, source="tfds")
     except DataNotFoundError as error:
         reason = f"real IMDb data not available (set TFDS_DATA_DIR): {error}"
-        if os.environ.get("CI"):
+        if _under_ci():
             pytest.fail(reason)
         pytest.skip(reason)
     return path

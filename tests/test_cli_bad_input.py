@@ -306,3 +306,13 @@ def test_real_data_tests_fail_not_skip_under_ci(tmp_path):
     )
     assert result.returncode != 0 and "1 error" in result.stdout, result.stdout
     assert "real IMDb data not available" in result.stdout and "skipped" not in result.stdout
+
+
+def test_ci_false_does_not_count_as_ci(monkeypatch):
+    from conftest import _under_ci
+
+    for value, expected in (("true", True), ("1", True), ("TRUE", True), ("false", False), ("0", False), ("", False)):
+        monkeypatch.setenv("CI", value)
+        assert _under_ci() is expected
+    monkeypatch.delenv("CI")
+    assert _under_ci() is False
