@@ -62,7 +62,7 @@ def parse_hidden_units(text: str) -> tuple[int, ...]:
 
 def print_json(value: Any) -> None:
     """Prints `value` as exactly one line of strict JSON (NaN becomes null)."""
-    from imdb_jax.checkpoint import to_json_value
+    from imdb_jax.atomic import to_json_value
 
     print(json.dumps(to_json_value(value), sort_keys=True, allow_nan=False), flush=True)
 
