@@ -18,10 +18,12 @@ NumPy and a text editor.
 A save never leaves the folder without a loadable model. Into a folder that holds no model yet,
 each file is written atomically (`imdb_jax.atomic.atomic_write`), ``model.json`` last: it vouches
 for the others by the checksum of ``params.npz``. Over an existing model, the new model is written
-whole to a folder beside it, and the two folders are swapped by one rename (Linux's
-``renameat2(RENAME_EXCHANGE)``; elsewhere two renames a moment apart); anything else in the old
-folder (figures, your files) is then moved into the new one. A run killed at any moment leaves
-the old model or the new one. Anything that is not a model folder (missing files, corrupt npz or
+whole to a folder beside it, and the two folders are swapped by one atomic rename (Linux's
+``renameat2(RENAME_EXCHANGE)``); anything else in the old folder (figures, your files) is then
+moved into the new one. A run killed at any moment leaves the old model or the new one at the
+path (killed during that last move, the rest waits in the hidden ``.NAME.saving-*`` beside it).
+Where the exchange is not available, two renames a moment apart stand in for it; a kill between
+them leaves the old model in ``.NAME.old-*`` beside the path. Anything that is not a model folder (missing files, corrupt npz or
 JSON, parameters that do not fit the config) raises ``ImdbJaxError`` naming the folder and what
 is wrong.
 """
