@@ -37,6 +37,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--runs", choices=RUNS, default="merged", help="one fit_variants run for everything, or one per experiment (default: merged)")
     parser.add_argument("--no-retrain", action="store_true", help="do not retrain the best variant on all training reviews")
     parser.add_argument("--output", help="output folder (default: runs/study-<timestamp>)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the killed study in --output from its last finished epoch (same command otherwise); the result is the uninterrupted one",
+    )
     add_data_options(parser)
     add_distributed_options(parser)
     checks.add_compile_cache_option(parser)
@@ -57,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
     positive("--validation", args.validation)
     positive("--seeds", args.seeds)
     positive("--num-words", args.num_words)
+    if args.resume and not args.output:
+        raise ImdbJaxError("--resume needs --output: the folder of the study to continue")
     if not args.experiments and not args.spec:
         raise ImdbJaxError("name at least one experiment (units, layers, epochs, regularization, dropout or all) or pass --spec FILE")
     chosen = list(args.experiments) + (load_specs(args.spec) if args.spec else [])
@@ -84,6 +91,7 @@ def _study(args: argparse.Namespace, chosen: list, output: Path) -> int:
         runs=args.runs,
         progress=not args.no_progress,
         retrain=not args.no_retrain,
+        resume=args.resume,
     )
     summary = result.summary
     best = next((variant for variant in summary["variants"] if variant["name"] == summary["best_variant"]), None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ from imdb_jax.cli import _checks as checks
 from imdb_jax.cli._distributed import add_distributed_options, distributed_command
 from imdb_jax.cli._common import add_data_options, default_output, device_names, label_of, load_data, parse_hidden_units, positive, print_json
 from imdb_jax.errors import ImdbJaxError
+
+CHECKPOINT = "checkpoint"  # inside --output while training: what --resume continues from
 
 SAMPLE_PREDICTIONS = 10
 
@@ -42,6 +45,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--first-layer", choices=("auto", "sparse", "dense"), default="auto", help="first layer kind (default: auto)")
     parser.add_argument("--output", help="model folder (default: runs/train-<timestamp>)")
+    parser.add_argument(
+        "--restore-best",
+        action="store_true",
+        help="keep the weights of the epoch with the lowest validation loss (needs --validation), like Keras' EarlyStopping(restore_best_weights=True)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the killed run in --output from its last finished epoch (same command otherwise); the result is the uninterrupted one",
+    )
     add_data_options(parser)
     add_distributed_options(parser)
     checks.add_compile_cache_option(parser)
@@ -76,6 +89,10 @@ def run(args: argparse.Namespace) -> int:
     positive("--num-words", args.num_words)
     if args.validation < 0:
         raise ImdbJaxError(f"--validation must be 0 (none) or a number of reviews to hold out, got {args.validation}")
+    if args.restore_best and not args.validation:
+        raise ImdbJaxError("--restore-best needs --validation N: the best epoch is the one with the lowest validation loss")
+    if args.resume and not args.output:
+        raise ImdbJaxError("--resume needs --output: the folder of the run to continue")
     with checks.options_named():
         config = ModelConfig(
             num_words=args.num_words,
@@ -115,6 +132,9 @@ def _train(args: argparse.Namespace, config: Any, output: Path) -> int:
         seed=args.seed,
         first_layer=args.first_layer,
         progress=not args.no_progress,
+        restore_best=args.restore_best,
+        checkpoint_dir=output / CHECKPOINT,
+        resume=args.resume,
     )
     trained = time.perf_counter()
     test = evaluate(state, data.test, batch_size=args.batch_size, first_layer=args.first_layer)
@@ -132,6 +152,7 @@ def _train(args: argparse.Namespace, config: Any, output: Path) -> int:
         "num_validation": 0 if validation is None else len(validation),
     }
     save_model(output, state, config, data.vocabulary, history, metrics)
+    shutil.rmtree(output / CHECKPOINT, ignore_errors=True)  # the model is saved: nothing to resume
     plots = plot_history(history, output / "history")
     seconds = {
         "load_data": loaded - started,

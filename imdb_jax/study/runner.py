@@ -5,7 +5,9 @@ best variant."""
 from __future__ import annotations
 
 import dataclasses
-import inspect
+
+import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -130,6 +132,9 @@ def _check_count(name: str, value: Any) -> int:
     return value
 
 
+CHECKPOINTS = "checkpoints"  # per run, inside the output folder: what `resume` continues from
+
+
 def run_study(
     names_or_specs: Any,
     data: Any,
@@ -146,6 +151,7 @@ def run_study(
     progress: bool = True,
     retrain: bool = True,
     figures: bool = True,
+    resume: bool = False,
 ) -> StudyResult:
     """Trains a study's variants with several seeds, writes study.json, report.md and figures,
     retrains the best.
@@ -170,6 +176,10 @@ def run_study(
         count where its mean validation loss is lowest, on all training reviews (its own seed),
         score it on `data.test` and save it to `output_dir/model`.
       figures: write the PNG figures.
+      resume: continue a study that was killed: every run (and the retrain) checkpoints its
+        state after every epoch in `output_dir/checkpoints/`, and with `resume` each picks up
+        where its checkpoint stopped; the finished study is bitwise the uninterrupted one (all
+        but its timings).
 
     Returns:
       The `StudyResult`; its `summary` is what study.json holds.
@@ -199,6 +209,8 @@ def run_study(
         output_dir = writable_folder(output_dir)
     except OSError as error:
         raise ImdbJaxError(f"cannot write the study to {output_dir}: {error.strerror or error}") from None
+    if resume and _finished(output_dir):
+        raise ImdbJaxError(f"the study in {output_dir} is already finished: nothing to resume")
 
     membership = [[name for name, indices in members.items() if index in indices] for index in range(len(specs))]
     histories: list[dict[str, list]] = [{} for _ in replicas]
@@ -244,9 +256,6 @@ def run_study(
             snapshot["epochs_done"] = {"run": len(run_records) + 1, "epochs": epochs_done}
             write_json(output_dir / STUDY_FILE, snapshot)
 
-        options = {}
-        if "on_epoch_end" in inspect.signature(fit_variants).parameters:
-            options["on_epoch_end"] = epoch_done
         run_started = time.perf_counter()
         with CompileClock() as clock:
             result = fit_variants(
@@ -260,7 +269,9 @@ def run_study(
                 devices=devices,
                 progress=progress,
                 description=f"study {label} ({len(indices)} variants x {seeds} seeds)",
-                **options,
+                checkpoint_dir=output_dir / CHECKPOINTS / label,
+                resume=resume,
+                on_epoch_end=epoch_done,
             )
         wall = time.perf_counter() - run_started
         for position, copy in enumerate(todo):
@@ -290,7 +301,7 @@ def run_study(
     summary["retrain"] = None
     if retrain and leader is not None:
         spec = specs[names.index(leader["name"])]
-        retrained, summary["retrain"] = _retrain(spec, leader, data, output_dir, batch_size, shuffle_seed, first_layer, progress)
+        retrained, summary["retrain"] = _retrain(spec, leader, data, output_dir, batch_size, shuffle_seed, first_layer, progress, resume)
     summary["training_s"] = sum(record["wall_s"] for record in run_records)
     summary["wall_s"] = time.perf_counter() - started  # the report shows it; figures come after
     figure_started = time.perf_counter()
@@ -299,10 +310,18 @@ def run_study(
     atomic_write(output_dir / REPORT_FILE, report_markdown(summary).encode("utf-8"))
     summary["wall_s"] = time.perf_counter() - started
     write_json(output_dir / STUDY_FILE, summary)
+    shutil.rmtree(output_dir / CHECKPOINTS, ignore_errors=True)  # done: the results are written
     return StudyResult(summary, output_dir, specs, results, retrained, replicas, replica_of)
 
 
-def _retrain(spec, leader, data, output_dir, batch_size, shuffle_seed, first_layer, progress):
+def _finished(output_dir: Path) -> bool:
+    try:
+        return json.loads((output_dir / STUDY_FILE).read_text(encoding="utf-8")).get("status") == "done"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _retrain(spec, leader, data, output_dir, batch_size, shuffle_seed, first_layer, progress, resume=False):
     """The best variant trained afresh (its own seed) for the epoch count where its mean
     validation loss is lowest, on every training review."""
     from imdb_jax.checkpoint import save_model
@@ -320,6 +339,8 @@ def _retrain(spec, leader, data, output_dir, batch_size, shuffle_seed, first_lay
             shuffle_seed=shuffle_seed,
             first_layer=first_layer,
             progress=progress,
+            checkpoint_dir=output_dir / CHECKPOINTS / "retrain",
+            resume=resume,
         )
         test = evaluate(state, data.test, batch_size=batch_size, first_layer=first_layer)
     record = {
