@@ -8,6 +8,13 @@ A model folder holds three plain files:
   (its words and tokeniser version, so raw text is vectorised exactly as in training), the
   training step, the SHA-256 of ``params.npz`` and any metrics.
 - ``history.json``: the Keras-style per-epoch history (``null`` when none was given).
+- ``features.npz``, for n-gram or weighted features only (``imdb_jax.features.FeatureSpec``, up to
+  a million terms): the terms, their idf or naive-Bayes ratios and settings
+  (``FeatureSpec.to_arrays``); ``model.json`` then names the file and its SHA-256 instead of
+  holding the words, and says format 2. Plain word vocabularies stay inline (format 1).
+
+A folder holding ``ensemble.json`` instead is an ensemble of such folders (``imdb_jax.ensemble``);
+``load_model`` loads either.
 
 Why not Orbax (installed with Flax): a model here is ~160k float32s and a few hundred kilobytes
 of JSON. Orbax's asynchronous, sharded, multi-host checkpointing buys nothing at that size, but
@@ -55,15 +62,19 @@ from imdb_jax import __version__
 from imdb_jax.atomic import atomic_write, fsync_folder, json_bytes, to_json_value  # noqa: F401 (re-exported)
 from imdb_jax.config import ModelConfig
 from imdb_jax.errors import ImdbJaxError
+from imdb_jax.features import FORMAT as FEATURES_FORMAT
+from imdb_jax.features import FeatureSpec, vectorizer_from_dict
 from imdb_jax.steps import TrainState, create_train_state
 from imdb_jax.text import Text, Vocabulary
 from imdb_jax.train import predict
 
 FORMAT = "imdb_jax.model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: features in FEATURES_FILE; folders without it are still written as 1
 PARAMS_FILE = "params.npz"
 MODEL_FILE = "model.json"
 HISTORY_FILE = "history.json"
+FEATURES_FILE = "features.npz"
+_loaded_features: dict[str, FeatureSpec] = {}  # by SHA-256 of FEATURES_FILE: ensemble members share them
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -74,7 +85,8 @@ class SavedModel:
       state: the train state with the saved parameters (its optimiser state is fresh: a loaded
         model is for predicting and evaluating).
       config: the model's settings.
-      vocabulary: the vocabulary (and tokeniser version) the model was trained with.
+      vocabulary: the vocabulary (and tokeniser version) the model was trained with: a
+        ``Vocabulary``, or a ``FeatureSpec`` for n-gram or weighted features.
       history: the per-epoch training history, or None.
       metrics: the metrics saved with the model (e.g. test loss and accuracy), or None.
       path: the folder it was loaded from.
@@ -82,7 +94,7 @@ class SavedModel:
 
     state: TrainState
     config: ModelConfig
-    vocabulary: Vocabulary
+    vocabulary: Vocabulary | FeatureSpec
     history: dict[str, list] | None = None
     metrics: dict[str, Any] | None = None
     path: Path | None = None
@@ -153,7 +165,7 @@ def save_model(
     path: str | os.PathLike,
     state: TrainState,
     config: ModelConfig,
-    vocabulary: Vocabulary,
+    vocabulary: Vocabulary | FeatureSpec,
     history: Mapping[str, list] | None = None,
     metrics: Mapping[str, Any] | None = None,
 ) -> Path:
@@ -163,7 +175,9 @@ def save_model(
       path: the model folder.
       state: the trained state (one model, not a stack of variants).
       config: the model's settings; `config.num_words` must equal `len(vocabulary)`.
-      vocabulary: the vocabulary the training data was vectorised with.
+      vocabulary: the vocabulary the training data was vectorised with (`IMDbData.vocabulary`:
+        a `Vocabulary`, or the `FeatureSpec` of n-gram or weighted features, saved to
+        features.npz).
       history: optional per-epoch history (`fit`'s second result).
       metrics: optional JSON-serialisable figures to keep with the model (e.g. test accuracy).
 
@@ -183,21 +197,29 @@ def save_model(
     buffer = io.BytesIO()
     np.savez(buffer, **flat)
     params_bytes = buffer.getvalue()
+    files = {PARAMS_FILE: params_bytes}
+    described = vocabulary.to_dict() if not isinstance(vocabulary, FeatureSpec) or vocabulary.plain else None
+    if described is None:
+        buffer = io.BytesIO()
+        np.savez(buffer, **vocabulary.to_arrays())
+        files[FEATURES_FILE] = buffer.getvalue()
+        described = {
+            "format": FEATURES_FORMAT, "file": FEATURES_FILE,
+            "sha256": hashlib.sha256(files[FEATURES_FILE]).hexdigest(), "terms": len(vocabulary),
+            "ngrams": vocabulary.ngrams, "weighting": vocabulary.weighting,
+        }
     model = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": 2 if FEATURES_FILE in files else 1,
         "package_version": __version__,
         "config": config.to_dict(),
-        "vocabulary": vocabulary.to_dict(),
+        "vocabulary": described,
         "step": int(jax.device_get(state.step)),
         "params_sha256": hashlib.sha256(params_bytes).hexdigest(),
         "metrics": None if metrics is None else dict(metrics),
     }
-    files = {
-        PARAMS_FILE: params_bytes,
-        HISTORY_FILE: json_bytes(None if history is None else dict(history)),
-        MODEL_FILE: json_bytes(model),  # last: it vouches for the others
-    }
+    files[HISTORY_FILE] = json_bytes(None if history is None else dict(history))
+    files[MODEL_FILE] = json_bytes(model)  # last: it vouches for the others
     try:
         _write_model_files(folder, files)
     except OSError as error:
@@ -286,13 +308,15 @@ def _read_json(file: Path, folder: Path) -> Any:
 
 
 def load_model(path: str | os.PathLike) -> SavedModel:
-    """Loads a model saved with `save_model`.
+    """Loads a model saved with `save_model` (or an ensemble saved with
+    `imdb_jax.ensemble.save_ensemble`).
 
     Args:
       path: the model folder.
 
     Returns:
-      The model; its predictions equal those of the saved state.
+      The model; its predictions equal those of the saved state. An ensemble's folder gives an
+      `imdb_jax.ensemble.EnsembleModel`, which predicts like a `SavedModel`.
 
     Raises:
       ImdbJaxError: the folder is missing, is not a model folder, or its files are corrupt or do
@@ -301,6 +325,10 @@ def load_model(path: str | os.PathLike) -> SavedModel:
     folder = Path(path)
     if not folder.is_dir():
         raise ImdbJaxError(f"{folder} is not a model folder (no such folder)")
+    from imdb_jax.ensemble import ENSEMBLE_FILE, load_ensemble
+
+    if (folder / ENSEMBLE_FILE).is_file() and not (folder / MODEL_FILE).exists():
+        return load_ensemble(folder)
     model = _read_json(folder / MODEL_FILE, folder)
     if not isinstance(model, dict) or model.get("format") != FORMAT:
         raise ImdbJaxError(f"{folder} is not a model folder: {MODEL_FILE} is not an imdb_jax model description")
@@ -312,7 +340,7 @@ def load_model(path: str | os.PathLike) -> SavedModel:
         )
     try:
         config = ModelConfig.from_dict(model["config"])
-        vocabulary = Vocabulary.from_dict(model["vocabulary"])
+        vocabulary = _load_vocabulary(model["vocabulary"], folder)
         step = int(model.get("step", 0))
         expected_sha = str(model["params_sha256"])
     except ImdbJaxError as error:
@@ -352,3 +380,31 @@ def load_model(path: str | os.PathLike) -> SavedModel:
     params = traverse_util.unflatten_dict({name: jnp.asarray(value) for name, value in flat.items()}, sep="/")
     state = template.replace(params=params, step=jnp.asarray(step, jnp.int32))
     return SavedModel(state, config, vocabulary, history, metrics, folder)
+
+
+def _load_vocabulary(described: Any, folder: Path) -> Vocabulary | FeatureSpec:
+    """The vocabulary `model.json` describes: inline (`vectorizer_from_dict`), or in
+    FEATURES_FILE, checked against its SHA-256 (equal files load once per process)."""
+    if not (isinstance(described, dict) and "file" in described):
+        return vectorizer_from_dict(described)
+    if described["file"] != FEATURES_FILE:
+        raise ImdbJaxError(f"the features must be in {FEATURES_FILE}, not {described['file']!r}")
+    try:
+        data = (folder / FEATURES_FILE).read_bytes()
+    except FileNotFoundError:
+        raise ImdbJaxError(f"{FEATURES_FILE} is missing") from None
+    except OSError as error:
+        raise ImdbJaxError(f"cannot read {FEATURES_FILE}: {error}") from None
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != described.get("sha256"):
+        raise ImdbJaxError(f"{FEATURES_FILE} is corrupt or does not belong to {MODEL_FILE} (checksum mismatch)")
+    if digest not in _loaded_features:
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+                arrays = {name: archive[name] for name in archive.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+            raise ImdbJaxError(f"{FEATURES_FILE} is not a readable .npz file ({error})") from None
+        if len(_loaded_features) >= 4:
+            _loaded_features.pop(next(iter(_loaded_features)))
+        _loaded_features[digest] = FeatureSpec.from_arrays(arrays)
+    return _loaded_features[digest]
