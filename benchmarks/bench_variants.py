@@ -1,16 +1,21 @@
-"""Variants: seconds per epoch when K variants of 16-16 (different seeds) train together.
+"""Variants: seconds per epoch when K variants of 16-16 (different seeds) train fused together.
 
-For K = 1, 4, 16, 64, 256 (`--variants`), the variants are planned and stacked the way
-`imdb_jax.variants.fit_variants` does (`plan_groups`, `group_carry`) and their compiled epoch is
-timed apart from its compilation:
-  compile            trace + lower + XLA compile of one epoch of all K
-  epoch_steady       one epoch of all K together (median of --repeats, each a fresh shuffle)
-  variant_epoch      the same divided by K: the cost of one variant-epoch
+For K = 1, 4, 16, 64, 256 (`--variants`), `imdb_jax.variants.fit_variants` trains the K variants
+fused (first layers side by side in one kernel, later layers stacked) for 1 + --repeats epochs,
+each epoch timed through the library's hook (`VariantsResult.epoch_seconds`):
+  compile            JAX's compile events inside the first epoch (`jax.monitoring`)
+  epoch_steady       one epoch of all K together (median of the later epochs, each a fresh
+                     shuffle), with its share of the machine's roofline (benchmarks/roofline.py)
+  variant_epoch      the same divided by K: one variant-epoch, against one solo epoch (K = 1 in
+                     the same run) and one Keras 16-16 epoch
   peak memory        the process's peak RSS while that K was built, compiled and run (the peak
                      mark is reset before each K, so peaks do not accumulate)
 then a least-squares line epoch_s = fixed_s + per_variant_s * K (how the cost grows with K), and
-a mixed-width study (one hidden layer of 4, 16 and 512 units) grouped as fit_variants would.
-Each figure comes with its ratio to one Keras 16-16 epoch measured in the same run.
+a mixed-width study (one hidden layer of 4, 16 and 512 units) fused, against Keras fitting the
+three one after another.
+
+Targets (issue 8), at K = 64: a variant-epoch at most 0.5x one solo epoch, and at least 40x
+faster than one Keras (TensorFlow) epoch.
 
   python benchmarks/bench_variants.py                      # all 25,000 reviews
   python benchmarks/bench_variants.py --variants 1,64 --repeats 3
@@ -31,6 +36,7 @@ import common  # noqa: E402
 DEFAULT_VARIANTS = "1,4,16,64,256"
 QUICK_VARIANTS = "1,4"
 MIXED_WIDTHS = (4, 16, 512)
+TARGET_VARIANTS = 64  # the issue's targets are read at K = 64
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,15 +44,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     common.add_common_args(parser)
     parser.add_argument("--variants", default=None, help=f"comma-separated K values (default {DEFAULT_VARIANTS}; --quick {QUICK_VARIANTS})")
     parser.add_argument("--first-layer", choices=("auto", "sparse", "dense"), default="auto", help="first layer path (default: auto, as fit_variants)")
-    parser.add_argument("--grouping", choices=("auto", "shape", "pad"), default="auto", help="grouping of the mixed-width study (default: auto)")
     parser.add_argument("--no-mixed", action="store_true", help="skip the mixed-width (4/16/512) study")
+    parser.add_argument("--no-roofline", action="store_true", help="do not measure the machine's roofline")
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument(
         "--budget",
         type=float,
         default=60.0,
-        help="seconds of steady epochs to aim for per K: fewer repeats (at least 2) for a K whose epoch "
-        "the earlier K predict to be slow (default 60; 0 always runs --repeats)",
+        help="seconds of epochs to aim for per K: fewer repeats (at least 2) for a K whose epoch the earlier K "
+        "predict to be slow, and no run at all where even 1 + 2 epochs would take over twice this (default 60; "
+        "0: always --repeats)",
     )
     args = common.resolve_common_args(parser.parse_args(argv), default_repeats=3)
     text = args.variants or (QUICK_VARIANTS if args.quick else DEFAULT_VARIANTS)
@@ -59,49 +66,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def repeats_for(count: int, points: list[tuple[int, float]], args: argparse.Namespace) -> int:
-    """--repeats, or fewer (never under 2) when the line through the earlier K predicts this K's
-    steady epochs would take more than --budget seconds."""
-    if not args.budget or not points:
-        return args.repeats
+def predicted_epoch_s(count: int, points: list[tuple[int, float]]) -> float | None:
+    """The steady epoch of K = `count` the earlier (K, epoch_s) points predict (None: no points)."""
+    if not points:
+        return None
     line = growth(points) if len(points) >= 2 else {"fixed_s": 0.0, "per_variant_s": points[0][1] / points[0][0]}
-    predicted = max(line["fixed_s"] + line["per_variant_s"] * count, 1e-3)
-    return max(min(2, args.repeats), min(args.repeats, int(args.budget // predicted)))
+    return max(line["fixed_s"] + line["per_variant_s"] * count, 1e-3)
 
 
-def time_variants(specs, dataset: common.Dataset, args: argparse.Namespace, grouping: str, repeats: int | None = None) -> dict | None:
-    """Trains `specs` together with `fit_variants` for 1 + repeats epochs, each epoch timed.
+def repeats_for(count: int, points: list[tuple[int, float]], args: argparse.Namespace) -> int:
+    """--repeats, or fewer (never under 2) when the earlier K predict this K's epochs would take
+    more than --budget seconds; 0 when even 1 + 2 epochs would take over twice --budget."""
+    predicted = predicted_epoch_s(count, points)
+    if not args.budget or predicted is None:
+        return args.repeats
+    if 3 * predicted > 2 * args.budget:
+        return 0
+    return max(min(2, args.repeats), min(args.repeats, int(args.budget // predicted) - 1))
+
+
+def time_variants(specs, dataset: common.Dataset, args: argparse.Namespace, repeats: int) -> dict:
+    """Trains `specs` fused with `fit_variants` for 1 + repeats epochs, each epoch timed.
 
     Returns:
-      `EpochTimer.figures()` plus "groups" (padded shape and size of each group), "path"
-      (sparse/dense) and memory: "rss_before_mb", "peak_rss_mb" (the peak since this call began);
-      None when the epochs could not be timed.
+      `common.time_fit_variants`' figures plus "blocks" (widths and size of each fused block),
+      "fused_width" and memory: "rss_before_mb", "peak_rss_mb" (the peak since this call began).
     """
-    from imdb_jax.variants import fit_variants
-
     rss_before = common.current_rss_bytes()
     resettable = common.reset_peak_rss()
-    with common.EpochTimer() as timer:
-        result = fit_variants(
-            specs,
-            dataset.train,
-            epochs=1 + (args.repeats if repeats is None else repeats),
-            batch_size=args.batch_size,
-            first_layer=args.first_layer,
-            grouping=grouping,
-            progress=False,
-        )
-    timing = timer.figures()
-    if timing is None:
-        return None
+    timing = common.time_fit_variants(specs, dataset.train, epochs=1 + repeats, batch_size=args.batch_size, first_layer=args.first_layer)
+    layout = timing["result"].layout
     timing.update(
-        groups=[{"hidden_units": list(group.hidden_units), "variants": len(group.members)} for group in result.groups],
-        path=common.variants_path(result),
+        blocks=[{"hidden_units": list(block.hidden_units), "variants": block.size} for block in layout.blocks],
+        fused_width=layout.width,
         rss_before_mb=common.megabytes(rss_before),
         peak_rss_mb=common.megabytes(common.peak_rss_bytes()),
         peak_rss_scope="since this setting began" if resettable else "process lifetime (peak mark not resettable here)",
     )
-    del result
     return timing
 
 
@@ -117,16 +118,29 @@ def growth(points: list[tuple[int, float]]) -> dict | None:
     return {"fixed_s": float(fixed), "per_variant_s": float(per_variant), "points": [[int(k), float(s)] for k, s in points]}
 
 
-def emit_timing(reporter, name: str, settings: dict, timing: dict, count: int, figures: dict, dataset, all_figures: dict | None = None) -> None:
+def emit_timing(
+    reporter, name: str, settings: dict, timing: dict, count: int, dataset, machine: dict | None,
+    keras: dict, solo_s: float | None = None, all_figures: dict | None = None,
+) -> dict:
     """Emits compile, first epoch, steady epoch (of all `count` together, compared with
-    `all_figures`) and per-variant epoch (compared with one Keras 16-16 epoch, `figures`, or the
-    cited one when `dataset` is given and Keras TF did not run)."""
+    `all_figures`) and per-variant epoch (compared with one solo epoch `solo_s` and with one
+    Keras 16-16 epoch, `keras`, or the cited one on the full data when Keras TF did not run).
+
+    Returns:
+      The per-variant summary.
+    """
+    import roofline
+
     compile_s = timing["compile_s"]
     memory = {key: timing[key] for key in ("rss_before_mb", "peak_rss_mb", "peak_rss_scope")}
-    settings = {**settings, "path": timing["path"], "groups": timing["groups"]}
+    settings = {**settings, "path": timing["path"], "blocks": timing["blocks"], "fused_width": timing["fused_width"]}
     steady = timing["steady"]
-    reporter.emit("compile", name, settings, **common.summarize([compile_s]))
-    reporter.emit("epoch_first", name, settings, **common.summarize([timing["first_epoch_s"]]), compile_s=compile_s, first_run_s=timing["first_run_s"])
+    reporter.emit("compile", name, settings, **common.summarize([compile_s]), first_epoch_excess_s=timing["first_epoch_excess_s"])
+    reporter.emit("epoch_first", name, settings, **common.summarize([timing["first_epoch_s"]]), compile_s=compile_s)
+    extra = {}
+    if machine is not None:
+        layout = timing["result"].layout
+        extra = roofline.roofline_fields(layout, dataset.train.x, steady["median_s"], machine, batch_size=settings["batch_size"], dense_words=timing["dense_words"])
     reporter.emit(
         "epoch_steady",
         name,
@@ -135,18 +149,48 @@ def emit_timing(reporter, name: str, settings: dict, timing: dict, count: int, f
         compile_s=compile_s,
         recompiled=timing["recompiled"],
         **memory,
+        **extra,
         vs=common.versus(steady["median_s"], all_figures or {}, "steady_epoch_s"),
     )
     per_variant = {key: value / count for key, value in steady.items() if key.endswith("_s") and key != "samples_s"}
     per_variant.update(repeats=steady["repeats"], samples_s=[value / count for value in steady["samples_s"]])
-    reporter.emit(
-        "variant_epoch",
-        name,
-        settings,
-        **per_variant,
-        compile_s=compile_s,
-        **memory,
-        vs=common.versus(per_variant["median_s"], figures, "steady_epoch_s", "keras_tensorflow_epoch_steady_s" if dataset else None, dataset),
+    comparisons = {} if all_figures is not None else common.versus(per_variant["median_s"], keras, "steady_epoch_s", "keras_tensorflow_epoch_steady_s", dataset)
+    if solo_s is not None and count > 1:
+        comparisons["solo_epoch"] = common.compare(per_variant["median_s"], solo_s)
+    reporter.emit("variant_epoch", name, settings, **per_variant, compile_s=compile_s, **memory, vs=comparisons)
+    return per_variant
+
+
+def emit_targets(reporter, dataset, count: int, per_variant_s: float | None, solo_s: float | None, keras: dict) -> None:
+    """The issue's two fused-variants targets at K = `count`."""
+    import baselines
+
+    solo_target = f"{count} x 16-16 fused: per variant-epoch <= 0.5x one solo epoch"
+    keras_target = f"{count} x 16-16 fused: per variant-epoch >= 40x faster than one Keras TF epoch"
+    if per_variant_s is None:
+        for target, threshold, op in ((solo_target, 0.5, "<="), (keras_target, 40, ">=")):
+            reporter.target(target, value=None, threshold=threshold, op=op, figure="", why_not=f"K = {count} not run (--variants / --budget)")
+        return
+    reporter.target(
+        solo_target,
+        value=None if solo_s is None else per_variant_s / solo_s,
+        threshold=0.5,
+        op="<=",
+        figure="" if solo_s is None else f"{per_variant_s:.4f} s per variant-epoch vs solo {solo_s:.4f} s",
+        why_not="K = 1 not run in this run",
+    )
+    keras_s = keras.get("keras_tensorflow", {}).get("steady_epoch_s")
+    cited = keras_s is None and common.cited_applies(dataset)
+    if cited:
+        keras_s = baselines.CITED["keras_tensorflow_epoch_steady_s"]
+    reporter.target(
+        keras_target,
+        value=None if keras_s is None else keras_s / per_variant_s,
+        threshold=40,
+        op=">=",
+        figure="" if keras_s is None else f"Keras TF {keras_s:.3f} s{' (cited)' if cited else ''} vs {per_variant_s:.4f} s per variant-epoch",
+        cited=cited,
+        why_not="Keras TF not measured (and the cited figure is for all 25,000 real reviews only)",
     )
 
 
@@ -185,40 +229,47 @@ def keras_mixed_baselines(reporter, args, dataset, epochs: int = 3) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from imdb_jax.variants import VariantSpec
+    import roofline
+    from imdb_jax.specs import VariantSpec
 
     args = parse_args(argv)
     reporter = common.Reporter("variants", args)
     dataset = common.dataset_from_args(args)
-    figures = common.keras_seed_baselines(reporter, args, dataset)
+    keras = common.keras_seed_baselines(reporter, args, dataset)
+    machine = None if args.no_roofline else roofline.machine_figures(args)
     base = {"batch_size": args.batch_size, "first_layer": args.first_layer, **dataset.describe()}
 
-    points = []
+    points, per_variant, solo_s = [], {}, None
     for count in args.variants:
-        common.log(f"imdb_jax: {count} variants of 16-16 together ...")
-        specs = [VariantSpec(hidden_units=(16, 16), seed=seed) for seed in range(count)]
-        timing = time_variants(specs, dataset, args, "auto", repeats_for(count, points, args))
-        if timing is None:
-            reporter.note(f"imdb_jax {count}x 16-16", "per-epoch timing unavailable: fit_variants no longer calls imdb_jax.train.train_epoch")
+        name = f"imdb_jax {count}x 16-16"
+        repeats = repeats_for(count, points, args)
+        if repeats == 0:
+            reporter.note(name, f"not run: the earlier K predict {predicted_epoch_s(count, points):.0f} s per epoch, over --budget {args.budget:.0f} s")
             continue
-        emit_timing(reporter, f"imdb_jax {count}x 16-16", {**base, "model": "16-16-1", "variants": count}, timing, count, figures, dataset)
+        common.log(f"imdb_jax: {count} variants of 16-16 fused, 1 + {repeats} epochs ...")
+        specs = [VariantSpec(hidden_units=(16, 16), seed=seed) for seed in range(count)]
+        timing = time_variants(specs, dataset, args, repeats)
+        settings = {**base, "model": "16-16-1", "variants": count}
+        per_variant[count] = emit_timing(reporter, name, settings, timing, count, dataset, machine, keras, solo_s)["median_s"]
+        if count == 1:
+            solo_s = timing["steady"]["median_s"]
         points.append((count, timing["steady"]["median_s"]))
+        del timing
     line = growth(points)
     if line is not None:
         reporter.emit("growth", "imdb_jax 16-16 epoch_s vs K", {**base, "model": "16-16-1", "variants": args.variants}, **line)
         common.log(f"growth: epoch_s = {line['fixed_s']:.3f} + {line['per_variant_s']:.4f} * K")
 
     if not args.no_mixed:
-        common.log(f"imdb_jax: mixed widths {MIXED_WIDTHS}, grouping={args.grouping} ...")
+        common.log(f"imdb_jax: mixed widths {MIXED_WIDTHS} fused ...")
         specs = [VariantSpec(hidden_units=(width,)) for width in MIXED_WIDTHS]
-        timing = time_variants(specs, dataset, args, args.grouping)
+        timing = time_variants(specs, dataset, args, args.repeats)
         name = "imdb_jax mixed " + "/".join(str(width) for width in MIXED_WIDTHS)
-        settings = {**base, "model": "one hidden layer", "widths": list(MIXED_WIDTHS), "grouping": args.grouping, "variants": len(specs)}
-        mixed_figures = keras_mixed_baselines(reporter, args, dataset)
-        if timing is None:
-            reporter.note(name, "per-epoch timing unavailable")
-        else:
-            emit_timing(reporter, name, settings, timing, len(specs), {}, None, all_figures=mixed_figures)
+        settings = {**base, "model": "one hidden layer", "widths": list(MIXED_WIDTHS), "variants": len(specs)}
+        mixed_keras = keras_mixed_baselines(reporter, args, dataset)
+        emit_timing(reporter, name, settings, timing, len(specs), dataset, machine, {}, all_figures=mixed_keras)
+    target_k = TARGET_VARIANTS if TARGET_VARIANTS in args.variants else max(args.variants)
+    emit_targets(reporter, dataset, target_k, per_variant.get(target_k), solo_s, keras)
     if not args.no_table:
         reporter.table()
     return 0

@@ -1,12 +1,14 @@
-"""Runs every benchmark in one go and writes the full table.
+"""Runs every benchmark in one go and writes the targets table and the full table.
 
 Each script runs in its own process, one after another, all sharing one baselines cache so each
-Keras / scikit-learn baseline is measured once per run and every ratio still comes from the same
-run. Output goes to runs/benchmarks-<UTC time>/ (git-ignored):
+Keras / scikit-learn baseline (and the machine's roofline ceilings) is measured once per run and
+every ratio still comes from the same run. Output goes to runs/benchmarks-<UTC time>/
+(git-ignored):
   <script>.jsonl   the JSON lines of each script
   results.jsonl    all of them
-  table.md         the Markdown table for benchmarks/README.md (machine, date, command on top)
-and the readable table is printed at the end.
+  table.md         for benchmarks/README.md: machine, date, load, command; every issue target
+                   with the figures measured, the ratio and met / not met; then every record
+and both tables are printed at the end.
 
   python benchmarks/run_all.py                       # the default suite, about 10-15 minutes
   python benchmarks/run_all.py --keras-study         # plus Keras' sequential study (+8 minutes)
@@ -29,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 
-SCRIPTS = ("single", "variants", "study", "scaling")
+SCRIPTS = ("single", "variants", "study", "scaling", "roofline")
+FILES = {name: f"bench_{name}.py" for name in SCRIPTS} | {"roofline": "roofline.py"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -70,11 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     shared += ["--synthetic"] if args.synthetic else []
     shared += ["--no-baselines"] if args.no_baselines else []
     records, failures, started = [], [], time.perf_counter()
+    load_before = common.env_record()["load_average"]
     for name in args.only:
-        command = [sys.executable, str(Path(__file__).resolve().parent / f"bench_{name}.py"), *shared]
+        command = [sys.executable, str(Path(__file__).resolve().parent / FILES[name]), *shared]
         if name == "study" and args.keras_study:
             command.append("--keras-study")
-        common.log(f"== bench_{name} ==")
+        common.log(f"== {FILES[name]} ==")
         start = time.perf_counter()
         done = subprocess.run(command, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         (out / f"{name}.jsonl").write_text(done.stdout)
@@ -82,18 +86,22 @@ def main(argv: list[str] | None = None) -> int:
         records += lines
         common.log(f"   {len(lines)} records in {time.perf_counter() - start:.0f} s")
         if done.returncode != 0:
-            failures.append(f"bench_{name} exited {done.returncode}")
+            failures.append(f"{FILES[name]} exited {done.returncode}")
     total = time.perf_counter() - started
     (out / "results.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
     env = common.env_record()
     header = [
         f"Machine: {env['cpu']}, {env['cpus_usable']} usable CPUs, {env['memory_gb']} GB; JAX {env['versions']['jax']} on {', '.join(env['devices'])}.",
-        f"Date: {env['date']}; commit {env['git']}; load average at the end {env['load_average']}.",
+        f"Date: {env['date']}; commit {env['git']}; load average (1, 5, 15 min) at the start {load_before}, at the end {env['load_average']}.",
         f"Command: `python benchmarks/run_all.py {' '.join(argv if argv is not None else sys.argv[1:])}`".rstrip() + f" ({total / 60:.1f} minutes).",
         "",
     ]
     table = unique(records)
-    (out / "table.md").write_text("\n".join(header) + common.markdown_table(table) + "\n")
+    markdown = "\n".join(header) + "Targets (issue 8; ratios measured in this run unless marked *):\n\n" + common.markdown_targets(table)
+    markdown += "\n\nEvery measurement:\n\n" + common.markdown_table(table) + "\n"
+    if any(record.get("cited") or any((figures or {}).get("cited") for figures in (record.get("vs") or {}).values()) for record in table):
+        markdown += "\n`*` cited reference figure (shared/DATA.md), not measured in this run.\n"
+    (out / "table.md").write_text(markdown)
     common.print_table(table, file=sys.stdout)
     common.log(f"\nwrote {out}/ (results.jsonl, table.md) in {total / 60:.1f} minutes")
     for failure in failures:
