@@ -328,7 +328,7 @@ class Reporter:
         target: str,
         *,
         value: float | None,
-        threshold: float,
+        threshold: float | None,
         op: str,
         figure: str,
         config: dict[str, Any] | None = None,
@@ -341,17 +341,20 @@ class Reporter:
         Args:
           target: the target as the issue states it.
           value: the measured ratio; None when it could not be measured (`why_not` says why).
-          threshold: the bound.
-          op: "<=" (value at most threshold) or ">=".
+          threshold: the bound (None with op "report").
+          op: "<=" (value at most threshold), ">=", or "report" (a figure the issue asks to see,
+            with no bound: `met` stays None).
           figure: the measured figures the ratio comes from, in words.
           cited: the ratio uses a cited reference figure, not one measured in this run.
           unit: how the value reads ("x" for a ratio, "" for a plain figure such as an accuracy).
         """
-        if op not in ("<=", ">="):
-            raise ValueError(f"op must be <= or >=, got {op!r}")
-        met = None if value is None else (value <= threshold if op == "<=" else value >= threshold)
+        if op not in ("<=", ">=", "report"):
+            raise ValueError(f"op must be <=, >= or report, got {op!r}")
+        met = None if value is None or op == "report" else (value <= threshold if op == "<=" else value >= threshold)
         if value is None:
             log(f"target: {target}: not measured ({why_not})")
+        elif op == "report":
+            log(f"target: {target}: {value:.4g}{unit} ({figure})")
         else:
             log(f"target: {target}: {value:.4g}{unit} ({'met' if met else 'not met'}; {figure})")
         return self.emit(
@@ -484,6 +487,9 @@ def target_rows(records: Iterable[dict[str, Any]]) -> list[list[str]]:
             rows.append([record["name"], record.get("why_not") or "", "", "not measured"])
             continue
         unit = record.get("unit", "x")
+        if record["op"] == "report":
+            rows.append([record["name"], record["figure"], f"{record['value']:.3g}{unit}", "reported"])
+            continue
         ratio = f"{record['value']:.4g}{unit} (target {record['op']} {record['threshold']:g}{unit})" + ("*" if record.get("cited") else "")
         rows.append([record["name"], record["figure"], ratio, "met" if record["met"] else "not met"])
     return rows

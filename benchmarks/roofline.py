@@ -307,7 +307,16 @@ def main(argv: list[str] | None = None) -> int:
                 compile_s=timing["compile_s"],
                 **fields,
             )
-            common.log(f"  {steady['median_s']:.3f} s per epoch; roofline {fields['roofline_s']:.3f} s = {fields['roofline_pct']:.0f} %")
+            reporter.target(
+                f"{name}: steady epoch as % of the measured roofline",
+                value=fields["roofline_pct"],
+                threshold=None,
+                op="report",
+                figure=f"{steady['median_s']:.3g} s measured vs roofline {fields['roofline_s']:.3g} s "
+                f"({fields['roofline']['memory_s']:.3g} s of bytes at {machine['bandwidth_gb_s']:.1f} GB/s, "
+                f"{fields['roofline']['compute_s']:.3g} s of FLOPs at {machine['matmul_gflop_s']:.0f} GFLOP/s)",
+                unit=" %",
+            )
     if not args.no_table:
         reporter.table()
     return 0

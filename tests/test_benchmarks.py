@@ -96,8 +96,8 @@ def test_quick_run_prints_json_records_and_a_table(runs, name):
             assert record["min_s"] <= record["q1_s"] <= record["median_s"] <= record["q3_s"] <= record["max_s"]
             assert record["repeats"] == len(record["samples_s"]) >= 1
         if record["what"] == "target":
-            assert TARGET_KEYS <= record.keys() and record["op"] in ("<=", ">=")
-            assert (record["value"] is None) == (record["met"] is None)
+            assert TARGET_KEYS <= record.keys() and record["op"] in ("<=", ">=", "report")
+            assert (record["value"] is None or record["op"] == "report") == (record["met"] is None)
     assert "measurement" in runs[name]["stderr"] and "median s" in runs[name]["stderr"]
 
 
@@ -156,6 +156,8 @@ def test_roofline_reports_the_machine_and_three_epochs(runs):
     widths = [record["roofline"]["fused_width"] for record in epochs.values()]
     assert widths == [16, 512, 4 + 16 + 512 + 6 * 16]
     assert all(record["roofline_pct"] > 0 for record in epochs.values())
+    reported = by_what(records, "target")
+    assert len(reported) == 3 and {record["op"] for record in reported.values()} == {"report"}
 
 
 @pytest.mark.skipif(BASELINES_INSTALLED, reason="a baseline package is installed here; its skip note cannot be checked")
@@ -216,8 +218,9 @@ def test_targets_are_met_by_the_side_of_the_threshold_they_fall(capsys):
     assert reporter.target("at most", value=1.3, threshold=1.25, op="<=", figure="")["met"] is False
     assert reporter.target("at least", value=30.0, threshold=25, op=">=", figure="")["met"] is True
     assert reporter.target("unmeasured", value=None, threshold=25, op=">=", figure="", why_not="no Keras")["met"] is None
+    assert reporter.target("a share", value=34.0, threshold=None, op="report", figure="", unit=" %")["met"] is None
     rows = common.target_rows(reporter.records)
-    assert [row[-1] for row in rows] == ["met", "not met", "met", "not measured"]
+    assert [row[-1] for row in rows] == ["met", "not met", "met", "not measured", "reported"]
     with pytest.raises(ValueError):
         reporter.target("bad", value=1.0, threshold=1.0, op="<", figure="")
     capsys.readouterr()
