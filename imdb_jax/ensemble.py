@@ -25,7 +25,8 @@ import scipy.sparse as sp
 from imdb_jax import __version__
 from imdb_jax.atomic import atomic_write, json_bytes
 from imdb_jax.errors import ImdbJaxError
-from imdb_jax.text import Text
+from imdb_jax.features import FeatureSpec
+from imdb_jax.text import Text, token_ids
 
 FORMAT = "imdb_jax.ensemble"
 FORMAT_VERSION = 1
@@ -105,6 +106,9 @@ class EnsembleModel:
             texts = [texts]
         texts = list(texts)
         vectorizers, member_matrix = self._feature_groups
+        if len(vectorizers) > 1 and all(isinstance(vectorizer, FeatureSpec) for vectorizer in vectorizers):
+            tokens = token_ids(texts)  # tokenised once for every feature set
+            return EnsembleRows(tuple(vectorizer.transform_tokens(tokens) for vectorizer in vectorizers), member_matrix)
         return EnsembleRows(tuple(vectorizer.transform(texts) for vectorizer in vectorizers), member_matrix)
 
     def rows_from(self, matrices: Sequence[sp.csr_matrix]) -> EnsembleRows:

@@ -17,7 +17,7 @@ import warnings
 from imdb_jax.cli._interrupt import INTERRUPTED, Guard
 from imdb_jax.errors import ImdbJaxError
 
-COMMANDS = ("data", "train", "predict", "evaluate", "study")
+COMMANDS = ("data", "train", "predict", "evaluate", "study", "tune")
 
 
 class _Parser(argparse.ArgumentParser):
