@@ -128,11 +128,11 @@ BUDGETS: dict[str, SearchSpace] = {
     ),
     # Under five minutes on the 2-core CPU, features built from nothing.
     "default": SearchSpace(feature_sets=(NB_1_3, NB_1_2, TFIDF_1_3, BINARY_1_3)),
-    # Several times longer: more feature sets, wider grid, more seeds and epochs.
+    # More feature sets, a wider grid, more seeds and epochs: several times the default's time.
     "thorough": SearchSpace(
         feature_sets=(NB_1_3, NB_1_2, FeatureSet("nb", 1), TFIDF_1_3, FeatureSet("tfidf", 2), BINARY_1_3),
-        learning_rates=(1e-3, 3e-3, 1e-2), refine_sets=3, hidden=((4,), (8,), (16,), (32,), (8, 8)),
-        dropout=(0.0, 0.25, 0.5), weight_decay=(0.0, 1.0, 3.0), extra_seeds=4, epochs=8, ensemble_size=8, max_feature_sets=3,
+        learning_rates=(1e-3, 3e-3, 1e-2), refine_sets=3, hidden=((4,), (8,), (16,), (8, 8)),
+        dropout=(0.0, 0.25, 0.5), weight_decay=(0.0, 1.0), extra_seeds=4, epochs=8, ensemble_size=8, max_feature_sets=3,
     ),
 }
 
@@ -203,14 +203,24 @@ def resolve_budget(budget: str | SearchSpace) -> SearchSpace:
     return BUDGETS[budget]
 
 
-
 # ---------------------------------------------------------------------------------------------
 # The search: fused runs, scored on the validation reviews.
 
 
 def run_search(space: SearchSpace, load: Callable, book: Callable[[str, float], None], log: Callable, progress: bool):
-    """Both rounds (``imdb_jax.tune`` steps 1 and 2): ``load(features, held_out)`` gives an
-    ``IMDbData``, ``book(stage, seconds)`` records time. Returns (candidates, float64[candidates, validation] probabilities, labels)."""
+    """Both rounds (``imdb_jax.tune`` steps 1 and 2).
+
+    Args:
+      space: what to train.
+      load: ``load(features, held_out) -> IMDbData``.
+      book: ``book(stage, seconds)`` records time.
+      log: prints a progress line.
+      progress: progress bars for the runs.
+
+    Returns:
+      (candidates, float64[candidates, validation] their validation probabilities at their best
+      epochs, float64[validation] the validation labels).
+    """
     candidates: list[Candidate] = []
     probabilities: list[np.ndarray] = []
     labels = None
@@ -271,21 +281,22 @@ def train_candidates(
         loss = math.nan if best is None else history["val_loss"][best - 1]
         accuracy = math.nan if best is None else history["val_accuracy"][best - 1]
         candidates.append(Candidate(features, spec, round_name, history, best, loss, accuracy))
-        probabilities.append(1.0 / (1.0 + np.exp(-logits[index].astype(np.float64))) if best is not None else np.full(len(validation), 0.5))
+        probabilities.append(1.0 / (1.0 + np.exp(-logits[index].astype(np.float64))) if best is not None else np.full(logits.shape[1], 0.5))
     return candidates, probabilities
 
 
 def best_validation_logits(result: Any, validation: Any, batch_size: int) -> np.ndarray:
     """float32[variants, reviews]: every variant's validation logits with its best weights, from
     one compiled pass of all of them fused."""
-    from imdb_jax.device_data import to_device
+    from imdb_jax.device_data import as_xy, to_device
     from imdb_jax.train import EpochPlan, fetch
 
+    reviews = as_xy(validation)[0].shape[0]
     data = to_device(validation, result.dense_words)
     plan = EpochPlan(data, batch_size, shuffle=False)
     fused = result.fused.replace(params=result.fused.best_params)
     logits = np.asarray(fetch(_fused_logits_program()(fused, data, plan.rows, capacity=plan.capacity)))  # [batches, shards, slots, batch]
-    logits = np.moveaxis(logits, 0, 2).reshape(logits.shape[1], logits.shape[2], -1)[..., : len(validation)]
+    logits = np.moveaxis(logits, 0, 2).reshape(logits.shape[1], logits.shape[2], -1)[..., :reviews]
     slots = result.layout.slots
     return np.stack([logits[slot // slots, slot % slots] for slot in result.slot_of])
 

@@ -104,6 +104,31 @@ def test_flipped_test_labels_change_nothing_but_the_test_score(corpora, tuned):
     assert tuned.test_accuracy > 0.8  # the corpus is learnable: the flip is visible
 
 
+def test_fused_validation_logits_are_each_variants_own():
+    """The one fused pass gives each variant the logits its own best weights give alone."""
+    from imdb_jax.train import predict
+    from imdb_jax.tune_search import best_validation_logits
+    from imdb_jax.variants import fit_variants
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 120).astype(np.float32)
+    texts = [" ".join(list(rng.choice(NEUTRAL, 6)) + list(rng.choice(POSITIVE if label else NEGATIVE, 2))) for label in labels]
+    features, x = FeatureSpec.fit_transform(texts, labels, ngrams=2, weighting="nb")
+    specs = [VariantSpec(hidden_units=(8,), seed=1), VariantSpec(hidden_units=(4,), dropout_rate=0.5), VariantSpec(hidden_units=(4, 4))]
+    train, validation = (x[40:], labels[40:]), (x[:40], labels[:40])
+    result = fit_variants(specs, train, validation, epochs=3, batch_size=32, progress=False)
+    logits = best_validation_logits(result, validation, 32)
+    for index in range(len(specs)):
+        alone = predict(result.state(index, "best"), validation[0])
+        np.testing.assert_allclose(1 / (1 + np.exp(-logits[index].astype(np.float64))), alone, rtol=1e-5, atol=1e-6)
+
+
+def test_single_choice_figures_match_its_history(tuned):
+    single = tuned.candidates[tuned.choice.single]
+    assert tuned.choice.single_metrics["accuracy"] == pytest.approx(single.val_accuracy, abs=1e-9)
+    assert tuned.choice.single_metrics["loss"] == pytest.approx(single.val_loss, rel=1e-4)
+
+
 def test_search_features_hold_the_validation_reviews_out(tuned):
     loads = tuned.summary["features_loaded"]
     search = [item for item in loads if item["held_out"] == VALIDATION]
