@@ -64,7 +64,7 @@ from imdb_jax.config import ModelConfig
 from imdb_jax.errors import ImdbJaxError
 from imdb_jax.features import FORMAT as FEATURES_FORMAT
 from imdb_jax.features import FeatureSpec, vectorizer_from_dict
-from imdb_jax.steps import TrainState, create_train_state
+from imdb_jax.steps import TrainState, create_train_state, train_state_from_params
 from imdb_jax.text import Text, Vocabulary
 from imdb_jax.train import predict
 
@@ -146,7 +146,7 @@ def _flat_params(params: Any) -> dict[str, np.ndarray]:
 @functools.cache
 def _expected_shapes(config: ModelConfig) -> dict[str, tuple[tuple[int, ...], str]]:
     """{parameter path: (shape, dtype)} of a model with `config`, without computing weights."""
-    shapes = jax.eval_shape(lambda key: create_train_state(key, config).params, jax.random.key(0))
+    shapes = jax.eval_shape(lambda: create_train_state(jax.random.key(0), config).params)  # traced, not run
     return {name: (tuple(leaf.shape), str(leaf.dtype)) for name, leaf in traverse_util.flatten_dict(shapes, sep="/").items()}
 
 
@@ -376,9 +376,9 @@ def load_model(path: str | os.PathLike) -> SavedModel:
             raise ImdbJaxError(f"{folder}: {HISTORY_FILE} is not a history ({error})") from None
     metrics = model.get("metrics")
 
-    template = create_train_state(jax.random.key(0), config)
-    params = traverse_util.unflatten_dict({name: jnp.asarray(value) for name, value in flat.items()}, sep="/")
-    state = template.replace(params=params, step=jnp.asarray(step, jnp.int32))
+    # Built around the saved weights without compiling anything (a fresh optimiser state).
+    params = traverse_util.unflatten_dict(dict(flat.items()), sep="/")
+    state = train_state_from_params(params, config, step=step)
     return SavedModel(state, config, vocabulary, history, metrics, folder)
 
 

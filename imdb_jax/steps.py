@@ -89,16 +89,17 @@ def train_state_from_params(params: Any, config: ModelConfig, *, nu: Any = None,
         optimiser).
       step: updates already done.
     """
-    params = jax.tree_util.tree_map(jnp.asarray, params)
+    # jax.device_put, not jnp.asarray: the latter compiles a small copy program per shape.
+    params = jax.device_put(jax.tree_util.tree_map(np.asarray, params))
     shapes = jax.eval_shape(rmsprop().init, params)
-    opt_state = jax.tree_util.tree_map(lambda leaf: jnp.asarray(np.zeros(leaf.shape, leaf.dtype)), shapes)
+    opt_state = jax.device_put(jax.tree_util.tree_map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), shapes))
     hyperparams = dict(opt_state.hyperparams)
-    hyperparams["learning_rate"] = jnp.asarray(np.float32(config.learning_rate))
-    hyperparams["weight_decay"] = jnp.asarray(np.float32(config.weight_decay))
+    hyperparams["learning_rate"] = jax.device_put(np.float32(config.learning_rate))
+    hyperparams["weight_decay"] = jax.device_put(np.float32(config.weight_decay))
     inner = list(opt_state.inner_state)
     if nu is not None:
-        inner[0] = inner[0]._replace(nu=jax.tree_util.tree_map(jnp.asarray, nu))
-    step = jnp.asarray(np.int32(step))
+        inner[0] = inner[0]._replace(nu=jax.device_put(jax.tree_util.tree_map(np.asarray, nu)))
+    step = jax.device_put(np.int32(step))
     opt_state = opt_state._replace(hyperparams=hyperparams, inner_state=tuple(inner), count=step)
     model = _shared_model(config.num_words, config.hidden_units)
     return TrainState(
@@ -107,7 +108,7 @@ def train_state_from_params(params: Any, config: ModelConfig, *, nu: Any = None,
         params=params,
         tx=rmsprop(),
         opt_state=opt_state,
-        hparams={name: jnp.asarray(np.float32(getattr(config, name))) for name in ("dropout_rate", "l1", "l2")},
+        hparams={name: jax.device_put(np.float32(getattr(config, name))) for name in ("dropout_rate", "l1", "l2")},
     )
 
 

@@ -75,7 +75,7 @@ def put_variant(fused: dict[str, Any], layout: Layout, slot: int, params: Any) -
 
 
 def take_variant(fused: Any, layout: Layout, slot: int) -> dict[str, Any]:
-    """One variant's Flax params cut out of fused (host) arrays of one shard."""
+    """One variant's Flax params (NumPy) cut out of fused host arrays of one shard."""
     index, block, position = _locate(layout, slot)
     width = block.hidden_units[0]
     columns = slice(block.offset + position * width, block.offset + (position + 1) * width)
@@ -84,7 +84,7 @@ def take_variant(fused: Any, layout: Layout, slot: int) -> dict[str, Any]:
         params[f"hidden_{layer}"] = {"kernel": source["kernel"][position], "bias": source["bias"][position]}
     output = fused["blocks"][index]["output"]
     params["output"] = {"kernel": output["kernel"][position], "bias": output["bias"][position]}
-    return jax.tree_util.tree_map(jnp.asarray, params)
+    return jax.tree_util.tree_map(np.asarray, params)
 
 
 def initial_state(

@@ -255,3 +255,26 @@ def test_a_save_killed_with_sigkill_at_a_random_moment_leaves_a_loadable_model(t
         process.wait()
         saves.append(load_model(folder).metrics["save"])  # whichever save won, it is whole
     assert all(isinstance(save, int) for save in saves)
+
+
+def test_loading_a_model_compiles_nothing(tmp_path):
+    """A saved model comes back without one XLA compilation (no init, no eager copies)."""
+    import subprocess
+    import sys
+
+    state = create_train_state(jax.random.key(0), ModelConfig(num_words=30, hidden_units=(4, 3)))
+    save_model(tmp_path / "m", state, ModelConfig(num_words=30, hidden_units=(4, 3)), Vocabulary([f"w{i}" for i in range(30)]))
+    script = (
+        "import sys, jax, jax.monitoring\n"
+        "compiles = []\n"
+        "jax.monitoring.register_event_duration_secs_listener("
+        "lambda event, duration, **kw: compiles.append(event) if event.endswith('backend_compile_duration') else None)\n"
+        "from imdb_jax.checkpoint import load_model\n"
+        "model = load_model(sys.argv[1])\n"
+        "assert model.state.params['hidden_1']['kernel'].shape == (4, 3)\n"
+        "print(len(compiles))\n"
+    )
+    env = {**__import__("os").environ, "IMDB_JAX_COMPILE_CACHE": "off", "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "m")], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["0"]
