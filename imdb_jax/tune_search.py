@@ -128,7 +128,7 @@ BUDGETS: dict[str, SearchSpace] = {
     ),
     # Under five minutes on the 2-core CPU, features built from nothing.
     "default": SearchSpace(feature_sets=(NB_1_3, NB_1_2, TFIDF_1_3, BINARY_1_3)),
-    # More feature sets, a wider grid, more seeds and epochs: several times the default's time.
+    # More feature sets, a wider grid, more seeds and epochs: about three times the default's time.
     "thorough": SearchSpace(
         feature_sets=(NB_1_3, NB_1_2, FeatureSet("nb", 1), TFIDF_1_3, FeatureSet("tfidf", 2), BINARY_1_3),
         learning_rates=(1e-3, 3e-3, 1e-2), refine_sets=3, hidden=((4,), (8,), (16,), (8, 8)),

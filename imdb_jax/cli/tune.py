@@ -13,7 +13,7 @@ from imdb_jax.errors import ImdbJaxError
 BUDGET_HELP = {
     "quick": "2 feature sets, about 1.5 minutes on 2 CPU cores",
     "default": "4 feature sets, under 5 minutes on 2 CPU cores",
-    "thorough": "6 feature sets and a wider grid, several times longer",
+    "thorough": "6 feature sets and a wider grid, about 3 times longer",
 }
 
 
@@ -21,7 +21,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "tune",
         help="the most accurate model in a few minutes: n-gram features and models searched on held-out reviews",
-        description=__doc__.splitlines()[0].split(": ", 1)[1] + " (the search space: `pydoc imdb_jax.tune`)",
+        description=__doc__.splitlines()[0].split(": ", 1)[1].rstrip(".") + "; the search space and why: `pydoc imdb_jax.tune`",
     )
     parser.add_argument("--output", help="model folder to write, with search.md, search.png and search.json (default: runs/tune-<timestamp>)")
     parser.add_argument(
