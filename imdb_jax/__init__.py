@@ -36,6 +36,7 @@ _EXPORTS = {
     "load_specs": "imdb_jax.specs",
     "fit_variants": "imdb_jax.variants",
     "run_study": "imdb_jax.study",
+    "tune": "imdb_jax.tune",
 }
 __all__ = ["__version__", *_EXPORTS]
 
