@@ -13,7 +13,7 @@ warm (nothing new to compile, as on every later run). The data cache is warm for
 
 Baselines, same run: Keras' seed final run (TensorFlow backend: densify, build, fit 4 epochs,
 evaluate, in its worker process, imports excluded); Keras' sequential study with --keras-study
-(13 models one after another, then the final one; about 8 minutes), otherwise the 486 s of
+(13 models one after another, then the final one; 3.5 minutes on the project machine), otherwise the 486 s of
 shared/DATA.md, marked cited.
 
 Targets (issue 8): `train`, second run, >= 5x faster than Keras' seed final run with test
@@ -356,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.baselines and not args.keras_study:
                     reporter.note(
                         "keras_tensorflow study",
-                        "not run (add --keras-study, about 8 minutes); the reference is the cited 486 s of shared/DATA.md "
+                        "not run (add --keras-study, a few minutes); the reference is the cited 486 s of shared/DATA.md "
                         "(full study, Keras TF backend, not measured in this run), compared only on the full protocol",
                     )
                 if full_study:

@@ -11,7 +11,7 @@ every ratio still comes from the same run. Output goes to runs/benchmarks-<UTC t
 and both tables are printed at the end.
 
   python benchmarks/run_all.py                       # the default suite, about 10-15 minutes
-  python benchmarks/run_all.py --keras-study         # plus Keras' sequential study (+8 minutes)
+  python benchmarks/run_all.py --keras-study         # plus Keras' sequential study (+4 minutes)
   python benchmarks/run_all.py --quick               # a smoke run on small slices
   python benchmarks/run_all.py --only single,variants --no-baselines
 """
