@@ -45,6 +45,12 @@ class VariantSpec:
         if not self.name:
             object.__setattr__(self, "name", self.default_name())
 
+    @classmethod
+    def from_config(cls, config: ModelConfig, seed: int = 0) -> "VariantSpec":
+        """The variant of a `ModelConfig`'s settings (its `num_words` belongs to the data)."""
+        settings = {name: getattr(config, name) for name in ("hidden_units", *config.hyperparams)}
+        return cls(**settings, seed=seed)
+
     def config(self, num_words: int) -> ModelConfig:
         return ModelConfig(
             num_words=num_words,

@@ -327,15 +327,7 @@ def fit(
 
     if restore_best and validation is None:
         raise ImdbJaxError("restore_best needs validation data")
-    spec = VariantSpec(
-        hidden_units=config.hidden_units,
-        dropout_rate=config.dropout_rate,
-        l1=config.l1,
-        l2=config.l2,
-        weight_decay=config.weight_decay,
-        learning_rate=config.learning_rate,
-        seed=seed,
-    )
+    spec = VariantSpec.from_config(config, seed)
     train_x = as_xy(train)[0]
     if hasattr(train_x, "shape") and len(train_x.shape) == 2 and train_x.shape[1] != config.num_words:
         raise ImdbJaxError(f"the data has {train_x.shape[1]} word columns but the model expects num_words={config.num_words}")
