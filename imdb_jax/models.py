@@ -91,11 +91,10 @@ class MultiHotDense(nn.Module):
 
 
 def column_dropout(x: jax.Array, rate: jax.Array | float, rng: jax.Array, layer: int) -> jax.Array:
-    """Inverted dropout (Keras semantics) whose mask for unit `j` depends only on `(rng, layer, j)`.
-
-    Drawing each column from its own folded key makes a layer of 16 units see exactly the same
-    mask as the first 16 units of the same layer zero-padded to 512, which is what lets padded
-    variants trained together reproduce a model trained alone.
+    """Inverted dropout (Keras semantics: kept units scaled by `1 / (1 - rate)`, applied as an
+    explicit reciprocal so XLA cannot rewrite the division differently from one program to the
+    next) whose mask for unit `j` depends only on `(rng, layer, j)`: a variant's masks are the
+    same whatever other variants or units train beside it.
 
     Args:
       x: float32[batch, units] activations.
@@ -109,13 +108,6 @@ def column_dropout(x: jax.Array, rate: jax.Array | float, rng: jax.Array, layer:
     uniform = jax.vmap(lambda key: jax.random.uniform(key, x.shape[:-1]))(column_keys)
     kept = jnp.moveaxis(uniform, 0, -1) < keep
     return jnp.where(kept, x * (1.0 / keep), 0.0)
-
-
-def _resize_units(h: jax.Array, width: int) -> jax.Array:
-    """Zero-pads or truncates the unit axis; only used where the dropped units are zero."""
-    if h.shape[-1] >= width:
-        return h[..., :width]
-    return jnp.pad(h, [(0, 0)] * (h.ndim - 1) + [(0, width - h.shape[-1])])
 
 
 class MLP(nn.Module):
@@ -139,7 +131,6 @@ class MLP(nn.Module):
         *,
         dropout_rate: jax.Array | float = 0.0,
         dropout_rng: jax.Array | None = None,
-        layer_active: jax.Array | None = None,
     ) -> jax.Array:
         """Logits of a batch.
 
@@ -148,9 +139,6 @@ class MLP(nn.Module):
             `MultiHot`.
           dropout_rate: dropout after each hidden layer; applied only when `dropout_rng` is given.
           dropout_rng: PRNG key for dropout (training); None means inference.
-          layer_active: optional bool[len(hidden_units)]; an inactive hidden layer passes its
-            input through unchanged. Used when variants of different depths are padded to one
-            shape; layer 0 is always active.
 
         Returns:
           float32[batch] logits.
@@ -164,8 +152,6 @@ class MLP(nn.Module):
             layer_out = nn.relu(layer_out)
             if dropout_rng is not None:
                 layer_out = column_dropout(layer_out, dropout_rate, dropout_rng, index)
-            if layer_active is not None and index > 0:
-                layer_out = jnp.where(layer_active[index], layer_out, _resize_units(h, width))
             h = layer_out
         return nn.Dense(1, kernel_init=glorot_uniform, name="output")(h)[..., 0]
 

@@ -30,14 +30,9 @@ class TrainState(train_state.TrainState):
     Attributes:
       hparams: {"dropout_rate", "l1", "l2"} float32 scalars (the learning rate and weight decay
         sit in `opt_state.hyperparams`).
-      grad_mask: None, or a pytree like `params` of 0/1 arrays marking the real (unpadded)
-        weights of a variant padded to a larger shape; None at leaves no variant pads.
-      layer_active: None, or bool[num_hidden]: which padded hidden layers the variant has.
     """
 
     hparams: dict[str, jax.Array] = struct.field(default_factory=dict)
-    grad_mask: Any = None
-    layer_active: Any = None
 
 
 @functools.cache
@@ -136,11 +131,8 @@ def loss_and_metrics(params: Any, state: TrainState, batch: Batch, dropout_rng: 
         batch["inputs"],
         dropout_rate=state.hparams["dropout_rate"],
         dropout_rng=dropout_rng,
-        layer_active=state.layer_active,
     )
     weights = _weights(batch)
-    # Padded weights are exactly zero, so they add nothing to the penalty; their gradient (JAX's
-    # d|w|/dw at 0 is +1) is removed by `grad_mask` in `train_step`.
     penalty = kernel_penalty(params, state.hparams["l1"], state.hparams["l2"])
     metrics = _metrics(logits, batch["labels"], weights, penalty)
     loss = metrics["loss_sum"] / jnp.maximum(metrics["count"], 1.0)
@@ -162,10 +154,6 @@ def train_step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainSt
     """
     grad_fn = jax.grad(loss_and_metrics, has_aux=True)
     grads, metrics = grad_fn(state.params, state, batch, rng)
-    if state.grad_mask is not None:
-        grads = jax.tree_util.tree_map(
-            lambda grad, mask: grad if mask is None else grad * mask, grads, state.grad_mask, is_leaf=lambda x: x is None
-        )
     return state.apply_gradients(grads=grads), metrics
 
 
@@ -178,7 +166,7 @@ def eval_step(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
 
 def predict_logits(state: TrainState, inputs: jax.Array | SparseMultiHot) -> jax.Array:
     """float32[batch] logits, no dropout."""
-    return state.apply_fn({"params": state.params}, inputs, layer_active=state.layer_active)
+    return state.apply_fn({"params": state.params}, inputs)
 
 
 def summarize(metrics: Mapping[str, Any]) -> dict[str, float]:
