@@ -6,16 +6,19 @@ Every variant of a study sees the same batch, so they are laid out to share the 
 - the first layers of all variants are the columns of one kernel `float32[num_words, width]`
   (`width` = the sum of the variants' first widths, 4 next to 512, no padding), so one gather of
   a review's kernel rows and one scatter-add of their gradients serve every variant;
-- later layers are stacked per *block* of variants with the same hidden widths and applied as
+- later layers are stacked per *block* of variants with the same hidden widths (and the same
+  "dropout or not", "penalty or not", so blocks without them skip that work) and applied as
   batched contractions over the block's variant axis; a block's depth is its own (no padded
   layers, no masks);
 - per-variant numbers (learning rate, weight decay, L1, L2, dropout rate) are arrays, so studies
-  that differ only in numbers share one compiled program.
+  that differ only in those numbers (not in switching dropout or a penalty on or off) share one
+  compiled program.
 
-A variant's numbers never depend on its company. Every reduction a variant makes (the bag over a
-review's words, the sum over the batch of a bias gradient or a loss, a penalty) is either
-elementwise per column or a fixed pairwise tree over a fixed axis (`tree_sum`), and contractions
-over its own units are batched per variant; nothing sums across variants. So the same spec, seed
+A variant's numbers never depend on its company. Each column of the bag adds a review's words in
+their order, a chunk of 1,024 occurrences at a time whatever the width; every sum over the batch
+(a bias gradient, a loss) or over a variant's own weights (a penalty) is a fixed pairwise tree
+(`tree_sum`); contractions over a variant's own units are batched per variant; nothing sums
+across variants, and the blocks depend on each variant alone. So the same spec, seed
 and data order give bitwise the same weights and history alone (`fit` is a study of one) or among
 64 others. The exception is the optional dense head (`dense_words > 0`): a matmul's rounding
 depends on the matrix width, so that path agrees only to float32 rounding.
