@@ -41,7 +41,7 @@ from imdb_jax.device_data import (
     to_device,
 )
 from imdb_jax.errors import ImdbJaxError
-from imdb_jax.fused import FusedState, finite_slots, fused_eval_step, fused_train_step, select_slots
+from imdb_jax.fused import FusedState, finite_slots, fused_eval_step, fused_predict, fused_train_step, select_slots
 from imdb_jax.planning import FIRST_LAYERS, choose_dense_words  # noqa: F401  (re-exported)
 from imdb_jax.steps import TrainState, eval_step, predict_logits
 
@@ -114,6 +114,17 @@ def keep_best(state: FusedState, improved: jax.Array) -> FusedState:
     slots]) says its validation loss is the lowest so far."""
     select = jax.vmap(lambda keep, new, old: select_slots(keep, new, old, state.layout))
     return state.replace(best_params=select(improved, state.params, state.best_params))
+
+
+@functools.partial(jax.jit, static_argnames=("capacity",))
+def logits_epoch(state: FusedState, data: DeviceReviews, rows: jax.Array, *, capacity: tuple[int, int]):
+    """float32[num_batches, shards, slots, batch] logits of every fused variant, no dropout."""
+    predict = jax.vmap(fused_predict, in_axes=(0, None))
+
+    def body(_, batch_rows):
+        return None, predict(state, gather_batch(data, batch_rows, capacity)["inputs"])
+
+    return jax.lax.scan(body, None, rows)[1]
 
 
 # ---------------------------------------------------------------------------------------------

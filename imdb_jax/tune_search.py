@@ -5,7 +5,6 @@ train and score its variants on the validation reviews (``run_search``), and the
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -288,38 +287,7 @@ def train_candidates(
 def best_validation_logits(result: Any, validation: Any, batch_size: int) -> np.ndarray:
     """float32[variants, reviews]: every variant's validation logits with its best weights, from
     one compiled pass of all of them fused."""
-    from imdb_jax.device_data import as_xy, to_device
-    from imdb_jax.train import EpochPlan, fetch
-
-    reviews = as_xy(validation)[0].shape[0]
-    data = to_device(validation, result.dense_words)
-    plan = EpochPlan(data, batch_size, shuffle=False)
-    fused = result.fused.replace(params=result.fused.best_params)
-    logits = np.asarray(fetch(_fused_logits_program()(fused, data, plan.rows, capacity=plan.capacity)))  # [batches, shards, slots, batch]
-    logits = np.moveaxis(logits, 0, 2).reshape(logits.shape[1], logits.shape[2], -1)[..., :reviews]
-    slots = result.layout.slots
-    return np.stack([logits[slot // slots, slot % slots] for slot in result.slot_of])
-
-
-@functools.cache
-def _fused_logits_program() -> Callable:
-    """The jit-compiled pass: float32[batches, shards, slots, batch] logits of every fused
-    variant (built on first use, so importing this module does not import JAX)."""
-    import jax
-
-    from imdb_jax.device_data import gather_batch
-    from imdb_jax.fused import fused_predict
-
-    @functools.partial(jax.jit, static_argnames=("capacity",))
-    def fused_logits(fused, data, rows, *, capacity):
-        predict = jax.vmap(fused_predict, in_axes=(0, None))
-
-        def body(carry, batch_rows):
-            return carry, predict(fused, gather_batch(data, batch_rows, capacity)["inputs"])
-
-        return jax.lax.scan(body, None, rows)[1]
-
-    return fused_logits
+    return result.logits(validation, weights="best", batch_size=batch_size)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -182,6 +182,31 @@ class VariantsResult:
         step = int(fetch(self.fused.step)[shard])
         return train_state_from_params(params, self.config(index), nu=nu, step=step)
 
+    def logits(self, split: Any, *, weights: str = "last", batch_size: int = 512) -> np.ndarray:
+        """float32[variants, reviews]: every variant's logits for a split's rows, all variants
+        in one compiled pass of the fused model (no dropout).
+
+        Args:
+          split: a `Split`, `(x, y)` pair or CSR matrix with the training data's columns.
+          weights: "last" or "best", as in `state`.
+          batch_size: reviews per batch.
+        """
+        from imdb_jax.device_data import to_device
+        from imdb_jax.train import EpochPlan, check_batch_size, logits_epoch
+
+        if weights not in ("last", "best"):
+            raise ImdbJaxError(f"weights must be 'last' or 'best', got {weights!r}")
+        if weights == "best" and self.fused.best_params is None:
+            raise ImdbJaxError("best weights are kept only when training had validation data")
+        check_batch_size(batch_size)
+        reviews = as_xy(split)[0].shape[0]
+        data = to_device(split, self.dense_words)
+        plan = EpochPlan(data, batch_size, shuffle=False)
+        fused = self.fused if weights == "last" else self.fused.replace(params=self.fused.best_params)
+        logits = np.asarray(fetch(logits_epoch(fused, data, plan.rows, capacity=plan.capacity)))
+        logits = np.moveaxis(logits, 0, 2).reshape(logits.shape[1], logits.shape[2], -1)[..., :reviews]
+        return np.stack([logits[shard, slot] for shard, slot in map(self._where, range(len(self.specs)))])
+
     def best_epoch(self, index: int) -> int | None:
         """1-based epoch of the lowest validation loss (None without validation or if every
         epoch diverged)."""
