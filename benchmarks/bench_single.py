@@ -149,8 +149,6 @@ def time_single_model(
 
 def emit_targets(reporter: common.Reporter, dataset: common.Dataset, measured: list[dict], figures: dict) -> None:
     """The issue's two single-model targets, from the path `auto` takes on this backend."""
-    import baselines
-
     auto_path = common.first_layer_path("auto", dataset.train.x)
     ours = next((item for item in measured if item["path"] == auto_path), None)
     reference_target = "seed-model steady epoch within 1.25x of benchmarks/reference_loop.py"
@@ -170,19 +168,7 @@ def emit_targets(reporter: common.Reporter, dataset: common.Dataset, measured: l
         figure="" if reference is None else f"{ours['label']} {ours_s:.4f} s vs reference loop {reference:.4f} s",
         why_not="reference loop not run",
     )
-    keras = figures.get("keras_tensorflow", {}).get("steady_epoch_s")
-    cited = keras is None and common.cited_applies(dataset)
-    if cited:
-        keras = baselines.CITED["keras_tensorflow_epoch_steady_s"]
-    reporter.target(
-        keras_target,
-        value=None if keras is None else keras / ours_s,
-        threshold=25,
-        op=">=",
-        figure="" if keras is None else f"Keras TF {keras:.3f} s{' (cited)' if cited else ''} vs {ours['label']} {ours_s:.4f} s",
-        cited=cited,
-        why_not="Keras TF not measured (and the cited figure is for all 25,000 real reviews only)",
-    )
+    common.keras_speedup_target(reporter, keras_target, ours_s, f"{ours['label']} {ours_s:.4f} s", 25, figures, dataset)
 
 
 def sklearn_baseline(reporter: common.Reporter, args: argparse.Namespace, dataset: common.Dataset) -> dict:

@@ -163,8 +163,6 @@ def emit_timing(
 
 def emit_targets(reporter, dataset, count: int, per_variant_s: float | None, solo_s: float | None, keras: dict) -> None:
     """The issue's two fused-variants targets at K = `count`."""
-    import baselines
-
     solo_target = f"{count} x 16-16 fused: per variant-epoch <= 0.5x one solo epoch"
     keras_target = f"{count} x 16-16 fused: per variant-epoch >= 40x faster than one Keras TF epoch"
     if per_variant_s is None:
@@ -179,19 +177,7 @@ def emit_targets(reporter, dataset, count: int, per_variant_s: float | None, sol
         figure="" if solo_s is None else f"{per_variant_s:.4f} s per variant-epoch vs solo {solo_s:.4f} s",
         why_not="K = 1 not run in this run",
     )
-    keras_s = keras.get("keras_tensorflow", {}).get("steady_epoch_s")
-    cited = keras_s is None and common.cited_applies(dataset)
-    if cited:
-        keras_s = baselines.CITED["keras_tensorflow_epoch_steady_s"]
-    reporter.target(
-        keras_target,
-        value=None if keras_s is None else keras_s / per_variant_s,
-        threshold=40,
-        op=">=",
-        figure="" if keras_s is None else f"Keras TF {keras_s:.3f} s{' (cited)' if cited else ''} vs {per_variant_s:.4f} s per variant-epoch",
-        cited=cited,
-        why_not="Keras TF not measured (and the cited figure is for all 25,000 real reviews only)",
-    )
+    common.keras_speedup_target(reporter, keras_target, per_variant_s, f"{per_variant_s:.4f} s per variant-epoch", 40, keras, dataset)
 
 
 def keras_mixed_baselines(reporter, args, dataset, epochs: int = 3) -> dict:

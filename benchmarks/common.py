@@ -795,6 +795,29 @@ def cited_applies(dataset: Dataset) -> bool:
     return dataset.source == "imdb" and dataset.train.x.shape == (25000, 10000)
 
 
+def keras_speedup_target(
+    reporter: "Reporter", target: str, ours_s: float, ours_label: str, threshold: float,
+    figures: dict[str, dict[str, Any]], dataset: Dataset,
+) -> None:
+    """The target "`ours_s` is >= `threshold`x faster than one steady Keras TF epoch": against
+    Keras measured in this run, else (all real reviews only) the cited figure, flagged."""
+    import baselines
+
+    keras = figures.get("keras_tensorflow", {}).get("steady_epoch_s")
+    cited = keras is None and cited_applies(dataset)
+    if cited:
+        keras = baselines.CITED["keras_tensorflow_epoch_steady_s"]
+    reporter.target(
+        target,
+        value=None if keras is None else keras / ours_s,
+        threshold=threshold,
+        op=">=",
+        figure="" if keras is None else f"Keras TF {keras:.3f} s{' (cited)' if cited else ''} vs {ours_label}",
+        cited=cited,
+        why_not="Keras TF not measured (and the cited figure is for all 25,000 real reviews only)",
+    )
+
+
 def versus(
     value_s: float, figures: dict[str, dict[str, Any]], key: str, cited_key: str | None = None, dataset: Dataset | None = None
 ) -> dict[str, Any]:
