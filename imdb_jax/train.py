@@ -45,7 +45,6 @@ from imdb_jax.fused import FusedState, finite_slots, fused_eval_step, fused_pred
 from imdb_jax.planning import FIRST_LAYERS, choose_dense_words  # noqa: F401  (re-exported)
 from imdb_jax.steps import TrainState, eval_step, predict_logits
 
-HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 # Largest batch accepted: beyond it a batch's dense activations alone outgrow any memory.
 MAX_BATCH_SIZE = 1 << 20
@@ -339,9 +338,9 @@ def fit(
     if restore_best and validation is None:
         raise ImdbJaxError("restore_best needs validation data")
     spec = VariantSpec.from_config(config, seed)
-    train_x = as_xy(train)[0]
-    if hasattr(train_x, "shape") and len(train_x.shape) == 2 and train_x.shape[1] != config.num_words:
-        raise ImdbJaxError(f"the data has {train_x.shape[1]} word columns but the model expects num_words={config.num_words}")
+    columns = getattr(as_xy(train)[0], "shape", (0, config.num_words))[-1]
+    if columns != config.num_words:
+        raise ImdbJaxError(f"the data has {columns} word columns but the model expects num_words={config.num_words}")
     result = fit_variants(
         [spec],
         train,
@@ -399,11 +398,6 @@ def _scoring_data(state: TrainState, x: Any) -> sp.csr_matrix:
     return x
 
 
-def _scoring_dense_words(first_layer: str | int, x: sp.csr_matrix) -> int:
-    # Scoring shares compiled programs across input sizes, so "auto" is decided by the backend.
-    return choose_dense_words(first_layer, x)
-
-
 def evaluate(state: TrainState, split: Any, *, batch_size: int = 512, first_layer: str | int = "auto") -> dict[str, float]:
     """{"loss", "accuracy"} of a trained model on a labelled split (loss includes the penalty)."""
     compile_cache.enable()
@@ -412,7 +406,7 @@ def evaluate(state: TrainState, split: Any, *, batch_size: int = 512, first_laye
     if y is None:
         raise ImdbJaxError("evaluate needs labels: pass a Split or an (x, y) pair")
     x = _scoring_data(state, x)
-    data = to_device((x, y), _scoring_dense_words(first_layer, x), bucket_sizes=batch_size)
+    data = to_device((x, y), choose_dense_words(first_layer, x), bucket_sizes=batch_size)
     plan = EpochPlan(data, batch_size, shuffle=False)
     sums = jax.device_get(score_epoch(state, data, plan.rows, capacity=plan.capacity))
     return {"loss": float(_ratio(sums["loss_sum"], sums["count"])), "accuracy": float(_ratio(sums["correct"], sums["count"]))}
@@ -423,7 +417,7 @@ def predict(state: TrainState, x: Any, *, batch_size: int = 512, first_layer: st
     compile_cache.enable()
     check_batch_size(batch_size)
     x = _scoring_data(state, as_xy(x)[0])
-    data = to_device(x, _scoring_dense_words(first_layer, x), bucket_sizes=batch_size)
+    data = to_device(x, choose_dense_words(first_layer, x), bucket_sizes=batch_size)
     plan = EpochPlan(data, batch_size, shuffle=False)
     logits = predict_epoch(state, data, plan.rows, capacity=plan.capacity)
     return np.asarray(jax.nn.sigmoid(logits.reshape(-1)[: x.shape[0]]), np.float32)
