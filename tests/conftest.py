@@ -62,8 +62,8 @@ def _under_ci() -> bool:
 @pytest.fixture(scope="session")
 def real_data_dir() -> Path:
     """The TFDS data_dir holding the prepared imdb_reviews; skips (fails under CI) if missing."""
+    from imdb_jax.data.sources import default_tfds_data_dir, resolve_source
     from imdb_jax.errors import DataNotFoundError
-    from imdb_jax.sources import default_tfds_data_dir, resolve_source
 
     path = default_tfds_data_dir()
     try:

@@ -21,7 +21,10 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 import baselines  # noqa: E402
-import common  # noqa: E402
+import clocks  # noqa: E402
+import reporting  # noqa: E402
+import review_data  # noqa: E402
+import yardsticks  # noqa: E402
 
 RECORD_KEYS = {"schema", "bench", "what", "name", "config", "run", "env"}
 TIMING_KEYS = {"median_s", "min_s", "max_s", "q1_s", "q3_s", "repeats", "samples_s"}
@@ -173,7 +176,7 @@ def test_missing_baselines_are_skipped_with_a_clear_note(runs):
 
 
 def test_compile_clock_counts_overlapping_spans_once():
-    clock = common.CompileClock()
+    clock = clocks.CompileClock()
     clock.spans = [(0.0, 2.0, "outer"), (1.0, 3.0, "inner"), (5.0, 6.0, "later")]
     assert math.isclose(clock.seconds(), 4.0)
     assert math.isclose(clock.seconds(1.5, 5.5), 1.5 + 0.5)
@@ -183,7 +186,7 @@ def test_compile_clock_counts_overlapping_spans_once():
 def test_roofline_cost_model_of_the_seed_model():
     import roofline
 
-    from imdb_jax.fused import make_layout
+    from imdb_jax.models.layout import make_layout
 
     x = scipy.sparse.random(1000, 300, density=0.1, format="csr", random_state=0, dtype="float32")
     layout, _ = make_layout(300, [((16, 16), False, False)])
@@ -201,7 +204,7 @@ def test_roofline_cost_model_of_the_seed_model():
 def test_roofline_counts_penalised_columns_and_the_dense_head():
     import roofline
 
-    from imdb_jax.fused import make_layout
+    from imdb_jax.models.layout import make_layout
 
     x = scipy.sparse.csr_matrix(scipy.sparse.eye(512, 100, dtype="float32"))  # one word per row, words 0-99
     layout, _ = make_layout(100, [((4,), False, True), ((8,), False, False)])
@@ -213,13 +216,13 @@ def test_roofline_counts_penalised_columns_and_the_dense_head():
 
 
 def test_targets_are_met_by_the_side_of_the_threshold_they_fall(capsys):
-    reporter = common.Reporter("test")
+    reporter = reporting.Reporter("test")
     assert reporter.target("at most", value=1.2, threshold=1.25, op="<=", figure="")["met"] is True
     assert reporter.target("at most", value=1.3, threshold=1.25, op="<=", figure="")["met"] is False
     assert reporter.target("at least", value=30.0, threshold=25, op=">=", figure="")["met"] is True
     assert reporter.target("unmeasured", value=None, threshold=25, op=">=", figure="", why_not="no Keras")["met"] is None
     assert reporter.target("a share", value=34.0, threshold=None, op="report", figure="", unit=" %")["met"] is None
-    rows = common.target_rows(reporter.records)
+    rows = reporting.target_rows(reporter.records)
     assert [row[-1] for row in rows] == ["met", "not met", "met", "not measured", "reported"]
     with pytest.raises(ValueError):
         reporter.target("bad", value=1.0, threshold=1.0, op="<", figure="")
@@ -254,20 +257,20 @@ def test_baseline_availability_matches_what_is_installed():
 
 
 def test_summary_statistics():
-    summary = common.summarize([3.0, 1.0, 2.0, 10.0])
+    summary = clocks.summarize([3.0, 1.0, 2.0, 10.0])
     assert (summary["median_s"], summary["min_s"], summary["max_s"], summary["repeats"]) == (2.5, 1.0, 10.0, 4)
     assert summary["samples_s"] == [3.0, 1.0, 2.0, 10.0]  # in the order measured
-    assert common.summarize([0.5])["q1_s"] == common.summarize([0.5])["q3_s"] == 0.5
-    figures = common.compare(0.1, 2.0)
+    assert clocks.summarize([0.5])["q1_s"] == clocks.summarize([0.5])["q3_s"] == 0.5
+    figures = yardsticks.compare(0.1, 2.0)
     assert math.isclose(figures["ratio"], 0.05) and math.isclose(figures["speedup"], 20.0)
-    assert common.compare(0.1, None) is None
+    assert yardsticks.compare(0.1, None) is None
 
 
 def test_cited_keras_figures_only_for_the_data_they_were_measured_on():
-    small = common.load_dataset(1000, synthetic=True, rows=64)
-    assert common.versus(0.2, {}, "steady_epoch_s", "keras_tensorflow_epoch_steady_s", small) == {}
-    full = common.Dataset(types.SimpleNamespace(x=scipy.sparse.csr_matrix((25000, 10000), dtype="float32")), None, "imdb")
-    cited = common.versus(0.2, {}, "steady_epoch_s", "keras_tensorflow_epoch_steady_s", full)["keras_tensorflow_cited"]
+    small = review_data.load_dataset(1000, synthetic=True, rows=64)
+    assert yardsticks.versus(0.2, {}, "steady_epoch_s", "keras_tensorflow_epoch_steady_s", small) == {}
+    full = review_data.Dataset(types.SimpleNamespace(x=scipy.sparse.csr_matrix((25000, 10000), dtype="float32")), None, "imdb")
+    cited = yardsticks.versus(0.2, {}, "steady_epoch_s", "keras_tensorflow_epoch_steady_s", full)["keras_tensorflow_cited"]
     assert cited["cited"] is True and math.isclose(cited["speedup"], 1.8 / 0.2)
-    measured = common.versus(0.2, {"keras_tensorflow": {"steady_epoch_s": 2.0}}, "steady_epoch_s", "keras_tensorflow_epoch_steady_s", full)
+    measured = yardsticks.versus(0.2, {"keras_tensorflow": {"steady_epoch_s": 2.0}}, "steady_epoch_s", "keras_tensorflow_epoch_steady_s", full)
     assert set(measured) == {"keras_tensorflow"}

@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from imdb_jax.checkpoint import HISTORY_FILE, MODEL_FILE, PARAMS_FILE, SavedModel, load_model, save_model
 from imdb_jax.config import ModelConfig
+from imdb_jax.data.text import Vocabulary
 from imdb_jax.errors import ImdbJaxError
-from imdb_jax.steps import create_train_state
-from imdb_jax.text import Vocabulary
-from imdb_jax.train import predict
+from imdb_jax.saved.loading import load_model
+from imdb_jax.saved.model_folder import HISTORY_FILE, MODEL_FILE, PARAMS_FILE, SavedModel, save_model
+from imdb_jax.train.fit import predict
+from imdb_jax.train.steps import create_train_state
 
 WORDS = ("great", "bad", "film", "wonderful", "awful", "plot", "acting", "don't", "boring", "fun")
 CONFIG = ModelConfig(num_words=len(WORDS), hidden_units=(6, 4), dropout_rate=0.25, l2=0.001)
@@ -224,10 +225,10 @@ def test_a_save_killed_part_way_leaves_the_old_model_loadable(state, tmp_path, m
 _SAVE_FOREVER = """
 import itertools, sys
 import jax
-from imdb_jax.checkpoint import save_model
+from imdb_jax.saved.model_folder import save_model
 from imdb_jax.config import ModelConfig
-from imdb_jax.steps import create_train_state
-from imdb_jax.text import Vocabulary
+from imdb_jax.train.steps import create_train_state
+from imdb_jax.data.text import Vocabulary
 words = tuple(f"w{index}" for index in range(2000))
 config = ModelConfig(num_words=len(words), hidden_units=(64,))
 state = create_train_state(jax.random.key(0), config)
@@ -269,7 +270,7 @@ def test_loading_a_model_compiles_nothing(tmp_path):
         "compiles = []\n"
         "jax.monitoring.register_event_duration_secs_listener("
         "lambda event, duration, **kw: compiles.append(event) if event.endswith('backend_compile_duration') else None)\n"
-        "from imdb_jax.checkpoint import load_model\n"
+        "from imdb_jax.saved.loading import load_model\n"
         "model = load_model(sys.argv[1])\n"
         "assert model.state.params['hidden_1']['kernel'].shape == (4, 3)\n"
         "print(len(compiles))\n"

@@ -47,7 +47,8 @@ def _one_error_line(argv: list[str]) -> str:
 @pytest.fixture
 def no_work(monkeypatch):
     """Fails the test if a command loads data or a model: the error must come first."""
-    import imdb_jax.checkpoint
+    import imdb_jax.saved.loading
+
     import imdb_jax.cli.study
     import imdb_jax.cli.train
 
@@ -56,7 +57,7 @@ def no_work(monkeypatch):
 
     monkeypatch.setattr(imdb_jax.cli.train, "load_data", refuse)
     monkeypatch.setattr(imdb_jax.cli.study, "load_data", refuse)
-    monkeypatch.setattr(imdb_jax.checkpoint, "load_model", refuse)
+    monkeypatch.setattr(imdb_jax.saved.loading, "load_model", refuse)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,7 +134,7 @@ def test_validation_is_named_as_the_option_typed(fake_aclimdb, tmp_path):
 
 @pytest.mark.parametrize("command", ["train", "study", "evaluate", "predict"])
 def test_compile_cache_option_is_applied_before_anything_compiles(command, monkeypatch, tmp_path):
-    from imdb_jax import compile_cache
+    from imdb_jax.train import compile_cache
 
     calls = []
     monkeypatch.setattr(compile_cache, "enable", lambda setting=None, force=False: calls.append((setting, force)))
@@ -158,10 +159,10 @@ def tiny_model(tmp_path_factory):
     """An untrained model over five words (predictions are whatever its weights say)."""
     import jax
 
-    from imdb_jax.checkpoint import save_model
     from imdb_jax.config import ModelConfig
-    from imdb_jax.steps import create_train_state
-    from imdb_jax.text import Vocabulary
+    from imdb_jax.data.text import Vocabulary
+    from imdb_jax.saved.model_folder import save_model
+    from imdb_jax.train.steps import create_train_state
 
     words = ("great", "awful", "film", "plot", "fun")
     config = ModelConfig(num_words=len(words), hidden_units=(4,))

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from imdb_jax.checkpoint import load_model, save_model
 from imdb_jax.cli import main
+from imdb_jax.data.text import Vocabulary
 from imdb_jax.plots import plot_curves, plot_history
-from imdb_jax.text import Vocabulary
+from imdb_jax.saved.loading import load_model
+from imdb_jax.saved.model_folder import save_model
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 POSITIVE = ("great", "wonderful", "loved", "superb", "moving")

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from imdb_jax import IMDbData, Split, Vocabulary, load_imdb, sources, tokenize
-from imdb_jax.cache import CacheWarning
+from imdb_jax import IMDbData, Split, Vocabulary, load_imdb, tokenize
+from imdb_jax.data import sources
+from imdb_jax.data.cache import CacheWarning
 from imdb_jax.errors import DataNotFoundError, ImdbJaxError
 
 
@@ -33,7 +34,7 @@ def assert_multi_hot(x: sp.csr_matrix) -> None:
 
 
 def documented_order(reviews: dict, split: str) -> list[tuple[bytes, int]]:
-    """The aclImdb order as documented in imdb_jax.sources, written out independently."""
+    """The aclImdb order as documented in imdb_jax.data.sources, written out independently."""
     entries = []
     for label in ("neg", "pos"):
         for name, text in reviews[(split, label)].items():
@@ -251,7 +252,7 @@ def test_edited_review_invalidates_the_cache(tmp_path, fake_aclimdb):
 
 
 def test_interrupted_write_leaves_the_old_cache(tmp_path, fake_aclimdb, monkeypatch):
-    from imdb_jax import cache
+    from imdb_jax.data import cache
 
     first = load_imdb(num_words=8, data_dir=fake_aclimdb, cache_dir=tmp_path / "c", progress=False)
     before = first.cache_path.read_bytes()
@@ -320,7 +321,7 @@ NGRAM_SETTINGS = {"ngrams": 2, "num_words": 30, "weighting": "nb", "progress": F
 
 
 def test_features_are_fitted_on_the_training_reviews_after_the_held_out_ones(tfds_dir_with):
-    from imdb_jax.features import FeatureSpec
+    from imdb_jax.data.features import FeatureSpec
 
     train, test = synthetic_rows(0, 40), synthetic_rows(1, 10)
     data = load_imdb(data_dir=tfds_dir_with(train, test), held_out=15, **NGRAM_SETTINGS)
@@ -390,8 +391,8 @@ def test_ngram_features_are_cached(tmp_path, fake_aclimdb, weighting):
 
 
 def test_every_feature_setting_has_its_own_cache_and_the_default_keeps_its_key(tmp_path, fake_aclimdb):
-    from imdb_jax import cache
-    from imdb_jax.text import TOKENIZER_VERSION
+    from imdb_jax.data import cache
+    from imdb_jax.data.text import TOKENIZER_VERSION
 
     default = load_imdb(num_words=8, data_dir=fake_aclimdb, cache_dir=tmp_path, progress=False)
     identity = sources.resolve_source(fake_aclimdb).identity

@@ -1,4 +1,4 @@
-"""Several processes as one run (`imdb_jax.distributed`, `--coordinator ...`): a study over 2
+"""Several processes as one run (`imdb_jax.train.distributed`, `--coordinator ...`): a study over 2
 processes of 2 CPU devices each is the one-process study, bitwise; only process 0 writes; a
 killed process ends the run on the other within the heartbeat bound; a process that cannot reach
 the coordinator stops with a clear message; bad options are refused.
@@ -23,8 +23,8 @@ import jax
 import numpy as np
 import pytest
 
-from imdb_jax import distributed
 from imdb_jax.errors import ImdbJaxError
+from imdb_jax.train import distributed
 
 HEARTBEAT_S = 5
 # A peer's death must end the survivor within the heartbeat bound plus the time to notice it

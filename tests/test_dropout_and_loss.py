@@ -12,10 +12,10 @@ import pytest
 import scipy.sparse as sp
 
 from imdb_jax.config import ModelConfig
-from imdb_jax.data import Split
-from imdb_jax.models import column_dropout
-from imdb_jax.steps import create_train_state, eval_step, predict_logits, train_step
-from imdb_jax.train import evaluate
+from imdb_jax.data.imdb import Split
+from imdb_jax.models.layers import column_dropout
+from imdb_jax.train.fit import evaluate
+from imdb_jax.train.steps import create_train_state, eval_step, predict_logits, train_step
 
 NUM_WORDS = 12
 # Compiled once for all the tests (the states differ only in numbers).

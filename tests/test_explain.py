@@ -1,4 +1,4 @@
-"""`imdb_jax.explain` and `imdb-jax predict --explain`: gradient x input through the model."""
+"""`imdb_jax.saved.explain` and `imdb-jax predict --explain`: gradient x input through the model."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from imdb_jax.checkpoint import SavedModel, save_model
 from imdb_jax.cli import main
 from imdb_jax.config import ModelConfig
-from imdb_jax.ensemble import EnsembleModel
-from imdb_jax.explain import explain_rows, explain_texts, input_gradients
-from imdb_jax.features import FeatureSpec
-from imdb_jax.text import Vocabulary
-from imdb_jax.train import fit
+from imdb_jax.data.features import FeatureSpec
+from imdb_jax.data.text import Vocabulary
+from imdb_jax.saved.ensemble import EnsembleModel
+from imdb_jax.saved.explain import explain_rows, explain_texts, input_gradients
+from imdb_jax.saved.model_folder import SavedModel, save_model
+from imdb_jax.train.fit import fit
 
 NEUTRAL = ("the", "film", "plot", "actor", "scene", "story", "music", "ending", "was", "and")
 

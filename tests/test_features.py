@@ -1,4 +1,4 @@
-"""N-gram features and their values (``imdb_jax.features``) against written-out references."""
+"""N-gram features and their values (``imdb_jax.data.features``) against written-out references."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import pytest
 import scipy.sparse as sp
 
 from imdb_jax import Vocabulary, tokenize
+from imdb_jax.data.features import MAX_NGRAMS, FeatureSpec, vectorizer_from_dict
+from imdb_jax.data.text import token_ids
 from imdb_jax.errors import ImdbJaxError
-from imdb_jax.features import MAX_NGRAMS, FeatureSpec, vectorizer_from_dict
-from imdb_jax.text import token_ids
 
 
 def reference(texts, labels, ngrams, num_words, min_count, weighting):
@@ -231,7 +231,7 @@ def test_token_ids_keep_every_token_in_order():
 
 
 def test_real_reviews_give_sensible_ratios(real_data_dir):
-    from imdb_jax import sources
+    from imdb_jax.data import sources
 
     raw = sources.resolve_source(real_data_dir, source="tfds").read()
     spec, x = FeatureSpec.fit_transform(
@@ -264,7 +264,7 @@ def test_the_features_benchmark_runs_and_reports_json_lines(fake_aclimdb):
 
 
 def test_the_fast_unique_and_search_equal_numpys():
-    from imdb_jax.features import _search, _unique_inverse
+    from imdb_jax.data.features import _search, _unique_inverse
 
     rng = np.random.default_rng(0)
     for count in (0, 1, 2, 1000):

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from imdb_jax.config import ModelConfig
-from imdb_jax.models import MLP, SparseMultiHot, param_count
-from imdb_jax.steps import create_train_state
+from imdb_jax.models.inputs import SparseMultiHot
+from imdb_jax.models.mlp import MLP, param_count
+from imdb_jax.train.steps import create_train_state
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from imdb_jax.config import ModelConfig
-from imdb_jax.optim import init_opt_state, kernel_penalty
-from imdb_jax.steps import create_train_state, train_step
+from imdb_jax.train.optim import init_opt_state, kernel_penalty
+from imdb_jax.train.steps import create_train_state, train_step
 
 CONFIG = ModelConfig(num_words=12, hidden_units=(6, 5))
 LAYERS = ("hidden_0", "hidden_1", "output")

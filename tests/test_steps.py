@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from imdb_jax.config import ModelConfig
-from imdb_jax.optim import init_opt_state, kernel_penalty
-from imdb_jax.steps import create_train_state, eval_step, train_step
+from imdb_jax.train.optim import init_opt_state, kernel_penalty
+from imdb_jax.train.steps import create_train_state, eval_step, train_step
 
 CONFIG = ModelConfig(num_words=24, hidden_units=(8, 4), learning_rate=0.01)
 BATCH_SIZE = 16

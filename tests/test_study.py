@@ -11,10 +11,10 @@ import pytest
 import scipy.sparse as sp
 
 from imdb_jax import Split, VariantSpec, load_specs, run_study
-from imdb_jax.data import IMDbData
+from imdb_jax.data.imdb import IMDbData
+from imdb_jax.data.text import Vocabulary
 from imdb_jax.errors import ImdbJaxError
 from imdb_jax.study import EXPERIMENTS, conclusions, report_markdown, select_experiments, union, variant_summary
-from imdb_jax.text import Vocabulary
 
 NUM_WORDS = 64
 

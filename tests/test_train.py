@@ -9,7 +9,8 @@ import scipy.sparse as sp
 
 from imdb_jax.config import ModelConfig
 from imdb_jax.errors import ImdbJaxError
-from imdb_jax.train import evaluate, eval_epoch, fit, predict, train_epoch
+from imdb_jax.train.epochs import eval_epoch, train_epoch
+from imdb_jax.train.fit import evaluate, fit, predict
 
 NUM_WORDS = 64
 BATCH_SIZE = 64  # 300 training rows: four full batches and a shorter last one of 44
@@ -112,8 +113,8 @@ def test_fit_rejects_bad_arguments(data):
 
 
 def test_scoring_handles_empty_reviews_anywhere_and_shares_compilations():
-    from imdb_jax.steps import create_train_state
-    from imdb_jax.train import predict_epoch
+    from imdb_jax.train.epochs import predict_epoch
+    from imdb_jax.train.steps import create_train_state
 
     state = create_train_state(jax.random.key(0), ModelConfig(num_words=10, hidden_units=(4,)))
     last_row_empty = sp.csr_matrix(np.array([[1, 0, 1] + [0] * 7, [0] * 10], np.float32))
@@ -140,7 +141,7 @@ def test_scoring_handles_empty_reviews_anywhere_and_shares_compilations():
 
 def test_first_layer_choice_depends_on_data_and_backend_only_and_the_paths_agree(monkeypatch):
     from imdb_jax import planning
-    from imdb_jax.train import choose_dense_words
+    from imdb_jax.models.dense_head import choose_dense_words
 
     rng = np.random.default_rng(1)
     # Column j appears in a share of reviews falling with j, like a frequency-ordered vocabulary.
@@ -169,7 +170,7 @@ def test_first_layer_choice_depends_on_data_and_backend_only_and_the_paths_agree
 def test_weighted_features_and_repeated_columns_count_as_in_toarray():
     """tf-idf-like values and a column repeated within a row: every first-layer path (dense,
     sparse, hybrid; fused training and Flax scoring) computes `x.toarray() @ kernel`."""
-    from imdb_jax.steps import create_train_state
+    from imdb_jax.train.steps import create_train_state
 
     rng = np.random.default_rng(3)
     dense = np.where(rng.random((200, 30)) < 0.2, rng.random((200, 30)) * 3.0, 0.0).astype(np.float32)

@@ -13,15 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imdb_jax.checkpoint import SavedModel, load_model
 from imdb_jax.cli import main
 from imdb_jax.config import ModelConfig
-from imdb_jax.ensemble import EnsembleModel, EnsembleRows, binary_metrics, load_ensemble, save_ensemble
+from imdb_jax.data.features import FeatureSpec
 from imdb_jax.errors import ImdbJaxError
-from imdb_jax.features import FeatureSpec
+from imdb_jax.saved.ensemble import EnsembleModel, EnsembleRows, binary_metrics, load_ensemble, save_ensemble
+from imdb_jax.saved.loading import load_model
+from imdb_jax.saved.model_folder import SavedModel
 from imdb_jax.specs import VariantSpec
-from imdb_jax.train import fit
-from imdb_jax.tune import BUDGETS, Candidate, FeatureSet, SearchSpace, select, tune
+from imdb_jax.train.fit import fit
+from imdb_jax.tune.runner import BUDGETS, Candidate, FeatureSet, SearchSpace, select, tune
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 POSITIVE = ("great", "wonderful", "loved", "superb", "moving")
@@ -106,9 +107,9 @@ def test_flipped_test_labels_change_nothing_but_the_test_score(corpora, tuned):
 
 def test_fused_validation_logits_are_each_variants_own():
     """The one fused pass gives each variant the logits its own best weights give alone."""
-    from imdb_jax.train import predict
-    from imdb_jax.tune_search import best_validation_logits
-    from imdb_jax.variants import fit_variants
+    from imdb_jax.train.fit import predict
+    from imdb_jax.train.variants import fit_variants
+    from imdb_jax.tune.search import best_validation_logits
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 120).astype(np.float32)

@@ -22,8 +22,9 @@ import pytest
 import scipy.sparse as sp
 
 from imdb_jax import Split, VariantSpec, fit_variants
-from imdb_jax.planning import plan_layout
-from imdb_jax.train import eval_epoch, fit, train_epoch
+from imdb_jax.models.layout import plan_layout
+from imdb_jax.train.epochs import eval_epoch, train_epoch
+from imdb_jax.train.fit import fit
 
 NUM_WORDS = 64
 EPOCHS = 3

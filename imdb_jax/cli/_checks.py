@@ -93,6 +93,6 @@ def add_compile_cache_option(parser: argparse.ArgumentParser) -> None:
 
 def enable_compile_cache(args: argparse.Namespace) -> None:
     """Applies `--compile-cache` (or the default) before anything compiles."""
-    from imdb_jax import compile_cache
+    from imdb_jax.train import compile_cache
 
     compile_cache.enable(args.compile_cache, force=args.compile_cache is not None)

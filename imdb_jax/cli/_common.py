@@ -16,7 +16,7 @@ def add_data_options(parser: argparse.ArgumentParser, *, num_words: bool = True)
     parser.add_argument("--data-dir", help="TFDS data_dir, aclImdb folder or aclImdb_v1.tar.gz (default: $TFDS_DATA_DIR)")
     parser.add_argument("--cache-dir", help="cache folder (default: $IMDB_JAX_CACHE_DIR or ~/.cache/imdb_jax)")
     if num_words:
-        from imdb_jax.features import WEIGHTINGS
+        from imdb_jax.data.features import WEIGHTINGS
 
         parser.add_argument("--num-words", type=int, default=10000, help="features kept, the most frequent (default: 10000)")
         parser.add_argument("--ngrams", type=int, default=1, metavar="N", help="word n-grams up to N as features (default: 1, words)")
@@ -29,7 +29,7 @@ def load_data(args: argparse.Namespace, num_words: int) -> Any:
     """`load_imdb` with the data options of `args`. N-gram or weighted features are fitted without
     the first `args.validation` training reviews (when the command has that option), so the
     validation reviews stay unseen."""
-    from imdb_jax.data import load_imdb
+    from imdb_jax.data.imdb import load_imdb
 
     ngrams, weighting = getattr(args, "ngrams", 1), getattr(args, "weighting", "binary")
     plain = ngrams == 1 and weighting == "binary"

@@ -1,12 +1,12 @@
 """`--coordinator HOST:PORT --num-processes N --process-id I`: one command over several
-processes or hosts (`imdb_jax.distributed`).
+processes or hosts (`imdb_jax.train.distributed`).
 
 Every process runs the same command with the same options but its own `--process-id`; each
 reads the data itself. Process 0 prints and writes the output folder; the others train their
 share of the variants silently, writing nothing but a throw-away folder that is removed at the
 end. Every process exits with the same status when they all reach the end; when one is lost
 (killed, its host down), the others stop at their next exchange with it, or at the latest when its
-heartbeats have been missing for the heartbeat timeout (`imdb_jax.distributed`).
+heartbeats have been missing for the heartbeat timeout (`imdb_jax.train.distributed`).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def distributed_command(run: Callable[[argparse.Namespace], int]) -> Callable[[a
 
     @functools.wraps(run)
     def wrapped(args: argparse.Namespace) -> int:
-        from imdb_jax import distributed
+        from imdb_jax.train import distributed
 
         if not distributed.initialize(args.coordinator, args.num_processes, args.process_id):
             return run(args)

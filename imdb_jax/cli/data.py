@@ -7,8 +7,8 @@ import json
 from typing import Any
 
 from imdb_jax.cli._common import add_data_options
+from imdb_jax.data.sources import SOURCES
 from imdb_jax.errors import ImdbJaxError
-from imdb_jax.sources import SOURCES
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -48,7 +48,7 @@ def summarise(data: Any) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from imdb_jax.data import load_imdb
+    from imdb_jax.data.imdb import load_imdb
 
     if args.num_words <= 0:
         raise ImdbJaxError(f"--num-words must be a positive integer, got {args.num_words}")

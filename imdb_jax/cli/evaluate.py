@@ -33,9 +33,9 @@ def scoring_split(model, args: argparse.Namespace):
     N-gram or weighted features (`imdb-jax tune`'s), which no cached matrix of the data options
     holds, and an ensemble's (an `(EnsembleRows, labels)` pair) always take the second way.
     """
-    from imdb_jax.data import Split
-    from imdb_jax.ensemble import EnsembleModel
-    from imdb_jax.sources import resolve_source
+    from imdb_jax.data.imdb import Split
+    from imdb_jax.data.sources import resolve_source
+    from imdb_jax.saved.ensemble import EnsembleModel
 
     ensemble = isinstance(model, EnsembleModel)
     if not ensemble and getattr(model.vocabulary, "plain", True):
@@ -53,9 +53,9 @@ def scoring_split(model, args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     checks.batch_size(args.batch_size)
     checks.enable_compile_cache(args)
-    from imdb_jax.checkpoint import load_model
-    from imdb_jax.ensemble import EnsembleModel
-    from imdb_jax.train import evaluate
+    from imdb_jax.saved.ensemble import EnsembleModel
+    from imdb_jax.saved.loading import load_model
+    from imdb_jax.train.fit import evaluate
 
     model = load_model(args.model)
     started = time.perf_counter()

@@ -75,13 +75,13 @@ def predictions(model: Any, texts: list[str], explain: int = 0) -> list[dict[str
     """One entry per review, in order: {"text", "probability", "label", "known_words", "note"};
     a review with no word of the model's vocabulary has no probability (None) and a note saying
     why, instead of the bias's constant. With `explain` > 0, also "explanation": up to that many
-    {"term", "contribution"} (`imdb_jax.explain`), largest first."""
+    {"term", "contribution"} (`imdb_jax.saved.explain`), largest first."""
     rows = model.vectorize(texts)
     known = rows.indptr[1:] - rows.indptr[:-1]
     probabilities = model.predict_rows(rows)
     reasons = [None] * len(texts)
     if explain and texts:
-        from imdb_jax.explain import explain_rows
+        from imdb_jax.saved.explain import explain_rows
 
         reasons = explain_rows(model, rows, top=explain)
     found = []
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     if args.explain:
         positive("--top", args.top)
     checks.enable_compile_cache(args)
-    from imdb_jax.checkpoint import load_model
+    from imdb_jax.saved.loading import load_model
 
     model = load_model(args.model)
     texts = list(args.texts) if args.texts else read_stdin_reviews()

@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from imdb_jax.cli import _checks as checks
-from imdb_jax.cli._distributed import add_distributed_options, distributed_command
 from imdb_jax.cli._common import add_data_options, default_output, load_data, positive, print_json
+from imdb_jax.cli._distributed import add_distributed_options, distributed_command
 from imdb_jax.errors import ImdbJaxError
 
 
@@ -52,8 +52,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 @distributed_command
 def run(args: argparse.Namespace) -> int:
-    from imdb_jax.study import select_experiments
     from imdb_jax.specs import load_specs
+    from imdb_jax.study import select_experiments
 
     # Every option is checked, and the output folder made and proved writable, before the data
     # is loaded or anything compiles.

@@ -11,8 +11,17 @@ from pathlib import Path
 from typing import Any
 
 from imdb_jax.cli import _checks as checks
+from imdb_jax.cli._common import (
+    add_data_options,
+    default_output,
+    device_names,
+    label_of,
+    load_data,
+    parse_hidden_units,
+    positive,
+    print_json,
+)
 from imdb_jax.cli._distributed import add_distributed_options, distributed_command
-from imdb_jax.cli._common import add_data_options, default_output, device_names, label_of, load_data, parse_hidden_units, positive, print_json
 from imdb_jax.errors import ImdbJaxError
 
 CHECKPOINT = "checkpoint"  # inside --output while training: what --resume continues from
@@ -109,9 +118,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace, config: Any, output: Path) -> int:
     checks.enable_compile_cache(args)
-    from imdb_jax.checkpoint import save_model
     from imdb_jax.plots import plot_history
-    from imdb_jax.train import evaluate, fit, predict
+    from imdb_jax.saved.model_folder import save_model
+    from imdb_jax.train.fit import evaluate, fit, predict
 
     started = time.perf_counter()
     data = load_data(args, args.num_words)

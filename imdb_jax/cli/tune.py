@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
             raise ImdbJaxError(f"--output {output} already holds a model ({name}); choose another folder")
     with checks.output_folder(output) as folder:
         checks.enable_compile_cache(args)
-        from imdb_jax.tune import resolve_budget, tune
+        from imdb_jax.tune.runner import resolve_budget, tune
 
         space = dataclasses.replace(resolve_budget(args.budget), validation=args.validation)
         result = tune(args.data_dir, args.cache_dir, budget=space, progress=not args.no_progress, output_dir=folder)

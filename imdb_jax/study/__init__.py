@@ -12,7 +12,16 @@ Importing this package does not import JAX; `run_study` does.
 """
 
 from imdb_jax.study.conclusions import conclusions
-from imdb_jax.study.experiments import ALL, CUSTOM, DEFAULT_SEEDS, EXPERIMENTS, RUNS, seed_replicas, select_experiments, union
+from imdb_jax.study.experiments import (
+    ALL,
+    CUSTOM,
+    DEFAULT_SEEDS,
+    EXPERIMENTS,
+    RUNS,
+    seed_replicas,
+    select_experiments,
+    union,
+)
 from imdb_jax.study.figures import write_figures
 from imdb_jax.study.report import report_markdown
 from imdb_jax.study.runner import CompileClock, StudyResult, run_study

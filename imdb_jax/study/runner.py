@@ -5,7 +5,6 @@ best variant."""
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import shutil
 import sys
@@ -17,7 +16,16 @@ from imdb_jax.atomic import atomic_write, writable_folder, write_json
 from imdb_jax.errors import ImdbJaxError
 from imdb_jax.specs import VariantSpec
 from imdb_jax.study.conclusions import best, conclusions
-from imdb_jax.study.experiments import ALL, DEFAULT_SEEDS, EXPERIMENTS, RUNS, seed_replicas, select_experiments, union, unique_names
+from imdb_jax.study.experiments import (
+    ALL,
+    DEFAULT_SEEDS,
+    EXPERIMENTS,
+    RUNS,
+    seed_replicas,
+    select_experiments,
+    union,
+    unique_names,
+)
 from imdb_jax.study.figures import write_figures
 from imdb_jax.study.report import report_markdown
 from imdb_jax.study.statistics import NOISE_SOURCES, RULE, SHARED, variant_summary
@@ -189,7 +197,7 @@ def run_study(
     """
     import jax
 
-    from imdb_jax.variants import fit_variants
+    from imdb_jax.train.variants import fit_variants
 
     started = time.perf_counter()
     experiments = select_experiments(names_or_specs)
@@ -324,8 +332,8 @@ def _finished(output_dir: Path) -> bool:
 def _retrain(spec, leader, data, output_dir, batch_size, shuffle_seed, first_layer, progress, resume=False):
     """The best variant trained afresh (its own seed) for the epoch count where its mean
     validation loss is lowest, on every training review."""
-    from imdb_jax.checkpoint import save_model
-    from imdb_jax.train import evaluate, fit
+    from imdb_jax.saved.model_folder import save_model
+    from imdb_jax.train.fit import evaluate, fit
 
     started = time.perf_counter()
     config = spec.config(int(data.train.x.shape[1]))

@@ -2,7 +2,7 @@
 
 Terms: every run of 1 to ``ngrams`` consecutive words within one review (n-grams never cross
 reviews), written as the words joined by single spaces: ``"not"``, ``"not bad"``, ``"not bad at"``.
-Words come from ``imdb_jax.text.tokenize``, so they never hold a space.
+Words come from ``imdb_jax.data.text.tokenize``, so they never hold a space.
 
 Vocabulary (``FeatureSpec.fit``): terms are counted by total occurrences over the reviews fitted on
 (as ``Vocabulary`` counts words); terms seen fewer than ``min_count`` times are dropped, then the
@@ -46,13 +46,13 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from imdb_jax.data.text import TOKENIZER_VERSION, Text, TokenIds, Vocabulary, token_ids
 from imdb_jax.errors import ImdbJaxError
-from imdb_jax.text import TOKENIZER_VERSION, Text, TokenIds, Vocabulary, token_ids
 
 WEIGHTINGS = ("binary", "tfidf", "nb")
 NB_ALPHA = 1.0
 MAX_NGRAMS = 8
-FORMAT = "imdb_jax.features"
+FORMAT = "imdb_jax.data.features"
 FORMAT_VERSION = 1
 _CHUNK_TOKENS = 1 << 21  # tokens per transform chunk: bounds the temporary arrays (~100 MB)
 
@@ -327,7 +327,7 @@ class FeatureSpec:
 
         Args:
             texts: reviews, ``str`` or ``bytes``.
-            progress: show a tqdm bar on stderr while tokenising.
+            progress: show progress on stderr while tokenising (`imdb_jax.progress`).
             desc: label of the progress bar.
 
         Returns:

@@ -1,6 +1,6 @@
-"""The search of ``imdb_jax.tune``: its space (``SearchSpace``, ``BUDGETS``), the fused runs that
+"""The search of ``imdb_jax.tune.runner``: its space (``SearchSpace``, ``BUDGETS``), the fused runs that
 train and score its variants on the validation reviews (``run_search``), and the choice among them
-(``select``). What the space holds and why: the ``imdb_jax.tune`` docstring."""
+(``select``). What the space holds and why: the ``imdb_jax.tune.runner`` docstring."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from imdb_jax.data.features import check_settings
 from imdb_jax.errors import ImdbJaxError
-from imdb_jax.features import check_settings
 from imdb_jax.specs import VariantSpec
 
 LEARNING_RATE_SCALE = {"binary": 1.0, "nb": 1.0, "tfidf": 10.0}
@@ -46,7 +46,7 @@ class FeatureSet:
         return f"{self.weighting} {span}"
 
     def load(self, held_out: int, data_dir: Any, cache_dir: Any, progress: bool) -> Any:
-        from imdb_jax.data import load_imdb
+        from imdb_jax.data.imdb import load_imdb
 
         return load_imdb(
             num_words=self.num_words, ngrams=self.ngrams, weighting=self.weighting, min_count=self.min_count,
@@ -207,7 +207,7 @@ def resolve_budget(budget: str | SearchSpace) -> SearchSpace:
 
 
 def run_search(space: SearchSpace, load: Callable, book: Callable[[str, float], None], log: Callable, progress: bool):
-    """Both rounds (``imdb_jax.tune`` steps 1 and 2).
+    """Both rounds (``imdb_jax.tune.runner`` steps 1 and 2).
 
     Args:
       space: what to train.
@@ -266,7 +266,7 @@ def train_candidates(
     """One fused run of ``specs``; each variant's validation figures and probabilities at its best epoch."""
     import jax
 
-    from imdb_jax.variants import fit_variants
+    from imdb_jax.train.variants import fit_variants
 
     result = fit_variants(
         specs, train, validation, epochs=space.epochs, batch_size=space.batch_size, shuffle_seed=SHUFFLE_SEED,
@@ -303,7 +303,7 @@ def select(candidates: Sequence[Candidate], probabilities: np.ndarray, labels: n
       labels: float64[validation] the validation labels.
       space: for ``ensemble_size`` and ``max_feature_sets``.
     """
-    from imdb_jax.ensemble import binary_metrics
+    from imdb_jax.saved.ensemble import binary_metrics
 
     alive = [index for index, candidate in enumerate(candidates) if candidate.best_epoch is not None]
     if not alive:

@@ -1,6 +1,6 @@
 """Many model variants trained at once, fused into one model and one compiled program.
 
-`fit_variants` lays a study's variants out side by side (`imdb_jax.fused`): all first layers as
+`fit_variants` lays a study's variants out side by side (`imdb_jax.models.mlp`): all first layers as
 the columns of one kernel, later layers stacked per block of equal widths, per-variant numbers
 (penalties, dropout rate, learning rate, weight decay) as arrays. Each variant starts from the
 weights it would have alone (initialised at its own shape from its own seed) and, trained on the
@@ -21,14 +21,16 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from imdb_jax.config import ModelConfig
-from imdb_jax.device_data import as_xy
+from imdb_jax.data.csr import as_xy
 from imdb_jax.errors import ImdbJaxError
-from imdb_jax.fused import HYPERPARAMS, FusedState, Layout
-from imdb_jax.planning import plan_layout
+from imdb_jax.models.layout import Layout, plan_layout
 from imdb_jax.specs import VariantSpec, load_specs  # noqa: F401  (re-exported)
-from imdb_jax.steps import TrainState, create_train_state, train_state_from_params
-from imdb_jax import resume as run_checkpoint
-from imdb_jax.train import device_splits, fetch, history_from_records, run_epochs
+from imdb_jax.train import checkpoints
+from imdb_jax.train.device_data import to_device
+from imdb_jax.train.distributed import place
+from imdb_jax.train.epochs import logits_epoch
+from imdb_jax.train.loop import EpochPlan, check_batch_size, device_splits, fetch, history_from_records, run_epochs
+from imdb_jax.train.steps import HYPERPARAMS, FusedState, TrainState, create_train_state, train_state_from_params
 
 VARIANT_AXIS = "variants"
 
@@ -191,9 +193,6 @@ class VariantsResult:
           weights: "last" or "best", as in `state`.
           batch_size: reviews per batch.
         """
-        from imdb_jax.device_data import to_device
-        from imdb_jax.train import EpochPlan, check_batch_size, logits_epoch
-
         if weights not in ("last", "best"):
             raise ImdbJaxError(f"weights must be 'last' or 'best', got {weights!r}")
         if weights == "best" and self.fused.best_params is None:
@@ -224,19 +223,17 @@ def variant_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh | None:
 
 def _place(tree: Any, mesh: Mesh | None, spec: PartitionSpec) -> Any:
     """`tree` laid out on `mesh` by `spec`; across processes (a mesh with other processes'
-    devices) every process builds its own shards from its whole copy (`imdb_jax.distributed`)."""
+    devices) every process builds its own shards from its whole copy (`imdb_jax.train.distributed`)."""
     if mesh is None:
         return tree
-    from imdb_jax.distributed import place
-
     return place(tree, NamedSharding(mesh, spec))
 
 
 def _run_description(specs, train, validation, batch_size, shuffle_seed, shards, dense_words) -> dict[str, Any]:
     """What a checkpoint must agree on to be resumed."""
-    data = [run_checkpoint.data_fingerprint(*as_xy(train))]
+    data = [checkpoints.data_fingerprint(*as_xy(train))]
     if validation is not None:
-        data.append(run_checkpoint.data_fingerprint(*as_xy(validation)))
+        data.append(checkpoints.data_fingerprint(*as_xy(validation)))
     return {
         "specs": [spec.to_dict() for spec in specs],
         "data": data,
@@ -284,7 +281,7 @@ def fit_variants(
       on_epoch_end: optional `fn(epochs_done, histories)` called after every epoch with every
         variant's history so far (e.g. to write a study's JSON as it goes).
       checkpoint_dir: a folder to write the run's state to after every epoch
-        (`imdb_jax.resume`), so that a killed run can be resumed.
+        (`imdb_jax.train.checkpoints`), so that a killed run can be resumed.
       resume: continue from the checkpoint in `checkpoint_dir` if there is one (it must be of
         the same variants, data, batch size, shuffle seed and devices); the result is bitwise
         the one an uninterrupted run gives.
@@ -307,7 +304,7 @@ def fit_variants(
     meta = None
     if checkpoint_dir is not None:
         meta = _run_description(specs, train, validation, batch_size, shuffle_seed, shards, train_data.dense_words)
-        loaded = run_checkpoint.load(checkpoint_dir, state, meta) if resume else None
+        loaded = checkpoints.load(checkpoint_dir, state, meta) if resume else None
         if loaded is not None:
             state, records = loaded
     state = _place(jax.tree_util.tree_map(jnp.asarray, state), mesh, PartitionSpec(VARIANT_AXIS))
@@ -321,7 +318,7 @@ def fit_variants(
     def epoch_done(epochs_done: int, state: FusedState, record: dict[str, Any]) -> None:
         records.append(record)
         if checkpoint_dir is not None:
-            run_checkpoint.save(checkpoint_dir, state, records, meta)
+            checkpoints.save(checkpoint_dir, state, records, meta)
         if on_epoch_end is not None:
             on_epoch_end(epochs_done, histories())
 

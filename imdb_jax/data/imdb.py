@@ -1,8 +1,8 @@
 """The IMDb reviews as sparse feature matrices: ``load_imdb``, ``IMDbData`` and ``Split``.
 
-``load_imdb`` finds the data (``imdb_jax.sources``), and either loads the matrices from the on-disk
-cache (``imdb_jax.cache``) or tokenises the reviews once (``imdb_jax.text``) and builds the
-features (``imdb_jax.features``), fitting the vocabulary (and idf or naive-Bayes ratios) on the
+``load_imdb`` finds the data (``imdb_jax.data.sources``), and either loads the matrices from the on-disk
+cache (``imdb_jax.cache``) or tokenises the reviews once (``imdb_jax.data.text``) and builds the
+features (``imdb_jax.data.features``), fitting the vocabulary (and idf or naive-Bayes ratios) on the
 training reviews only, less the first ``held_out`` of them, and caches the result.
 
 The default features (words, binary, ``min_count=1``, ``held_out=0``) are today's multi-hot rows
@@ -30,11 +30,11 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from imdb_jax import cache, sources
+from imdb_jax.data import cache, sources
+from imdb_jax.data.features import FORMAT_VERSION as FEATURES_FORMAT_VERSION
+from imdb_jax.data.features import NB_ALPHA, FeatureSpec, check_settings
+from imdb_jax.data.text import TOKENIZER_VERSION, Text, TokenIds, Vocabulary, token_ids
 from imdb_jax.errors import ImdbJaxError
-from imdb_jax.features import FORMAT_VERSION as FEATURES_FORMAT_VERSION
-from imdb_jax.features import NB_ALPHA, FeatureSpec, check_settings
-from imdb_jax.text import TOKENIZER_VERSION, Text, TokenIds, Vocabulary, token_ids
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -43,7 +43,7 @@ class Split:
 
     Attributes:
         x: float32[reviews, num_words] CSR rows, sorted unique indices; data all 1.0 (multi-hot)
-            for binary features, else the tf-idf or naive-Bayes values (``imdb_jax.features``).
+            for binary features, else the tf-idf or naive-Bayes values (``imdb_jax.data.features``).
         y: float32[reviews] labels, 1.0 = positive, 0.0 = negative.
     """
 
@@ -186,7 +186,7 @@ def load_imdb(
             every term seen at least ``min_count`` times.
         ngrams: longest word n-gram used as a feature (1 = words only).
         weighting: the value of a present feature: ``"binary"`` (1.0), ``"tfidf"`` or ``"nb"``
-            (naive-Bayes log-count ratio); see ``imdb_jax.features``.
+            (naive-Bayes log-count ratio); see ``imdb_jax.data.features``.
         min_count: the fewest occurrences in the fitted reviews a feature needs.
         held_out: the first ``held_out`` training reviews take no part in fitting the vocabulary,
             idf or ratios (they are still vectorised); pass the validation size used with

@@ -23,7 +23,7 @@ Vectorisation (``Vocabulary.transform``): one multi-hot row per text, float32 on
 unique columns of its known words; unknown words are dropped.
 
 Word ids (``token_ids``): every token of every review as an int32 word id, in order, for the
-vectorised n-gram builder in ``imdb_jax.features``; the reviews are tokenised once.
+vectorised n-gram builder in ``imdb_jax.data.features``; the reviews are tokenised once.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ import functools
 import itertools
 import operator
 import re
-import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from types import MappingProxyType
@@ -44,6 +43,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from imdb_jax.errors import ImdbJaxError
+from imdb_jax.progress import progress_bar
 
 TOKENIZER_VERSION = "ascii-words-v1"
 """Changes whenever ``tokenize`` would split any text differently (it keys the on-disk cache)."""
@@ -72,9 +72,8 @@ def tokenize(text: Text) -> list[str]:
 def _progress(texts: Sequence[Text], progress: bool, desc: str) -> Iterable[Text]:
     if not progress:
         return texts
-    from tqdm import tqdm
-
-    return tqdm(texts, desc=desc, unit=" reviews", file=sys.stderr, leave=False)
+    # A bar on a terminal; in a log, one line when the split is done, not one per review.
+    return progress_bar(texts, desc=desc, unit=" reviews", leave=False, lines="end")
 
 
 def _multi_hot(columns: np.ndarray, lengths: np.ndarray, num_columns: int) -> sp.csr_matrix:
@@ -154,7 +153,7 @@ def token_ids(texts: Sequence[Text], progress: bool = False, desc: str = "tokeni
 
     Args:
         texts: reviews, ``str`` or ``bytes``.
-        progress: show a tqdm bar on stderr while tokenising.
+        progress: show progress on stderr while tokenising (`imdb_jax.progress`).
         desc: label of the progress bar.
 
     Returns:
@@ -212,7 +211,7 @@ class Vocabulary:
         Args:
             texts: the training reviews, ``str`` or ``bytes``.
             num_words: the most words to keep; fewer when the texts hold fewer distinct words.
-            progress: show a tqdm bar on stderr while tokenising.
+            progress: show progress on stderr while tokenising (`imdb_jax.progress`).
 
         Returns:
             The fitted vocabulary.
@@ -228,7 +227,7 @@ class Vocabulary:
         Args:
             texts: the training reviews, ``str`` or ``bytes``.
             num_words: the most words to keep.
-            progress: show a tqdm bar on stderr while tokenising.
+            progress: show progress on stderr while tokenising (`imdb_jax.progress`).
             desc: label of the progress bar.
 
         Returns:
@@ -257,7 +256,7 @@ class Vocabulary:
 
         Args:
             texts: reviews, ``str`` or ``bytes``.
-            progress: show a tqdm bar on stderr while tokenising.
+            progress: show progress on stderr while tokenising (`imdb_jax.progress`).
             desc: label of the progress bar.
 
         Returns:
@@ -289,7 +288,7 @@ class Vocabulary:
         if isinstance(data, dict) and "terms" in data:
             raise ImdbJaxError(
                 "this is a saved n-gram/weighted feature set, not a plain vocabulary; "
-                "read it with imdb_jax.features.vectorizer_from_dict"
+                "read it with imdb_jax.data.features.vectorizer_from_dict"
             )
         try:
             words, tokenizer = data["words"], data["tokenizer"]

@@ -1,7 +1,7 @@
 """JAX's persistent compilation cache, on by default: a second process compiles nothing.
 
 The compiled programs (XLA executables) are kept on disk beside the data cache, in
-`<cache dir>/xla` (`imdb_jax.cache.default_cache_dir()`), so the second `imdb-jax train` or
+`<cache dir>/xla` (`imdb_jax.data.cache.default_cache_dir()`), so the second `imdb-jax train` or
 `study` in a new process loads its programs instead of compiling them. Where it goes:
 
 - `IMDB_JAX_COMPILE_CACHE=DIR` moves it; `IMDB_JAX_COMPILE_CACHE=off` (or `0`, `none`, `false`)
@@ -30,7 +30,7 @@ def resolve(setting: str | os.PathLike | None = None) -> Path | None:
     if setting is None:
         setting = os.environ.get(ENVIRONMENT)
     if setting is None or str(setting) == "":
-        from imdb_jax.cache import default_cache_dir
+        from imdb_jax.data.cache import default_cache_dir
 
         return default_cache_dir() / "xla"
     if str(setting).strip().lower() in OFF:

@@ -30,8 +30,8 @@ import numpy as np
 
 from imdb_jax.atomic import atomic_write, json_bytes
 from imdb_jax.errors import ImdbJaxError
-from imdb_jax.fused import FusedState
-from imdb_jax.train import fetch
+from imdb_jax.train.loop import fetch
+from imdb_jax.train.steps import FusedState
 
 ARRAYS = "run.npz"
 META = "run.json"

@@ -16,6 +16,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from imdb_jax.models.layers import tree_sum
+from imdb_jax.models.layout import Layout
+
 RMS_DECAY = 0.9
 RMS_EPSILON = 1e-7
 
@@ -68,3 +71,27 @@ def kernel_penalty(params: Any, l1: jax.Array | float, l2: jax.Array | float, ma
     l1_sum = sum(jnp.sum(jnp.abs(kernel)) for kernel in kernels)
     l2_sum = sum(jnp.sum(jnp.square(kernel)) for kernel in kernels)
     return l1 * l1_sum + l2 * l2_sum
+
+
+def penalties(params: Any, layout: Layout, l1: jax.Array, l2: jax.Array) -> jax.Array:
+    """float32[slots]: each variant's `l1 * sum|w| + l2 * sum w**2` over its hidden kernels
+    (Keras' kernel regularisers; the output layer is not penalised)."""
+    kernel = params["first"]["kernel"]
+    abs_sums, square_sums = [], []
+    for block, block_params in zip(layout.blocks, params["blocks"]):
+        if not block.penalty:
+            abs_sums.append(jnp.zeros((block.size,), jnp.float32))
+            square_sums.append(jnp.zeros((block.size,), jnp.float32))
+            continue
+        # Each column summed over the rows by a fixed tree, then each variant's columns.
+        columns = kernel[:, block.offset : block.offset + block.columns]
+        width = block.hidden_units[0]
+        abs_sum = tree_sum(tree_sum(jnp.abs(columns), axis=0).reshape(block.size, width), axis=1)
+        square_sum = tree_sum(tree_sum(jnp.square(columns), axis=0).reshape(block.size, width), axis=1)
+        for layer in block_params["hidden"]:
+            flat = layer["kernel"].reshape(block.size, -1)
+            abs_sum = abs_sum + tree_sum(jnp.abs(flat), axis=1)
+            square_sum = square_sum + tree_sum(jnp.square(flat), axis=1)
+        abs_sums.append(abs_sum)
+        square_sums.append(square_sum)
+    return l1 * jnp.concatenate(abs_sums) + l2 * jnp.concatenate(square_sums)

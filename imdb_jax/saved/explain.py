@@ -26,10 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.sparse as sp
 
-from imdb_jax.device_data import bucket, checked_csr
-from imdb_jax.models import SparseMultiHot
-from imdb_jax.steps import TrainState, predict_logits
-from imdb_jax.text import Text
+from imdb_jax.data.csr import bucket, checked_csr
+from imdb_jax.data.text import Text
+from imdb_jax.models.inputs import SparseMultiHot
+from imdb_jax.train.steps import TrainState, predict_logits
 
 DEFAULT_TOP = 5
 CHUNK_REVIEWS = 256  # reviews per compiled gradient call
@@ -91,7 +91,7 @@ def explain_rows(model: Any, rows: Any, *, top: int = DEFAULT_TOP) -> list[list[
     """The terms that moved each review's score most.
 
     Args:
-      model: a ``SavedModel`` or an ``EnsembleModel`` (``imdb_jax.checkpoint.load_model``).
+      model: a ``SavedModel`` or an ``EnsembleModel`` (``imdb_jax.saved.loading.load_model``).
       rows: the reviews as ``model.vectorize`` makes them.
       top: terms to keep per review, largest ``|contribution|`` first.
 
@@ -100,7 +100,7 @@ def explain_rows(model: Any, rows: Any, *, top: int = DEFAULT_TOP) -> list[list[
       (positive: towards "positive"); ties in size go alphabetically. Empty for a review with no
       known term.
     """
-    from imdb_jax.ensemble import EnsembleModel
+    from imdb_jax.saved.ensemble import EnsembleModel
 
     if top < 0:
         raise ValueError(f"top must be >= 0, got {top}")

@@ -8,12 +8,12 @@ A model folder holds three plain files:
   (its words and tokeniser version, so raw text is vectorised exactly as in training), the
   training step, the SHA-256 of ``params.npz`` and any metrics.
 - ``history.json``: the Keras-style per-epoch history (``null`` when none was given).
-- ``features.npz``, for n-gram or weighted features only (``imdb_jax.features.FeatureSpec``, up to
+- ``features.npz``, for n-gram or weighted features only (``imdb_jax.data.features.FeatureSpec``, up to
   a million terms): the terms, their idf or naive-Bayes ratios and settings
   (``FeatureSpec.to_arrays``); ``model.json`` then names the file and its SHA-256 instead of
   holding the words, and says format 2. Plain word vocabularies stay inline (format 1).
 
-A folder holding ``ensemble.json`` instead is an ensemble of such folders (``imdb_jax.ensemble``);
+A folder holding ``ensemble.json`` instead is an ensemble of such folders (``imdb_jax.saved.ensemble``);
 ``load_model`` loads either.
 
 Why not Orbax (installed with Flax): a model here is ~160k float32s and a few hundred kilobytes
@@ -60,12 +60,12 @@ from flax import traverse_util
 from imdb_jax import __version__
 from imdb_jax.atomic import atomic_write, fsync_folder, json_bytes, to_json_value  # noqa: F401 (re-exported)
 from imdb_jax.config import ModelConfig
+from imdb_jax.data.features import FORMAT as FEATURES_FORMAT
+from imdb_jax.data.features import FeatureSpec, vectorizer_from_dict
+from imdb_jax.data.text import Text, Vocabulary
 from imdb_jax.errors import ImdbJaxError
-from imdb_jax.features import FORMAT as FEATURES_FORMAT
-from imdb_jax.features import FeatureSpec, vectorizer_from_dict
-from imdb_jax.steps import TrainState, create_train_state, train_state_from_params
-from imdb_jax.text import Text, Vocabulary
-from imdb_jax.train import predict
+from imdb_jax.train.fit import predict
+from imdb_jax.train.steps import TrainState, create_train_state, train_state_from_params
 
 FORMAT = "imdb_jax.model"
 FORMAT_VERSION = 2  # 2: features in FEATURES_FILE; folders without it are still written as 1
@@ -306,16 +306,15 @@ def _read_json(file: Path, folder: Path) -> Any:
         raise ImdbJaxError(f"{folder} is not a usable model folder: {file.name} is not valid JSON ({error})") from None
 
 
-def load_model(path: str | os.PathLike) -> SavedModel:
-    """Loads a model saved with `save_model` (or an ensemble saved with
-    `imdb_jax.ensemble.save_ensemble`).
+def load_single_model(path: str | os.PathLike) -> SavedModel:
+    """Loads one model saved with `save_model` (`imdb_jax.saved.loading.load_model` loads
+    ensembles too).
 
     Args:
       path: the model folder.
 
     Returns:
-      The model; its predictions equal those of the saved state. An ensemble's folder gives an
-      `imdb_jax.ensemble.EnsembleModel`, which predicts like a `SavedModel`.
+      The model; its predictions equal those of the saved state.
 
     Raises:
       ImdbJaxError: the folder is missing, is not a model folder, or its files are corrupt or do
@@ -324,10 +323,6 @@ def load_model(path: str | os.PathLike) -> SavedModel:
     folder = Path(path)
     if not folder.is_dir():
         raise ImdbJaxError(f"{folder} is not a model folder (no such folder)")
-    from imdb_jax.ensemble import ENSEMBLE_FILE, load_ensemble
-
-    if (folder / ENSEMBLE_FILE).is_file() and not (folder / MODEL_FILE).exists():
-        return load_ensemble(folder)
     model = _read_json(folder / MODEL_FILE, folder)
     if not isinstance(model, dict) or model.get("format") != FORMAT:
         raise ImdbJaxError(f"{folder} is not a model folder: {MODEL_FILE} is not an imdb_jax model description")

@@ -5,7 +5,7 @@ variant mesh of `fit_variants` (`jax.devices()`) spans every process's devices: 
 trains the variant shards on its own devices, on the same batches (every process reads the data
 itself and shuffles with the same keys), and nothing crosses processes during an epoch. At the
 end of each epoch, the metric sums (and, for checkpoints and results, the weights) are gathered
-to every process (`gather`, behind `imdb_jax.train.fetch`), so every process holds the same
+to every process (`gather`, behind `imdb_jax.train.loop.fetch`), so every process holds the same
 records and results; only process 0 (`is_main`) writes files.
 
 Failure is bounded, never a hang (the numbers below are this module's defaults):

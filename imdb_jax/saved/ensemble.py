@@ -3,7 +3,7 @@
 An ensemble folder holds ``ensemble.json`` and one ordinary model folder per member
 (``member-0/``, ``member-1/``, ...; each loads alone with ``load_model``). ``ensemble.json`` gives
 the format, each member's folder (relative, inside the ensemble's) and weight (positive, summing
-to 1), and any metrics. ``imdb_jax.checkpoint.load_model`` loads either kind of folder, so
+to 1), and any metrics. ``imdb_jax.saved.loading.load_model`` loads either kind of folder, so
 ``imdb-jax predict`` and ``evaluate`` take an ensemble's folder as they take a model's.
 
 Members may use different features (n-grams, weighting): each review is vectorised once per
@@ -24,11 +24,12 @@ import scipy.sparse as sp
 
 from imdb_jax import __version__
 from imdb_jax.atomic import atomic_write, json_bytes
+from imdb_jax.data.features import FeatureSpec
+from imdb_jax.data.text import Text, token_ids
 from imdb_jax.errors import ImdbJaxError
-from imdb_jax.features import FeatureSpec
-from imdb_jax.text import Text, token_ids
+from imdb_jax.saved.model_folder import MODEL_FILE, load_single_model, save_model
 
-FORMAT = "imdb_jax.ensemble"
+FORMAT = "imdb_jax.saved.ensemble"
 FORMAT_VERSION = 1
 ENSEMBLE_FILE = "ensemble.json"
 PROBABILITY_FLOOR = 1e-7  # the log loss of an averaged probability is taken at [floor, 1 - floor]
@@ -64,7 +65,7 @@ class EnsembleModel:
     """Models whose probabilities are averaged with fixed weights.
 
     Attributes:
-      members: the models (``imdb_jax.checkpoint.SavedModel``).
+      members: the models (``imdb_jax.saved.model_folder.SavedModel``).
       weights: float64[members], positive, summing to 1.
       metrics: figures saved with the ensemble (e.g. its test accuracy), or None.
       path: the folder it was loaded from (None when built in memory).
@@ -186,8 +187,6 @@ def save_ensemble(
     Returns:
       The folder.
     """
-    from imdb_jax.checkpoint import MODEL_FILE, save_model
-
     folder = Path(path)
     if (folder / MODEL_FILE).exists():
         raise ImdbJaxError(f"{folder} already holds a single model ({MODEL_FILE}); write the ensemble to another folder")
@@ -218,8 +217,6 @@ def load_ensemble(path: str | os.PathLike) -> EnsembleModel:
     """
     import json
 
-    from imdb_jax.checkpoint import load_model
-
     folder = Path(path)
     try:
         description = json.loads((folder / ENSEMBLE_FILE).read_text(encoding="utf-8"))
@@ -243,7 +240,7 @@ def load_ensemble(path: str | os.PathLike) -> EnsembleModel:
         member_folder = (folder / entry["path"]).resolve()
         if root not in member_folder.parents:
             raise ImdbJaxError(f"{folder}: member {entry['path']!r} is not inside the ensemble's folder")
-        member = load_model(folder / entry["path"])
+        member = load_single_model(folder / entry["path"])
         if isinstance(member, EnsembleModel):
             raise ImdbJaxError(f"{folder}: member {entry['path']!r} is itself an ensemble; members must be single models")
         members.append(member)

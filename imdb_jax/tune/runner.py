@@ -72,9 +72,7 @@ from typing import Any
 import numpy as np
 
 from imdb_jax.errors import ImdbJaxError
-from imdb_jax.tune_search import (  # noqa: F401  (re-exported: the search space is part of this API)
-    BUDGETS,
-    LEARNING_RATE_SCALE,
+from imdb_jax.tune.search import (
     SHUFFLE_SEED,
     Candidate,
     Choice,
@@ -156,8 +154,8 @@ def tune(
     """
     space = resolve_budget(budget)
     if output_dir is not None:
-        from imdb_jax.checkpoint import MODEL_FILE
-        from imdb_jax.ensemble import ENSEMBLE_FILE
+        from imdb_jax.saved.ensemble import ENSEMBLE_FILE
+        from imdb_jax.saved.model_folder import MODEL_FILE
 
         for name in (MODEL_FILE, ENSEMBLE_FILE):
             if (Path(output_dir) / name).exists():  # said now, not after minutes of training
@@ -201,7 +199,7 @@ def tune(
     summary["seconds"] = {key: round(value, 3) for key, value in clock.seconds.items()}
     if folder is not None:  # the report and figure, after the clock: they need its figures
         from imdb_jax.atomic import write_json
-        from imdb_jax.tune_report import write_report
+        from imdb_jax.tune.report import write_report
 
         write_report(summary, folder)
         write_json(folder / "search.json", summary)
@@ -223,9 +221,9 @@ def _retrain(space: SearchSpace, candidates: Sequence[Candidate], chosen: list[t
     one fused run per feature set. Returns (model, test rows, test labels, retrained records)."""
     import jax
 
-    from imdb_jax.checkpoint import SavedModel
-    from imdb_jax.ensemble import EnsembleModel
-    from imdb_jax.variants import fit_variants
+    from imdb_jax.saved.ensemble import EnsembleModel
+    from imdb_jax.saved.model_folder import SavedModel
+    from imdb_jax.train.variants import fit_variants
 
     groups: dict[FeatureSet, list[int]] = {}
     for position, (index, _) in enumerate(chosen):
@@ -259,7 +257,7 @@ def _retrain(space: SearchSpace, candidates: Sequence[Candidate], chosen: list[t
         del data
     if len(chosen) == 1:
         return members[0], test_matrices[0], test_labels, retrained
-    from imdb_jax.ensemble import EnsembleRows
+    from imdb_jax.saved.ensemble import EnsembleRows
 
     model = EnsembleModel(tuple(members), np.asarray([weight for _, weight in chosen]))
     rows = EnsembleRows(tuple(test_matrices), tuple(member_matrix))
@@ -268,8 +266,8 @@ def _retrain(space: SearchSpace, candidates: Sequence[Candidate], chosen: list[t
 
 def _score(model: Any, rows: Any, labels: np.ndarray) -> dict[str, float]:
     """{"loss", "accuracy", "count"} on the test reviews, by the code ``imdb-jax evaluate`` runs."""
-    from imdb_jax.ensemble import EnsembleModel
-    from imdb_jax.train import evaluate
+    from imdb_jax.saved.ensemble import EnsembleModel
+    from imdb_jax.train.fit import evaluate
 
     if isinstance(model, EnsembleModel):
         metrics = model.evaluate_rows(rows, labels)
@@ -302,8 +300,8 @@ def _summary(space, candidates, choice, retrained, metrics, picked, loaded) -> d
 
 def _write_model(folder: Path, model: Any, retrained: list[dict[str, Any]], summary: dict[str, Any]) -> Path:
     """The model folder (a single model's files, or an ensemble's) with its metrics."""
-    from imdb_jax.checkpoint import save_model
-    from imdb_jax.ensemble import EnsembleModel, save_ensemble
+    from imdb_jax.saved.ensemble import EnsembleModel, save_ensemble
+    from imdb_jax.saved.model_folder import save_model
 
     metrics = {"test_accuracy": summary["test_accuracy"], "test_loss": summary["test_loss"],
                "validation_accuracy": summary["validation_accuracy"], "tuned": True}

@@ -23,8 +23,9 @@ import numpy as np
 import scipy.sparse as sp
 from flax import struct
 
+from imdb_jax.data.csr import as_xy, bucket, checked_csr, is_binary
 from imdb_jax.errors import ImdbJaxError
-from imdb_jax.models import MultiHot, SparseMultiHot
+from imdb_jax.models.inputs import MultiHot, SparseMultiHot
 
 CAPACITY_QUANTUM = 1024  # non-zeros per batch are padded up to a multiple of this
 
@@ -75,50 +76,6 @@ class DeviceReviews:
     @property
     def nonzeros(self) -> int:
         return self.head.indices.shape[0] + self.tail.indices.shape[0]
-
-
-def as_xy(split: Any) -> tuple[sp.csr_matrix, np.ndarray | None]:
-    """Accepts a `Split` (anything with `.x` and `.y`), an `(x, y)` pair, or a bare matrix."""
-    if hasattr(split, "x"):
-        return split.x, getattr(split, "y", None)
-    if isinstance(split, tuple):
-        x, y = split
-        return x, y
-    return split, None
-
-
-def checked_csr(x: Any) -> sp.csr_matrix:
-    """`x` as a CSR matrix with sorted indices.
-
-    Accepts any SciPy sparse matrix of finite float values: multi-hot rows (all ones, the fast
-    path), or weighted features (tf-idf, naive-Bayes ratios). A column repeated within a row
-    is kept and counts with each of its values, as in `x.toarray()`. Rejects dense arrays,
-    empty matrices and non-finite values.
-    """
-    if not sp.issparse(x):
-        raise ImdbJaxError(f"expected a scipy.sparse CSR matrix of multi-hot rows, got {type(x).__name__}")
-    x = sp.csr_matrix(x)
-    if x.shape[0] == 0:
-        raise ImdbJaxError("the split has no reviews")
-    if not x.has_sorted_indices:
-        x = x.sorted_indices()
-    if x.data.size and not np.all(np.isfinite(x.data)):
-        raise ImdbJaxError("the matrix holds non-finite values (NaN or infinity)")
-    return x
-
-
-def is_binary(x: sp.csr_matrix) -> bool:
-    """Every stored value is exactly 1 (multi-hot rows): the first layer then skips values."""
-    return bool(np.all(x.data == 1.0))
-
-
-def bucket(count: int) -> int:
-    """`count` rounded up to one of 4, 5, 6, 7 times a power of two (at most 25% more), so that
-    inputs of many sizes share a few compiled programs."""
-    if count <= 4:
-        return max(count, 1)
-    step = 2 ** (count.bit_length() - 3)
-    return -(-count // step) * step
 
 
 def _part(x: sp.csr_matrix, rows: int, nonzeros: int, binary: bool) -> CSRPart:

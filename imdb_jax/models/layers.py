@@ -1,0 +1,236 @@
+"""Many variants as one model: first layers side by side, later layers stacked per shape.
+
+Every variant of a study sees the same batch, so they are laid out to share the hardware too
+(horizontal fusion, as in HFTA):
+
+- the first layers of all variants are the columns of one kernel `float32[num_words, width]`
+  (`width` = the sum of the variants' first widths, 4 next to 512, no padding), so one gather of
+  a review's kernel rows and one scatter-add of their gradients serve every variant;
+- later layers are stacked per *block* of variants with the same hidden widths (and the same
+  "dropout or not", "penalty or not", so blocks without them skip that work) and applied as
+  batched contractions over the block's variant axis; a block's depth is its own (no padded
+  layers, no masks);
+- per-variant numbers (learning rate, weight decay, L1, L2, dropout rate) are arrays, so studies
+  that differ only in those numbers (not in switching dropout or a penalty on or off) share one
+  compiled program.
+
+A variant's numbers never depend on its company. Each column of the bag adds a review's words in
+their order, a chunk of 1,024 occurrences at a time whatever the width; every sum over the batch
+(a bias gradient, a loss) or over a variant's own weights (a penalty) is a fixed pairwise tree
+(`tree_sum`); contractions over a variant's own units are batched per variant; nothing sums
+across variants, and the blocks depend on each variant alone. So the same spec, seed
+and data order give bitwise the same weights and history alone (`fit` is a study of one) or among
+64 others. The exception is the optional dense head (`dense_words > 0`): a matmul's rounding
+depends on the matrix width, so that path agrees only to float32 rounding.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from imdb_jax.models.inputs import MultiHot, SparseMultiHot
+
+# ---------------------------------------------------------------------------------------------
+# Reductions whose order is fixed by their own axis, whatever else shares the arrays.
+
+
+def tree_sum(x: jax.Array, axis: int) -> jax.Array:
+    """Sum over `axis` as a fixed pairwise tree (zero-padded to a power of two).
+
+    XLA's own reductions pick their order (vector width, unrolling) by the whole array's shape,
+    so a variant's sum could change with the number of variants beside it; halving adds are
+    elementwise and give the same bits for any shape of the other axes.
+    """
+    axis = axis % x.ndim
+    size = x.shape[axis]
+    padded = 1 << max(size - 1, 0).bit_length()
+    if padded != size:
+        pad = [(0, 0, 0)] * x.ndim
+        pad[axis] = (0, padded - size, 0)
+        x = jax.lax.pad(x, jnp.zeros((), x.dtype), pad)
+    while x.shape[axis] > 1:
+        half = x.shape[axis] // 2
+        x = jax.lax.add(jax.lax.slice_in_dim(x, 0, half, axis=axis), jax.lax.slice_in_dim(x, half, 2 * half, axis=axis))
+    return jax.lax.squeeze(x, (axis,))
+
+
+@jax.custom_vjp
+def add_bias(x: jax.Array, bias: jax.Array) -> jax.Array:
+    """`x[..., batch, units] + bias[..., units]`, whose bias gradient is a `tree_sum` over the
+    batch (autodiff's own would be an XLA reduction)."""
+    return x + bias[..., None, :]
+
+
+def _add_bias_fwd(x, bias):
+    return add_bias(x, bias), None
+
+
+def _add_bias_bwd(_, grad):
+    return grad, tree_sum(grad, axis=-2)
+
+
+add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
+
+
+@jax.custom_vjp
+def output_logits(h: jax.Array, kernel: jax.Array) -> jax.Array:
+    """float32[n, batch] = h[n, batch, units] · kernel[n, units], summed by `tree_sum` both
+    ways (a matrix-vector product's rounding would depend on the shapes)."""
+    return tree_sum(h * kernel[:, None, :], axis=-1)
+
+
+def _output_fwd(h, kernel):
+    return output_logits(h, kernel), (h, kernel)
+
+
+def _output_bwd(residuals, grad):
+    h, kernel = residuals
+    return grad[..., None] * kernel[:, None, :], tree_sum(h * grad[..., None], axis=-2)
+
+
+output_logits.defvjp(_output_fwd, _output_bwd)
+
+
+# ---------------------------------------------------------------------------------------------
+# The embedding bag, in chunks that stay in cache.
+
+# Occurrences per chunk of the embedding bag. Fixed, whatever the width: XLA's scatter does not
+# promise to add a chunk's updates in a fixed order, only the same order for the same chunk, so
+# the chunking must not depend on which variants are fused. 1,024 occurrences keep a chunk's
+# gathered rows in cache for fused widths up to ~256 columns and the loop short (~75 chunks per
+# batch of 512 reviews); measured on the 2-core CPU it beats one whole-batch gather for 64 fused
+# 16-16 variants and matches it for one.
+BAG_CHUNK = 1024
+
+
+def bag_chunk(capacity: int) -> int:
+    """Occurrences per chunk: `BAG_CHUNK`, or less where it does not divide `capacity`."""
+    chunk = min(BAG_CHUNK, capacity)
+    while capacity % chunk:
+        chunk //= 2
+    return max(chunk, 1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def embedding_bag(kernel, word_ids, row_ids, values, batch_size: int, chunk: int):
+    """float32[batch_size, width]: row `r` sums `value * kernel[word]` over its occurrences.
+
+    The occurrences are taken `chunk` at a time, in order, so the gathered rows of a chunk stay
+    in cache instead of materialising `[occurrences, width]` (the bag moves bytes, it does
+    little arithmetic). The backward pass scatter-adds into the kernel's gradient chunk by
+    chunk in the same order. A column's sums do not depend on the columns beside it (tested
+    bitwise in tests/test_variants.py).
+
+    Args:
+      kernel: float32[num_words, width].
+      word_ids, row_ids: int32[capacity] occurrences; padding has row `batch_size` (dropped).
+      values: None (multi-hot) or float32[capacity].
+      batch_size: rows.
+      chunk: occurrences per chunk, dividing `capacity`.
+    """
+    return _bag_forward(kernel, word_ids, row_ids, values, batch_size, chunk)
+
+
+def _chunks(chunk, *arrays):
+    return tuple(None if array is None else array.reshape(-1, chunk) for array in arrays)
+
+
+def _bag_forward(kernel, word_ids, row_ids, values, batch_size, chunk):
+    def body(summed, part):
+        words, rows, weights = part
+        gathered = jnp.take(kernel, words, axis=0)
+        if weights is not None:
+            gathered = gathered * weights[:, None]
+        return summed.at[rows].add(gathered, mode="drop"), None
+
+    start = jnp.zeros((batch_size, kernel.shape[1]), kernel.dtype)
+    summed, _ = jax.lax.scan(body, start, _chunks(chunk, word_ids, row_ids, values))
+    return summed
+
+
+def _bag_fwd(kernel, word_ids, row_ids, values, batch_size, chunk):
+    return _bag_forward(kernel, word_ids, row_ids, values, batch_size, chunk), (kernel.shape, word_ids, row_ids, values)
+
+
+def _bag_bwd(batch_size, chunk, residuals, grad):
+    del batch_size
+    shape, word_ids, row_ids, values = residuals
+
+    def body(kernel_grad, part):
+        words, rows, weights = part
+        rows_grad = jnp.take(grad, rows, axis=0, mode="fill", fill_value=0.0)
+        if weights is not None:
+            rows_grad = rows_grad * weights[:, None]
+        return kernel_grad.at[words].add(rows_grad), None
+
+    kernel_grad, _ = jax.lax.scan(body, jnp.zeros(shape, grad.dtype), _chunks(chunk, word_ids, row_ids, values))
+    return kernel_grad, None, None, None
+
+
+embedding_bag.defvjp(_bag_fwd, _bag_bwd)
+
+
+# ---------------------------------------------------------------------------------------------
+# The fused model.
+
+
+glorot_uniform = nn.initializers.glorot_uniform()
+
+
+class MultiHotDense(nn.Module):
+    """First layer: `x @ kernel + bias` on multi-hot rows, computed densely, sparsely or both.
+
+    - a dense float32[batch, num_words] input: a plain matmul;
+    - `SparseMultiHot`: an embedding bag — the sum of the kernel rows of each review's words (a
+      gather and a segment sum; its gradient a scatter-add), ~`num_words / words_per_review`
+      times less arithmetic than the matmul;
+    - `MultiHot`: a matmul for the frequent head columns (matmul speed) plus an embedding bag for
+      the rare tail words (little work), the fastest mix on CPU.
+    Every path shares the same `kernel[num_words, features]`, so a model trained one way runs
+    any other, with the same results to float32 rounding.
+    """
+
+    features: int
+    num_words: int
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array | SparseMultiHot) -> jax.Array:
+        kernel = self.param("kernel", glorot_uniform, (self.num_words, self.features), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+        if isinstance(inputs, SparseMultiHot):
+            inputs = MultiHot(head=None, tail=inputs)
+        if not isinstance(inputs, MultiHot):
+            return inputs @ kernel + bias
+        summed = bias
+        if inputs.head is not None:
+            summed = summed + inputs.head @ kernel[: inputs.head.shape[-1]]
+        if inputs.tail is not None:
+            rows = jnp.take(kernel, inputs.tail.word_ids, axis=0)
+            if inputs.tail.values is not None:
+                rows = rows * inputs.tail.values[:, None]
+            summed = summed + jax.ops.segment_sum(rows, inputs.tail.row_ids, num_segments=inputs.tail.batch_size)
+        return summed
+
+
+def column_dropout(x: jax.Array, rate: jax.Array | float, rng: jax.Array, layer: int) -> jax.Array:
+    """Inverted dropout (Keras semantics: kept units scaled by `1 / (1 - rate)`, applied as an
+    explicit reciprocal so XLA cannot rewrite the division differently from one program to the
+    next) whose mask for unit `j` depends only on `(rng, layer, j)`: a variant's masks are the
+    same whatever other variants or units train beside it.
+
+    Args:
+      x: float32[batch, units] activations.
+      rate: fraction dropped, a Python float or a traced scalar (0 keeps `x` unchanged).
+      rng: PRNG key for this step.
+      layer: index of the hidden layer.
+    """
+    keep = 1.0 - rate
+    layer_key = jax.random.fold_in(rng, layer)
+    column_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(layer_key, jnp.arange(x.shape[-1]))
+    uniform = jax.vmap(lambda key: jax.random.uniform(key, x.shape[:-1]))(column_keys)
+    kept = jnp.moveaxis(uniform, 0, -1) < keep
+    return jnp.where(kept, x * (1.0 / keep), 0.0)

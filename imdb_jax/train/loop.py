@@ -1,0 +1,215 @@
+"""The training loop: whole epochs as compiled scans of the fused step over on-device batches.
+
+`fit` trains one model and `imdb_jax.train.variants.fit_variants` many; both run the same compiled
+epoch (`fit` is a study of one), so a variant trained alone and the same variant among others
+agree bitwise. An epoch is one jit-compiled `lax.scan` of `fused_train_step` over the epoch's
+batches (cut from the CSR arrays on the device, in an order shuffled on the device), so no
+Python runs per step; the padded last batch keeps one shape, so there is one compilation per
+run shape. The variant axis can be spread over devices: every leaf of the state then carries a
+leading shard axis, sharded over a mesh. A variant whose loss or weights stop being finite in an
+epoch goes back to its weights from before that epoch and is marked diverged; the others go on.
+
+`evaluate` and `predict` score one trained model (`TrainState`) with the Flax `MLP`.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from imdb_jax.data.csr import as_xy
+from imdb_jax.errors import ImdbJaxError
+from imdb_jax.models.dense_head import choose_dense_words
+from imdb_jax.train import compile_cache
+from imdb_jax.train.device_data import (
+    DeviceReviews,
+    epoch_rows,
+    exact_capacity,
+    max_batch_nonzeros,
+    round_capacity,
+    shuffled_capacity,
+    to_device,
+)
+from imdb_jax.train.distributed import gather
+from imdb_jax.train.epochs import eval_epoch, keep_best, train_epoch
+from imdb_jax.train.steps import FusedState
+
+# Largest batch accepted: beyond it a batch's dense activations alone outgrow any memory.
+MAX_BATCH_SIZE = 1 << 20
+
+
+# ---------------------------------------------------------------------------------------------
+# Compiled epochs over fused states (every leaf with a leading shard axis).
+
+
+# ---------------------------------------------------------------------------------------------
+# Host-side driving.
+
+
+def fetch(tree: Any) -> Any:
+    """Device arrays → host NumPy, for records, checkpoints and results (the one place a run's
+    numbers leave the devices). `jax.device_get` in one process; across processes
+    (`imdb_jax.train.distributed`) every process gets every shard, so all must call it together."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    return gather(tree)
+
+
+class EpochPlan:
+    """Batch layout and capacities of one split, with the one-off capacity growth check."""
+
+    def __init__(self, data: DeviceReviews, batch_size: int, shuffle: bool):
+        self.data = data
+        self.batch_size = batch_size
+        if shuffle:
+            self.capacity = shuffled_capacity(data, batch_size)
+        else:
+            self.rows = epoch_rows(data.num_rows, batch_size)
+            self.capacity = exact_capacity(data, self.rows)
+
+    def shuffled_rows(self, key: jax.Array) -> jax.Array:
+        rows = epoch_rows(self.data.num_rows, self.batch_size, key)
+        needed = [int(count) for count in max_batch_nonzeros(self.data, rows)]
+        if any(count > capacity for count, capacity in zip(needed, self.capacity)):
+            # Rare: grow once, at the cost of one recompilation.
+            self.capacity = tuple(
+                max(capacity, round_capacity(int(count * 1.05))) for count, capacity in zip(needed, self.capacity)
+            )
+        return rows
+
+
+def check_batch_size(batch_size: int) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
+        raise ImdbJaxError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if batch_size > MAX_BATCH_SIZE:
+        raise ImdbJaxError(f"batch_size must be at most {MAX_BATCH_SIZE:,}, got {batch_size:,}")
+    return int(batch_size)
+
+
+def run_epochs(
+    state: FusedState,
+    train: DeviceReviews,
+    validation: DeviceReviews | None,
+    *,
+    epochs: int,
+    batch_size: int,
+    shuffle_seed: int,
+    records: list[dict[str, Any]] | None = None,
+    progress: bool = True,
+    description: str = "train",
+    describe: Callable[[dict[str, Any]], str] | None = None,
+    on_epoch_end: Callable[[int, FusedState, dict[str, Any]], None] | None = None,
+) -> tuple[FusedState, list[dict[str, Any]]]:
+    """Drives the epochs after `records` (those already done, when resuming) up to `epochs` and
+    returns the state and every epoch's record.
+
+    Epoch `e` is shuffled with `fold_in(key(shuffle_seed), e)`, so a run resumed at an epoch
+    boundary sees the same batches as one that never stopped. With validation and a state that
+    keeps `best_params`, each variant's weights at its lowest validation loss so far (strictly
+    lower than every earlier epoch's) are kept.
+
+    Each record holds host NumPy copies: {"train": sums, "val": sums or None, "alive":
+    bool[shards, slots], "train_s": seconds of the training epoch, "val_s": seconds of the
+    validation pass} (times include any compilation, and stop after the results are on the
+    host). `on_epoch_end(epochs_done, state, record)` is called after each epoch: the timing
+    and checkpointing hook.
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs <= 0:
+        raise ImdbJaxError(f"epochs must be a positive integer, got {epochs!r}")
+    check_batch_size(batch_size)
+    train_plan = EpochPlan(train, batch_size, shuffle=True)
+    val_plan = None if validation is None else EpochPlan(validation, batch_size, shuffle=False)
+    shuffle_key = jax.random.key(shuffle_seed)
+    records = list(records or [])
+    start_epoch = len(records)
+    best_loss = None
+    for record in records:
+        best_loss = _lowest(best_loss, record)
+    bar = tqdm(
+        range(start_epoch, epochs), desc=description, unit="epoch", disable=not progress, file=sys.stderr, leave=True,
+        initial=start_epoch, total=epochs,
+    )
+    for epoch in bar:
+        started = time.perf_counter()
+        rows = train_plan.shuffled_rows(jax.random.fold_in(shuffle_key, epoch))
+        state, train_sums = train_epoch(state, train, rows, capacity=train_plan.capacity)
+        record = {"train": fetch(train_sums), "alive": fetch(state.alive), "val": None, "val_s": 0.0}
+        record["train_s"] = time.perf_counter() - started
+        if val_plan is not None:
+            started = time.perf_counter()
+            record["val"] = fetch(eval_epoch(state, validation, val_plan.rows, capacity=val_plan.capacity))
+            if state.best_params is not None:
+                previous, best_loss = best_loss, _lowest(best_loss, record)
+                state = keep_best(state, best_loss < (np.inf if previous is None else previous))
+            record["val_s"] = time.perf_counter() - started
+        records.append(record)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, state, record)
+        if describe is not None and progress:
+            bar.set_postfix_str(describe(record))
+    bar.close()
+    return state, records
+
+
+def _lowest(best: np.ndarray | None, record: dict[str, Any]) -> np.ndarray:
+    """float64[shards, slots]: the lowest validation loss so far, counting this record (NaN,
+    i.e. a diverged epoch, never counts)."""
+    sums = record["val"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        loss = _ratio(sums["loss_sum"], np.asarray(sums["count"])[:, None])
+    loss = np.where(np.asarray(record["alive"], bool) & np.isfinite(loss), loss, np.inf)
+    return loss if best is None else np.minimum(best, loss)
+
+
+def _ratio(numerator, count):
+    return np.asarray(numerator, np.float64) / np.maximum(np.asarray(count, np.float64), 1.0)
+
+
+def history_from_records(records: list[dict[str, Any]], shard: int, slot: int) -> dict[str, list]:
+    """Keras-style history (one value per epoch) of the variant at (`shard`, `slot`).
+
+    Returns:
+      {"loss", "accuracy", ["val_loss", "val_accuracy"], "diverged"}; values of diverged epochs
+      are NaN.
+    """
+    history: dict[str, list] = {key: [] for key in ("loss", "accuracy", "diverged")}
+    has_val = bool(records) and records[0]["val"] is not None
+    if has_val:
+        history.update(val_loss=[], val_accuracy=[])
+    for record in records:
+        diverged = not bool(record["alive"][shard, slot])
+        history["diverged"].append(diverged)
+        parts = [("", record["train"])] + ([("val_", record["val"])] if has_val else [])
+        for prefix, sums in parts:
+            loss = float(_ratio(sums["loss_sum"][shard, slot], sums["count"][shard]))
+            accuracy = float(_ratio(sums["correct"][shard, slot], sums["count"][shard]))
+            history[prefix + "loss"].append(math.nan if diverged else loss)
+            history[prefix + "accuracy"].append(math.nan if diverged else accuracy)
+    return history
+
+
+def device_splits(train: Any, validation: Any, first_layer: str | int) -> tuple[DeviceReviews, DeviceReviews | None]:
+    """Both splits on the device, cut into dense head and sparse tail at the same column (chosen
+    from the training data and the backend only)."""
+    compile_cache.enable()
+    train_x, train_y = as_xy(train)
+    dense_words = choose_dense_words(first_layer, train_x)
+    train_data = to_device((train_x, train_y), dense_words)
+    val_data = None
+    if validation is not None:
+        val_data = to_device(validation, dense_words)
+        if val_data.num_words != train_data.num_words:
+            raise ImdbJaxError(f"train has {train_data.num_words} word columns but validation has {val_data.num_words}")
+    return train_data, val_data
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring one trained model with the Flax MLP.
+
+
