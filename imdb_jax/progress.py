@@ -30,8 +30,8 @@ def is_terminal(stream: Any) -> bool:
 class LineProgress:
     """tqdm's interface (iterate, `update`, `set_postfix_str`, `close`, ``with``) as plain lines.
 
-    With ``lines="each"`` every `update` writes ``"{desc}: {unit} {n}/{total} ({seconds} s)
-    {postfix}"``; with ``lines="end"`` only `close` writes ``"{desc}: {n} {unit} in {seconds} s"``.
+    With ``lines="each"`` every `update` writes ``"{desc}: {unit} {n}/{total} ({seconds} s,
+    {seconds since the start} s in all) {postfix}"``; with ``lines="end"`` only `close` writes ``"{desc}: {n} {unit} in {seconds} s"``.
     With ``file=None`` it writes nothing (a disabled bar).
     """
 
@@ -57,7 +57,7 @@ class LineProgress:
         self.desc, self.total, self.unit, self.n = desc, total, unit.strip(), initial
         self.lines, self.file = lines, file
         self.postfix = ""
-        self.started = time.perf_counter()
+        self.started = self.last = time.perf_counter()
         self.closed = False
 
     def __iter__(self) -> Iterator[Any]:
@@ -71,12 +71,13 @@ class LineProgress:
 
     def update(self, n: int = 1) -> None:
         """Counts `n` more items done; in ``"each"`` mode writes their line."""
+        now = time.perf_counter()
         self.n += n
         if self.lines == "each":
             of = "" if self.total is None else f"/{self.total}"
-            self._write(
-                f"{self.unit} {self.n}{of} ({self._seconds()} s)" + (f" {self.postfix}" if self.postfix else "")
-            )
+            took = f"{now - self.last:.1f} s, {now - self.started:.1f} s in all"
+            self._write(f"{self.unit} {self.n}{of} ({took})" + (f" {self.postfix}" if self.postfix else ""))
+        self.last = now
 
     def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
         """Text for the end of the next line (tqdm's postfix)."""
@@ -89,10 +90,8 @@ class LineProgress:
             return
         self.closed = True
         if self.lines == "end":
-            self._write(f"{self.n} {self.unit} in {self._seconds()} s" + (f", {self.postfix}" if self.postfix else ""))
-
-    def _seconds(self) -> str:
-        return f"{time.perf_counter() - self.started:.1f}"
+            seconds = time.perf_counter() - self.started
+            self._write(f"{self.n} {self.unit} in {seconds:.1f} s" + (f", {self.postfix}" if self.postfix else ""))
 
     def _write(self, text: str) -> None:
         if self.file is not None:
