@@ -5,6 +5,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -246,3 +249,50 @@ def test_the_default_train_run_on_the_real_data(imdb_data, real_data_dir, imdb_c
          "The worst movie ever. Boring, stupid and a complete waste of time."]
     )
     assert positive > 0.5 > negative
+
+
+# ---------------------------------------------------------------------------------------------
+# A run killed at an epoch boundary, resumed.
+
+# `imdb-jax ARGV` that kills itself (SIGKILL, as `kill -9` would) right after writing the
+# checkpoint of epoch $KILL_AFTER_EPOCH: a kill at a known point, not at a moment timing picks.
+KILLED_AFTER_EPOCH = """
+import os, signal, sys
+from imdb_jax.train import checkpoints
+written, save = [0], checkpoints.save
+def save_then_die(*args, **kwargs):
+    save(*args, **kwargs)
+    written[0] += 1
+    if written[0] == int(os.environ["KILL_AFTER_EPOCH"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+checkpoints.save = save_then_die
+from imdb_jax.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _killed_after_epoch(argv: list[str], epoch: int) -> None:
+    done = subprocess.run([sys.executable, "-c", KILLED_AFTER_EPOCH, *argv], env={**os.environ, "KILL_AFTER_EPOCH": str(epoch)},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
+
+
+def test_a_train_run_without_validation_killed_after_an_epoch_resumes_to_the_uninterrupted_result(corpus, tmp_path):
+    """The default `train` has no --validation: its resume must work too (it once crashed in
+    the loop that replays the best validation loss; tests/test_resume.py kills runs with one)."""
+    options = ["--data-dir", corpus["data_dir"], "--cache-dir", corpus["cache_dir"], "--hidden-units", "8", "--epochs", "4",
+               "--batch-size", "8", "--learning-rate", "0.01", "--no-progress", "--compile-cache", "off"]
+    killed = tmp_path / "killed"
+    _killed_after_epoch(["train", *options, "--output", str(killed)], epoch=2)
+    assert json.loads((killed / "checkpoint" / "run.json").read_text())["epochs_done"] == 2
+    status, resumed, stderr = _run(["train", *options, "--output", str(killed), "--resume", "--json"])
+    assert status == 0, stderr
+    assert "Traceback" not in stderr
+    status, whole, stderr = _run(["train", *options, "--output", str(tmp_path / "whole"), "--json"])
+    assert status == 0, stderr
+    got, want = (json.loads(text) for text in (resumed, whole))
+    assert got["history"] == want["history"] and got["test_loss"] == want["test_loss"]
+    with np.load(killed / "params.npz") as got_params, np.load(tmp_path / "whole" / "params.npz") as want_params:
+        assert sorted(got_params.files) == sorted(want_params.files)
+        assert all(np.array_equal(got_params[name], want_params[name]) for name in want_params.files)
+    assert not (killed / "checkpoint").exists()

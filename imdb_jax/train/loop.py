@@ -130,7 +130,8 @@ def run_epochs(
     start_epoch = len(records)
     best_loss = None
     for record in records:
-        best_loss = _lowest(best_loss, record)
+        if record["val"] is not None:  # a run without validation has no best loss to replay
+            best_loss = _lowest(best_loss, record)
     bar = tqdm(
         range(start_epoch, epochs), desc=description, unit="epoch", disable=not progress, file=sys.stderr, leave=True,
         initial=start_epoch, total=epochs,
