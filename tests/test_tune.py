@@ -22,7 +22,8 @@ from imdb_jax.saved.loading import load_model
 from imdb_jax.saved.model_folder import SavedModel
 from imdb_jax.specs import VariantSpec
 from imdb_jax.train.fit import fit
-from imdb_jax.tune.runner import BUDGETS, Candidate, FeatureSet, SearchSpace, select, tune
+from imdb_jax.tune.runner import tune
+from imdb_jax.tune.search import BUDGETS, Candidate, FeatureSet, SearchSpace, select
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 POSITIVE = ("great", "wonderful", "loved", "superb", "moving")

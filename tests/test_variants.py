@@ -23,7 +23,7 @@ import scipy.sparse as sp
 
 from imdb_jax import Split, VariantSpec, fit_variants
 from imdb_jax.models.layout import plan_layout
-from imdb_jax.train.epochs import eval_epoch, train_epoch
+from imdb_jax.train.epochs import sum_over_batches, train_epoch
 from imdb_jax.train.fit import fit
 
 NUM_WORDS = 64
@@ -130,7 +130,7 @@ def test_layout_puts_first_layers_side_by_side_without_padding(together):
     assert layout.width == 4 + 4 + 16 + 8
     kernel = together.fused.params["first"]["kernel"]
     assert kernel.shape == (1, NUM_WORDS, layout.width)
-    assert together.fused.params["blocks"][2]["hidden"][0]["kernel"].shape == (1, 2, 8, 8)
+    assert together.fused.params["block_2"]["hidden_1"]["kernel"].shape == (1, 2, 8, 8)
     # Variants spread over 3 devices: every block padded with copies to a multiple of 3.
     layout3, members, slot_of = plan_layout(SPECS, NUM_WORDS, shards=3)
     assert [block.size for block in layout3.blocks] == [1, 1, 1, 1]
@@ -146,9 +146,9 @@ def test_numeric_settings_do_not_recompile(together):
         VariantSpec((8, 8), dropout_rate=0.2, seed=13),
         VariantSpec((4,), dropout_rate=0.6, weight_decay=0.1, seed=14),
     ]
-    compiled = train_epoch._cache_size(), eval_epoch._cache_size()
+    compiled = train_epoch._cache_size(), sum_over_batches._cache_size()
     result = run(changed)
-    assert (train_epoch._cache_size(), eval_epoch._cache_size()) == compiled
+    assert (train_epoch._cache_size(), sum_over_batches._cache_size()) == compiled
     assert result.layout == together.layout
     assert all(result.histories[i]["loss"] != together.histories[i]["loss"] for i in range(len(SPECS)))
 

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from pathlib import Path
 
 from imdb_jax.cli import _checks as checks
-from imdb_jax.cli._common import add_data_options, default_output, positive, print_json
-from imdb_jax.errors import ImdbJaxError
+from imdb_jax.cli._common import add_data_options, check_data_options, default_output, positive, print_json
 
 BUDGET_HELP = {
     "quick": "2 feature sets, about 1.5 minutes on 2 CPU cores",
@@ -21,7 +19,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "tune",
         help="the most accurate model in a few minutes: n-gram features and models searched on held-out reviews",
-        description=__doc__.splitlines()[0].split(": ", 1)[1].rstrip(".") + "; the search space and why: `pydoc imdb_jax.tune`",
+        description=(__doc__ or "").splitlines()[0].split(": ", 1)[1].rstrip(".") + "; the search space and why: `pydoc imdb_jax.tune`",
     )
     parser.add_argument("--output", help="model folder to write, with search.md, search.png and search.json (default: runs/tune-<timestamp>)")
     parser.add_argument(
@@ -29,6 +27,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="search size: " + "; ".join(f"{name}: {text}" for name, text in BUDGET_HELP.items()) + " (default: default)",
     )
     parser.add_argument("--validation", type=int, default=10000, metavar="N", help="choose on the first N training reviews, held out of features and training (default: 10000)")
+    checks.add_overwrite_option(parser)
     add_data_options(parser, num_words=False)
     checks.add_compile_cache_option(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON line instead of the text summary")
@@ -37,16 +36,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     positive("--validation", args.validation)
-    output = Path(args.output or default_output("tune"))
-    for name in ("model.json", "ensemble.json"):
-        if (output / name).exists():
-            raise ImdbJaxError(f"--output {output} already holds a model ({name}); choose another folder")
-    with checks.output_folder(output) as folder:
+    check_data_options(args)
+    # An earlier run in the folder is refused, or with --overwrite replaced whole once the
+    # search is done (`checks.output_folder`): said now, not after minutes of searching.
+    with checks.output_folder(args.output or default_output("tune"), overwrite=args.overwrite) as output:
         checks.enable_compile_cache(args)
-        from imdb_jax.tune.runner import resolve_budget, tune
+        from imdb_jax.tune.runner import tune
+        from imdb_jax.tune.search import resolve_budget
 
         space = dataclasses.replace(resolve_budget(args.budget), validation=args.validation)
-        result = tune(args.data_dir, args.cache_dir, budget=space, progress=not args.no_progress, output_dir=folder)
+        result = tune(args.data_dir, args.cache_dir, budget=space, progress=not args.no_progress, output_dir=output.work)
+    folder = output.path
     summary = result.summary
     members = [{key: member[key] for key in ("name", "weight", "epochs")} for member in summary["members"]]
     if args.json:

@@ -1,27 +1,17 @@
-"""Many variants as one model: first layers side by side, later layers stacked per shape.
+"""The layers every model is made of, and the fixed-order sums that keep a variant's numbers its own.
 
-Every variant of a study sees the same batch, so they are laid out to share the hardware too
-(horizontal fusion, as in HFTA):
-
-- the first layers of all variants are the columns of one kernel `float32[num_words, width]`
-  (`width` = the sum of the variants' first widths, 4 next to 512, no padding), so one gather of
-  a review's kernel rows and one scatter-add of their gradients serve every variant;
-- later layers are stacked per *block* of variants with the same hidden widths (and the same
-  "dropout or not", "penalty or not", so blocks without them skip that work) and applied as
-  batched contractions over the block's variant axis; a block's depth is its own (no padded
-  layers, no masks);
-- per-variant numbers (learning rate, weight decay, L1, L2, dropout rate) are arrays, so studies
-  that differ only in those numbers (not in switching dropout or a penalty on or off) share one
-  compiled program.
+`MultiHotDense` (the first layer: multi-hot rows times a kernel, as an embedding bag or a matmul),
+`Dense` (a hidden layer) and `Logit` (the output layer) are Flax modules written for ONE variant;
+`imdb_jax.models.mlp` composes them into the single `MLP` and, lifted with `nn.vmap` over blocks
+of same-shape variants, into the fused model. So a variant's arithmetic is written once.
 
 A variant's numbers never depend on its company. Each column of the bag adds a review's words in
 their order, a chunk of 1,024 occurrences at a time whatever the width; every sum over the batch
-(a bias gradient, a loss) or over a variant's own weights (a penalty) is a fixed pairwise tree
-(`tree_sum`); contractions over a variant's own units are batched per variant; nothing sums
-across variants, and the blocks depend on each variant alone. So the same spec, seed
-and data order give bitwise the same weights and history alone (`fit` is a study of one) or among
-64 others. The exception is the optional dense head (`dense_words > 0`): a matmul's rounding
-depends on the matrix width, so that path agrees only to float32 rounding.
+(a bias gradient, a loss) or over a variant's own units (the output logit) is a fixed pairwise
+tree (`tree_sum`), whose halving adds are elementwise and so give the same bits whatever shape
+the other axes have; nothing sums across variants. The exception is the optional dense head
+(`dense_words > 0`): a matmul's rounding depends on the matrix width, so that path agrees only to
+float32 rounding.
 """
 
 from __future__ import annotations
@@ -78,9 +68,9 @@ add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
 
 @jax.custom_vjp
 def output_logits(h: jax.Array, kernel: jax.Array) -> jax.Array:
-    """float32[n, batch] = h[n, batch, units] · kernel[n, units], summed by `tree_sum` both
-    ways (a matrix-vector product's rounding would depend on the shapes)."""
-    return tree_sum(h * kernel[:, None, :], axis=-1)
+    """float32[batch] = h[batch, units] · kernel[units], summed by `tree_sum` both ways (a
+    matrix-vector product's rounding would depend on the shapes)."""
+    return tree_sum(h * kernel[None, :], axis=-1)
 
 
 def _output_fwd(h, kernel):
@@ -89,7 +79,7 @@ def _output_fwd(h, kernel):
 
 def _output_bwd(residuals, grad):
     h, kernel = residuals
-    return grad[..., None] * kernel[:, None, :], tree_sum(h * grad[..., None], axis=-2)
+    return grad[..., None] * kernel[None, :], tree_sum(h * grad[..., None], axis=-2)
 
 
 output_logits.defvjp(_output_fwd, _output_bwd)
@@ -153,67 +143,97 @@ def _bag_forward(kernel, word_ids, row_ids, values, batch_size, chunk):
 
 
 def _bag_fwd(kernel, word_ids, row_ids, values, batch_size, chunk):
-    return _bag_forward(kernel, word_ids, row_ids, values, batch_size, chunk), (kernel.shape, word_ids, row_ids, values)
+    # The kernel is kept only for weighted rows, whose values have a gradient (gradient x input).
+    kept = None if values is None else kernel
+    summed = _bag_forward(kernel, word_ids, row_ids, values, batch_size, chunk)
+    return summed, (kernel.shape, kept, word_ids, row_ids, values)
 
 
 def _bag_bwd(batch_size, chunk, residuals, grad):
     del batch_size
-    shape, word_ids, row_ids, values = residuals
+    shape, kernel, word_ids, row_ids, values = residuals
 
     def body(kernel_grad, part):
         words, rows, weights = part
         rows_grad = jnp.take(grad, rows, axis=0, mode="fill", fill_value=0.0)
+        values_grad = None
         if weights is not None:
+            values_grad = jnp.sum(rows_grad * jnp.take(kernel, words, axis=0), axis=1)
             rows_grad = rows_grad * weights[:, None]
-        return kernel_grad.at[words].add(rows_grad), None
+        return kernel_grad.at[words].add(rows_grad), values_grad
 
-    kernel_grad, _ = jax.lax.scan(body, jnp.zeros(shape, grad.dtype), _chunks(chunk, word_ids, row_ids, values))
-    return kernel_grad, None, None, None
+    kernel_grad, values_grad = jax.lax.scan(body, jnp.zeros(shape, grad.dtype), _chunks(chunk, word_ids, row_ids, values))
+    if values_grad is not None:
+        values_grad = values_grad.reshape(-1)
+    return kernel_grad, None, None, values_grad
 
 
 embedding_bag.defvjp(_bag_fwd, _bag_bwd)
 
 
 # ---------------------------------------------------------------------------------------------
-# The fused model.
-
+# One variant's layers (Keras `Dense` initialisation: glorot-uniform kernels, zero biases; Flax's
+# own default is lecun-normal, so the initialiser is set explicitly).
 
 glorot_uniform = nn.initializers.glorot_uniform()
 
 
 class MultiHotDense(nn.Module):
-    """First layer: `x @ kernel + bias` on multi-hot rows, computed densely, sparsely or both.
+    """The first layer: `x @ kernel + bias` on multi-hot (or weighted) rows.
 
-    - a dense float32[batch, num_words] input: a plain matmul;
-    - `SparseMultiHot`: an embedding bag — the sum of the kernel rows of each review's words (a
-      gather and a segment sum; its gradient a scatter-add), ~`num_words / words_per_review`
-      times less arithmetic than the matmul;
-    - `MultiHot`: a matmul for the frequent head columns (matmul speed) plus an embedding bag for
-      the rare tail words (little work), the fastest mix on CPU.
+    - `MultiHot` (what training cuts on the device) or `SparseMultiHot`: the embedding bag
+      (`embedding_bag`: each review's kernel rows added in the batch's fixed order, its gradient
+      the matching scatter-add), plus a matmul over the dense head's leading columns, if any;
+    - a dense float32[batch, num_words] array: a plain matmul (the classic densified batch).
     Every path shares the same `kernel[num_words, features]`, so a model trained one way runs
-    any other, with the same results to float32 rounding.
+    any other, with the same results to float32 rounding. In the fused model `features` is the
+    sum of every variant's first width.
     """
 
     features: int
     num_words: int
 
     @nn.compact
-    def __call__(self, inputs: jax.Array | SparseMultiHot) -> jax.Array:
+    def __call__(self, inputs: jax.Array | SparseMultiHot | MultiHot) -> jax.Array:
         kernel = self.param("kernel", glorot_uniform, (self.num_words, self.features), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
         if isinstance(inputs, SparseMultiHot):
             inputs = MultiHot(head=None, tail=inputs)
         if not isinstance(inputs, MultiHot):
-            return inputs @ kernel + bias
-        summed = bias
+            return add_bias(inputs @ kernel, bias)
+        batch_size = inputs.tail.batch_size if inputs.tail is not None else inputs.head.shape[0]
+        summed = jnp.zeros((batch_size, self.features), kernel.dtype)
+        if inputs.tail is not None:
+            tail = inputs.tail
+            chunk = bag_chunk(tail.word_ids.shape[0])
+            summed = summed + embedding_bag(kernel, tail.word_ids, tail.row_ids, tail.values, batch_size, chunk)
         if inputs.head is not None:
             summed = summed + inputs.head @ kernel[: inputs.head.shape[-1]]
-        if inputs.tail is not None:
-            rows = jnp.take(kernel, inputs.tail.word_ids, axis=0)
-            if inputs.tail.values is not None:
-                rows = rows * inputs.tail.values[:, None]
-            summed = summed + jax.ops.segment_sum(rows, inputs.tail.row_ids, num_segments=inputs.tail.batch_size)
-        return summed
+        return add_bias(summed, bias)
+
+
+class Dense(nn.Module):
+    """A hidden layer before its activation: `h[batch, in] @ kernel[in, features] + bias`, the
+    bias gradient a fixed-order `tree_sum` over the batch."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, h: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", glorot_uniform, (h.shape[-1], self.features), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+        return add_bias(h @ kernel, bias)
+
+
+class Logit(nn.Module):
+    """The output layer: float32[batch] = h[batch, units] · kernel[units, 1] + bias, summed over
+    the units by a fixed tree (`output_logits`)."""
+
+    @nn.compact
+    def __call__(self, h: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", glorot_uniform, (h.shape[-1], 1), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros_init(), (1,), jnp.float32)
+        return add_bias(output_logits(h, kernel[:, 0])[..., None], bias)[..., 0]
 
 
 def column_dropout(x: jax.Array, rate: jax.Array | float, rng: jax.Array, layer: int) -> jax.Array:

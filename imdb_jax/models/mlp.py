@@ -1,7 +1,17 @@
-"""Multi-hot vectors become logits: the Flax MLP and its sparse-or-dense first layer.
+"""Multi-hot vectors become logits: the Flax `MLP`, and many of them fused into one `FusedMLP`.
 
-Initialisation matches Keras `Dense`: glorot-uniform kernels and zero biases (Flax's own
-`nn.Dense` default is lecun-normal, so the initialiser is set explicitly).
+One variant's layers are written once (`imdb_jax.models.layers`) and composed two ways:
+
+- `MLP`: `MultiHotDense` (named `hidden_0`) → relu → `tower` (hidden layers `hidden_1 …`, then
+  `output`): one model, one logit per review;
+- `FusedMLP`: every variant's first layer as the columns of one `MultiHotDense` kernel (4 next
+  to 512, no padding: one gather of a review's kernel rows and one scatter-add of their gradients
+  serve every variant), then, per block of same-shape variants (`imdb_jax.models.layout`), the
+  same `tower` lifted with `nn.vmap` over the block's variant axis (parameters on axis 0). A
+  variant's numbers do not depend on which others are fused beside it.
+
+Dropout is Keras' (after every hidden layer, inverted), with an explicit key per variant and step
+so that a variant's masks are its own (`column_dropout`).
 """
 
 from __future__ import annotations
@@ -13,16 +23,39 @@ import jax
 import jax.numpy as jnp
 
 from imdb_jax.models.inputs import MultiHot, SparseMultiHot
-from imdb_jax.models.layers import (
-    MultiHotDense,
-    add_bias,
-    bag_chunk,
-    column_dropout,
-    embedding_bag,
-    glorot_uniform,
-    output_logits,
-)
-from imdb_jax.models.layout import Block, Layout
+from imdb_jax.models.layers import Dense, Logit, MultiHotDense, column_dropout
+from imdb_jax.models.layout import Layout
+
+
+def tower(h: jax.Array, hidden_units: tuple[int, ...], rate: Any = None, key: jax.Array | None = None) -> jax.Array:
+    """A variant's layers after the first, called inside a compact Flax method.
+
+    Args:
+      h: float32[batch, hidden_units[0]], the first layer after its relu.
+      hidden_units: the variant's widths.
+      rate: dropout rate (a scalar), used when `key` is given.
+      key: None (no dropout) or this step's PRNG key.
+
+    Returns:
+      float32[batch] logits.
+    """
+    if key is not None:
+        h = column_dropout(h, rate, key, 0)
+    for index, width in enumerate(hidden_units[1:], start=1):
+        h = nn.relu(Dense(width, name=f"hidden_{index}")(h))
+        if key is not None:
+            h = column_dropout(h, rate, key, index)
+    return Logit(name="output")(h)
+
+
+class Tower(nn.Module):
+    """`tower` as a module, so that `nn.vmap` can stack it over a block of variants."""
+
+    hidden_units: tuple[int, ...]
+
+    @nn.compact
+    def __call__(self, h: jax.Array, rate: Any = None, key: jax.Array | None = None) -> jax.Array:
+        return tower(h, self.hidden_units, rate, key)
 
 
 class MLP(nn.Module):
@@ -58,74 +91,55 @@ class MLP(nn.Module):
         Returns:
           float32[batch] logits.
         """
-        h = inputs
-        for index, width in enumerate(self.hidden_units):
-            if index == 0:
-                layer_out = MultiHotDense(width, self.num_words, name="hidden_0")(h)
-            else:
-                layer_out = nn.Dense(width, kernel_init=glorot_uniform, name=f"hidden_{index}")(h)
-            layer_out = nn.relu(layer_out)
-            if dropout_rng is not None:
-                layer_out = column_dropout(layer_out, dropout_rate, dropout_rng, index)
-            h = layer_out
-        return nn.Dense(1, kernel_init=glorot_uniform, name="output")(h)[..., 0]
+        first = MultiHotDense(self.hidden_units[0], self.num_words, name="hidden_0")(inputs)
+        return tower(nn.relu(first), self.hidden_units, dropout_rate, dropout_rng)
+
+
+class FusedMLP(nn.Module):
+    """Every variant of a layout as one model.
+
+    Parameters: {"first": {"kernel": [num_words, width], "bias": [width]}, "block_<b>":
+    {"hidden_1": {"kernel": [size, in, out], "bias": [size, out]}, ..., "output": {"kernel":
+    [size, units, 1], "bias": [size, 1]}}}: block `b`'s member `m` owns first-layer columns
+    `offset + m * units[0] …` and index `m` of its block's leaves.
+
+    Attributes:
+      layout: the static arrangement of the variants.
+    """
+
+    layout: Layout
+
+    @nn.compact
+    def __call__(self, inputs: MultiHot | SparseMultiHot | jax.Array, dropout: tuple[Any, Any] | None = None):
+        """float32[slots, batch] logits of every variant.
+
+        Args:
+          inputs: the batch (`MultiHot`, as `imdb_jax.train.device_data.gather_batch` cuts it).
+          dropout: None (inference) or (rates float32[slots], this step's keys [slots]).
+        """
+        layout = self.layout
+        hidden = nn.relu(MultiHotDense(layout.width, layout.num_words, name="first")(inputs))
+        batch_size = hidden.shape[0]
+        logits = []
+        for index, block in enumerate(layout.blocks):
+            width = block.hidden_units[0]
+            h = hidden[:, block.offset : block.offset + block.columns].reshape(batch_size, block.size, width)
+            h = jnp.swapaxes(h, 0, 1)  # [size, batch, width]: the variant axis leads from here on
+            rates = keys = None
+            if dropout is not None and block.dropout:
+                members = slice(block.start, block.start + block.size)
+                rates, keys = dropout[0][members], dropout[1][members]
+            towers = nn.vmap(
+                Tower,
+                variable_axes={"params": 0},
+                split_rngs={"params": True},
+                in_axes=(0, 0, 0),
+                axis_size=block.size,
+            )
+            logits.append(towers(block.hidden_units, name=f"block_{index}")(h, rates, keys))
+        return jnp.concatenate(logits, axis=0)
 
 
 def param_count(params: Any) -> int:
     """Total number of scalars in a parameter pytree."""
     return sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))
-
-
-def first_layer(params: Any, inputs: MultiHot, layout: Layout) -> jax.Array:
-    """float32[batch, width]: every variant's first layer before its activation.
-
-    The tail (sparse part) is an embedding bag (`embedding_bag`): each (row, word, value) triple
-    adds `value * kernel[word]` to its row, in the batch's fixed order; its gradient is the
-    matching scatter-add into the kernel's rows. The optional head is a matmul over the leading columns.
-    """
-    kernel = params["first"]["kernel"]
-    batch_size = inputs.tail.batch_size if inputs.tail is not None else inputs.head.shape[0]
-    summed = jnp.zeros((batch_size, layout.width), kernel.dtype)
-    if inputs.tail is not None:
-        tail = inputs.tail
-        chunk = bag_chunk(tail.word_ids.shape[0])
-        summed = summed + embedding_bag(kernel, tail.word_ids, tail.row_ids, tail.values, batch_size, chunk)
-    if inputs.head is not None:
-        summed = summed + inputs.head @ kernel[: inputs.head.shape[-1]]
-    return add_bias(summed, params["first"]["bias"])
-
-
-def _block_dropout(h, block: Block, rates, keys, layer: int):
-    if not block.dropout:
-        return h
-    return jax.vmap(column_dropout, in_axes=(0, 0, 0, None))(h, rates, keys, layer)
-
-
-def apply(params: Any, inputs: MultiHot, layout: Layout, dropout: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
-    """float32[slots, batch] logits of every variant.
-
-    Args:
-      params: fused parameters (`init_params`).
-      inputs: the batch (`MultiHot`, as `device_data.gather_batch` cuts it).
-      layout: the static arrangement.
-      dropout: None (inference) or (rates float32[slots], step keys [slots]) for training.
-    """
-    hidden = jax.nn.relu(first_layer(params, inputs, layout))
-    batch_size = hidden.shape[0]
-    logits = []
-    for block, block_params in zip(layout.blocks, params["blocks"]):
-        width = block.hidden_units[0]
-        h = hidden[:, block.offset : block.offset + block.columns].reshape(batch_size, block.size, width)
-        h = jnp.swapaxes(h, 0, 1)  # [size, batch, width]: the variant axis leads from here on
-        members = slice(block.start, block.start + block.size)
-        rates = keys = None
-        if dropout is not None:
-            rates, keys = dropout[0][members], dropout[1][members]
-            h = _block_dropout(h, block, rates, keys, 0)
-        for index, layer in enumerate(block_params["hidden"], start=1):
-            h = jax.nn.relu(add_bias(jnp.einsum("nbi,nij->nbj", h, layer["kernel"]), layer["bias"]))
-            if dropout is not None:
-                h = _block_dropout(h, block, rates, keys, index)
-        out = block_params["output"]
-        logits.append(add_bias(output_logits(h, out["kernel"][..., 0])[..., None], out["bias"])[..., 0])
-    return jnp.concatenate(logits, axis=0)

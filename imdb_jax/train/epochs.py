@@ -1,7 +1,13 @@
-"""Whole epochs as compiled programs: lax.scan of the fused step over on-device batches."""
+"""Whole epochs as compiled programs: `lax.scan` of a step over a split's batches, cut on the device.
+
+A training epoch scans `fused_train_step` (every leaf of the state with a leading device-shard
+axis) and ends with divergence containment; scoring scans any step, fused or one model's.
+"""
+
 from __future__ import annotations
 
 import functools
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +43,7 @@ def keep_finite(before: FusedState, after: FusedState, loss_sum: jax.Array) -> F
     keep = before.alive & finite_slots(after, loss_sum)
     return after.replace(
         params=select_slots(keep, after.params, before.params, after.layout),
-        nu=select_slots(keep, after.nu, before.nu, after.layout),
+        opt_state=after.opt_state._replace(nu=select_slots(keep, after.opt_state.nu, before.opt_state.nu, after.layout)),
         alive=keep,
     )
 
@@ -61,18 +67,6 @@ def train_epoch(state: FusedState, data: DeviceReviews, rows: jax.Array, *, capa
     return jax.vmap(keep_finite)(state, after, sums["loss_sum"]), sums
 
 
-@functools.partial(jax.jit, static_argnames=("capacity",))
-def eval_epoch(state: FusedState, data: DeviceReviews, rows: jax.Array, *, capacity: tuple[int, int]):
-    """Per-variant metric sums over every batch of `rows`, no dropout."""
-    evaluate = jax.vmap(fused_eval_step, in_axes=(0, None))
-
-    def body(sums, batch_rows):
-        return _add(sums, evaluate(state, gather_batch(data, batch_rows, capacity))), None
-
-    sums, _ = jax.lax.scan(body, _zero_sums(state), rows)
-    return sums
-
-
 @jax.jit
 def keep_best(state: FusedState, improved: jax.Array) -> FusedState:
     """`best_params` takes each variant's current weights where `improved` (bool[shards,
@@ -81,35 +75,56 @@ def keep_best(state: FusedState, improved: jax.Array) -> FusedState:
     return state.replace(best_params=select(improved, state.params, state.best_params))
 
 
-@functools.partial(jax.jit, static_argnames=("capacity",))
-def logits_epoch(state: FusedState, data: DeviceReviews, rows: jax.Array, *, capacity: tuple[int, int]):
-    """float32[num_batches, shards, slots, batch] logits of every fused variant, no dropout."""
-    predict = jax.vmap(fused_predict, in_axes=(0, None))
+# ---------------------------------------------------------------------------------------------
+# Scoring: one scan over a split's batches, for any step (fused or one model).
+
+
+@functools.partial(jax.jit, static_argnames=("metrics", "capacity"))
+def sum_over_batches(metrics: Callable, state: Any, data: DeviceReviews, rows: jax.Array, *, capacity: tuple[int, int]):
+    """The metric sums of `metrics(state, batch)` added over every batch of `rows`."""
+
+    def batch(batch_rows):
+        return gather_batch(data, batch_rows, capacity)
+
+    shapes = jax.eval_shape(metrics, state, batch(rows[0]))
+    zeros = jax.tree_util.tree_map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), shapes)
+
+    def body(sums, batch_rows):
+        return _add(sums, metrics(state, batch(batch_rows))), None
+
+    return jax.lax.scan(body, zeros, rows)[0]
+
+
+@functools.partial(jax.jit, static_argnames=("logits", "capacity"))
+def map_over_batches(logits: Callable, state: Any, data: DeviceReviews, rows: jax.Array, *, capacity: tuple[int, int]):
+    """`logits(state, inputs)` of every batch of `rows`, stacked on a leading batch axis."""
 
     def body(_, batch_rows):
-        return None, predict(state, gather_batch(data, batch_rows, capacity)["inputs"])
+        return None, logits(state, gather_batch(data, batch_rows, capacity)["inputs"])
 
     return jax.lax.scan(body, None, rows)[1]
 
 
-@functools.partial(jax.jit, static_argnames=("capacity",))
+# The fused steps of every device shard (each state leaf has a leading shard axis).
+_sharded_eval = jax.vmap(fused_eval_step, in_axes=(0, None))
+_sharded_predict = jax.vmap(fused_predict, in_axes=(0, None))
+
+
+def eval_epoch(state: FusedState, data: DeviceReviews, rows: jax.Array, *, capacity: tuple[int, int]):
+    """Per-variant metric sums {"loss_sum": [shards, slots], ...} over every batch, no dropout."""
+    return sum_over_batches(_sharded_eval, state, data, rows, capacity=capacity)
+
+
+def logits_epoch(state: FusedState, data: DeviceReviews, rows: jax.Array, *, capacity: tuple[int, int]):
+    """float32[num_batches, shards, slots, batch] logits of every fused variant, no dropout."""
+    return map_over_batches(_sharded_predict, state, data, rows, capacity=capacity)
+
+
 def score_epoch(state: TrainState, data: DeviceReviews, rows: jax.Array, *, capacity: tuple[int, int]):
-    """`eval_step` metric sums over every batch of `rows`."""
-
-    def body(sums, batch_rows):
-        return _add(sums, eval_step(state, gather_batch(data, batch_rows, capacity))), None
-
-    zeros = {"loss_sum": jnp.zeros((), jnp.float32), "correct": jnp.zeros((), jnp.float32), "count": jnp.zeros((), jnp.float32)}
-    sums, _ = jax.lax.scan(body, zeros, rows)
-    return sums
+    """One model's `eval_step` metric sums over every batch."""
+    return sum_over_batches(eval_step, state, data, rows, capacity=capacity)
 
 
-@functools.partial(jax.jit, static_argnames=("capacity",))
 def predict_epoch(state: TrainState, data: DeviceReviews, rows: jax.Array, *, capacity: tuple[int, int]):
-    """Logits of every batch, stacked on a leading batch axis."""
-
-    def body(_, batch_rows):
-        return None, predict_logits(state, gather_batch(data, batch_rows, capacity)["inputs"])
-
-    _, logits = jax.lax.scan(body, None, rows)
-    return logits
+    """One model's logits of every batch, stacked on a leading batch axis."""
+    return map_over_batches(predict_logits, state, data, rows, capacity=capacity)

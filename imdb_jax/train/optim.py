@@ -3,95 +3,124 @@
 Keras 3 `RMSprop` (rho 0.9, epsilon 1e-7, no momentum, not centred) updates
 `v = 0.9 v + 0.1 g²; w -= lr * g / sqrt(v + 1e-7)`, with epsilon *inside* the square root and
 `v` starting at zero: that is `optax.scale_by_rms(decay=0.9, eps=1e-7, eps_in_sqrt=True)`.
-The learning rate and weight decay are injected hyperparameters, so they live in the optimiser
-state as arrays: variants that differ only in them share one compiled program.
+Decoupled weight decay (AdamW's, Keras' `weight_decay`) adds `wd * w` to that step before the
+learning rate scales it.
+
+`rmsprop()` is one Optax `GradientTransformation` for one model and for many fused ones: its
+hyperparameters live in its state as arrays, in the manner of `optax.inject_hyperparams`, either
+a scalar (one model) or a tree of arrays broadcastable to each parameter leaf (one value per
+variant: a column of the fused first layer, a member of a block). Variants that differ only in
+them share one compiled program.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from imdb_jax.models.layers import tree_sum
-from imdb_jax.models.layout import Layout
 
 RMS_DECAY = 0.9
 RMS_EPSILON = 1e-7
+OPTIMISER_HYPERPARAMS = ("learning_rate", "weight_decay")
 
 
-def _rmsprop_with_decay(learning_rate, weight_decay) -> optax.GradientTransformation:
-    return optax.chain(
-        optax.scale_by_rms(decay=RMS_DECAY, eps=RMS_EPSILON, eps_in_sqrt=True),
-        optax.add_decayed_weights(weight_decay),
-        optax.scale_by_learning_rate(learning_rate),
-    )
+class RMSpropState(NamedTuple):
+    """rmsprop's state.
+
+    Attributes:
+      count: int32 updates done.
+      nu: the running mean of squared gradients, like the parameters.
+      hyperparams: {"learning_rate", "weight_decay"}: each a float32 scalar or a tree like the
+        parameters of arrays broadcastable to each leaf.
+    """
+
+    count: jax.Array
+    nu: Any
+    hyperparams: dict[str, Any]
+
+
+_SCALE_BY_RMS = optax.scale_by_rms(decay=RMS_DECAY, eps=RMS_EPSILON, eps_in_sqrt=True)
+
+
+def _like(value: Any, params: Any) -> Any:
+    """A hyperparameter as a tree like `params` (a scalar serves every leaf)."""
+    if jax.tree_util.tree_structure(value) == jax.tree_util.tree_structure(params):
+        return value
+    return jax.tree_util.tree_map(lambda _: value, params)
 
 
 @functools.cache
 def rmsprop() -> optax.GradientTransformation:
-    """The one optimiser object every train state shares.
+    """Keras rmsprop with decoupled weight decay: `update = -lr * (g / sqrt(nu + eps) + wd * w)`.
 
-    It is built once so that states created at different times have equal static parts (and
-    `jax.jit` caches hit); each state's own learning rate and weight decay are set with
-    `init_opt_state`.
+    One object is shared by every train state, so states made at different times have equal
+    static parts (and `jax.jit` caches hit); a state's own learning rate and weight decay are
+    set with `init_opt_state` (scalars) or per variant as trees.
     """
-    return optax.inject_hyperparams(_rmsprop_with_decay)(learning_rate=1e-3, weight_decay=0.0)
+
+    def init(params: Any) -> RMSpropState:
+        return init_opt_state(params, 1e-3, 0.0)
+
+    def update(grads: Any, state: RMSpropState, params: Any = None) -> tuple[Any, RMSpropState]:
+        if params is None:
+            raise ValueError("rmsprop's decoupled weight decay needs the parameters")
+        scaled, rms_state = _SCALE_BY_RMS.update(grads, optax.ScaleByRmsState(nu=state.nu))
+        learning_rate = _like(state.hyperparams["learning_rate"], params)
+        weight_decay = _like(state.hyperparams["weight_decay"], params)
+        updates = jax.tree_util.tree_map(
+            lambda u, p, lr, wd: (-lr) * (u + wd * p), scaled, params, learning_rate, weight_decay
+        )
+        return updates, state._replace(count=state.count + 1, nu=rms_state.nu)
+
+    return optax.GradientTransformation(init, update)  # type: ignore[arg-type]
 
 
-def init_opt_state(params: Any, learning_rate: float, weight_decay: float) -> Any:
-    """rmsprop state for `params` with this model's learning rate and weight decay."""
-    state = rmsprop().init(params)
-    hyperparams = dict(state.hyperparams)
-    hyperparams["learning_rate"] = jnp.asarray(learning_rate, jnp.float32)
-    hyperparams["weight_decay"] = jnp.asarray(weight_decay, jnp.float32)
-    return state._replace(hyperparams=hyperparams)
+def init_opt_state(params: Any, learning_rate: Any, weight_decay: Any) -> RMSpropState:
+    """rmsprop state for `params` with these hyperparameters (scalars, or trees of per-leaf
+    broadcastable arrays)."""
+    as_array = functools.partial(jax.tree_util.tree_map, lambda value: jnp.asarray(value, jnp.float32))
+    return RMSpropState(
+        count=jnp.zeros((), jnp.int32),
+        nu=jax.tree_util.tree_map(jnp.zeros_like, params),
+        hyperparams={"learning_rate": as_array(learning_rate), "weight_decay": as_array(weight_decay)},
+    )
 
 
-def hidden_kernels(tree: Any) -> list[jax.Array]:
-    """The kernels of the hidden layers (`hidden_*`), the ones Keras' regularisers apply to."""
-    return [layer["kernel"] for name, layer in sorted(tree.items()) if name.startswith("hidden_")]
-
-
-def kernel_penalty(params: Any, l1: jax.Array | float, l2: jax.Array | float, mask: Any = None) -> jax.Array:
-    """`l1 * sum|w| + l2 * sum w²` over the hidden kernels (Keras `kernel_regularizer`).
+def penalty_sums(first: jax.Array, hidden: list[jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """(sum|w|, sum w²) over each variant's hidden kernels, every sum a fixed `tree_sum`.
 
     Args:
-      params: the model's `params` collection.
-      l1, l2: penalty factors (scalars, traced or not).
-      mask: optional pytree like `params` of 0/1; masked-out (padded) weights add nothing, and
-        their gradient is zero even though d|w|/dw at 0 is +1 in JAX.
+      first: float32[num_words, variants, width]: the first-layer kernels, variant on axis 1.
+      hidden: the later hidden kernels, each float32[variants, in, out].
+
+    Returns:
+      Two float32[variants] arrays.
     """
-    kernels = hidden_kernels(params)
-    if mask is not None:
-        kernels = [kernel * kernel_mask for kernel, kernel_mask in zip(kernels, hidden_kernels(mask))]
-    l1_sum = sum(jnp.sum(jnp.abs(kernel)) for kernel in kernels)
-    l2_sum = sum(jnp.sum(jnp.square(kernel)) for kernel in kernels)
-    return l1 * l1_sum + l2 * l2_sum
+    # Each column summed over the rows by a fixed tree, then each variant's columns.
+    abs_sum = tree_sum(tree_sum(jnp.abs(first), axis=0), axis=-1)
+    square_sum = tree_sum(tree_sum(jnp.square(first), axis=0), axis=-1)
+    for kernel in hidden:
+        flat = kernel.reshape(kernel.shape[0], -1)
+        abs_sum = abs_sum + tree_sum(jnp.abs(flat), axis=1)
+        square_sum = square_sum + tree_sum(jnp.square(flat), axis=1)
+    return abs_sum, square_sum
 
 
-def penalties(params: Any, layout: Layout, l1: jax.Array, l2: jax.Array) -> jax.Array:
-    """float32[slots]: each variant's `l1 * sum|w| + l2 * sum w**2` over its hidden kernels
-    (Keras' kernel regularisers; the output layer is not penalised)."""
-    kernel = params["first"]["kernel"]
-    abs_sums, square_sums = [], []
-    for block, block_params in zip(layout.blocks, params["blocks"]):
-        if not block.penalty:
-            abs_sums.append(jnp.zeros((block.size,), jnp.float32))
-            square_sums.append(jnp.zeros((block.size,), jnp.float32))
-            continue
-        # Each column summed over the rows by a fixed tree, then each variant's columns.
-        columns = kernel[:, block.offset : block.offset + block.columns]
-        width = block.hidden_units[0]
-        abs_sum = tree_sum(tree_sum(jnp.abs(columns), axis=0).reshape(block.size, width), axis=1)
-        square_sum = tree_sum(tree_sum(jnp.square(columns), axis=0).reshape(block.size, width), axis=1)
-        for layer in block_params["hidden"]:
-            flat = layer["kernel"].reshape(block.size, -1)
-            abs_sum = abs_sum + tree_sum(jnp.abs(flat), axis=1)
-            square_sum = square_sum + tree_sum(jnp.square(flat), axis=1)
-        abs_sums.append(abs_sum)
-        square_sums.append(square_sum)
-    return l1 * jnp.concatenate(abs_sums) + l2 * jnp.concatenate(square_sums)
+def hidden_kernels(params: Any) -> list[jax.Array]:
+    """One model's hidden kernels (`hidden_*`, in order), the ones Keras' regularisers apply to."""
+    names = sorted((name for name in params if name.startswith("hidden_")), key=lambda name: int(name.split("_")[1]))
+    return [params[name]["kernel"] for name in names]
+
+
+def kernel_penalty(params: Any, l1: jax.Array | float, l2: jax.Array | float) -> jax.Array:
+    """One model's `l1 * sum|w| + l2 * sum w²` over its hidden kernels (Keras
+    `kernel_regularizer`; the output layer and biases are not penalised): `penalty_sums` of a
+    single variant."""
+    first, *rest = hidden_kernels(params)
+    abs_sum, square_sum = penalty_sums(first[:, None, :], [kernel[None] for kernel in rest])
+    return l1 * abs_sum[0] + l2 * square_sum[0]

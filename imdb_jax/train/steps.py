@@ -1,5 +1,13 @@
 """Pure train and eval steps: logits become a loss, the loss becomes an update.
 
+One loss (`loss_sums`: binary cross-entropy from logits plus Keras' kernel penalty, as sums with
+a count) and one optimiser (`imdb_jax.train.optim.rmsprop`) serve both ways of training:
+
+- one model: `TrainState` (Flax's, around the `MLP`), `train_step`, `eval_step`;
+- many fused variants: `FusedState` (around the `FusedMLP`), `fused_train_step`,
+  `fused_eval_step`, with per-variant metric sums; `fit` and `fit_variants` train this way (`fit`
+  is a study of one).
+
 Everything here takes and returns pytrees, so callers may `jax.jit`, `jax.vmap` or `jax.grad`
 through it. Metrics are sums with a count (`loss_sum`, `correct`, `count`), which combine exactly
 across batches of different sizes and are divided on the host.
@@ -21,10 +29,58 @@ from imdb_jax.config import ModelConfig
 from imdb_jax.models.inputs import MultiHot, SparseMultiHot
 from imdb_jax.models.layers import tree_sum
 from imdb_jax.models.layout import Layout
-from imdb_jax.models.mlp import MLP, apply
-from imdb_jax.train.optim import RMS_DECAY, RMS_EPSILON, init_opt_state, kernel_penalty, penalties, rmsprop
+from imdb_jax.models.mlp import MLP, FusedMLP
+from imdb_jax.train.optim import (
+    OPTIMISER_HYPERPARAMS,
+    RMSpropState,
+    init_opt_state,
+    kernel_penalty,
+    penalty_sums,
+    rmsprop,
+)
 
-Batch = Mapping[str, Any]  # {"inputs": float32[B, V] | SparseMultiHot, "labels": float32[B], "weights"?: float32[B]}
+Batch = Mapping[str, Any]  # {"inputs": float32[B, V] | SparseMultiHot | MultiHot, "labels": float32[B], "weights"?: float32[B]}
+
+# The per-model numbers a variant may differ in without a new compiled program.
+HYPERPARAMS = ("learning_rate", "weight_decay", "l1", "l2", "dropout_rate")
+MODEL_HYPERPARAMS = ("dropout_rate", "l1", "l2")  # the rest sit in the optimiser's state
+
+
+# ---------------------------------------------------------------------------------------------
+# The loss, once.
+
+
+def loss_sums(logits: jax.Array, labels: jax.Array, weights: jax.Array, penalty: jax.Array) -> dict[str, jax.Array]:
+    """Per-variant metric sums of a batch.
+
+    Args:
+      logits: float32[variants, batch].
+      labels: float32[batch] of 0/1.
+      weights: float32[batch] (0 marks padding rows, which add nothing).
+      penalty: float32[variants], each variant's kernel penalty.
+
+    Returns:
+      {"loss_sum": [variants], "correct": [variants], "count": []}; every sum is a fixed
+      `tree_sum`, so a variant's figures do not depend on the others.
+    """
+    per_example = optax.sigmoid_binary_cross_entropy(logits, labels[None, :])
+    count = tree_sum(weights, axis=0)
+    correct = ((logits > 0) == (labels > 0.5)[None, :]).astype(jnp.float32)
+    return {
+        # Keras reports the penalised loss averaged over examples: sum(bce) + n * penalty.
+        "loss_sum": tree_sum(per_example * weights, axis=1) + count * penalty,
+        "correct": tree_sum(correct * weights, axis=1),
+        "count": count,
+    }
+
+
+def mean_loss(sums: dict[str, jax.Array]) -> jax.Array:
+    """The sum over variants of each variant's mean loss: each variant's gradient is its own."""
+    return jnp.sum(sums["loss_sum"] / jnp.maximum(sums["count"], 1.0))
+
+
+# ---------------------------------------------------------------------------------------------
+# One model.
 
 
 class TrainState(train_state.TrainState):
@@ -77,8 +133,7 @@ def _create_train_state(rng: jax.Array, numbers: dict[str, jax.Array], num_words
 
 def train_state_from_params(params: Any, config: ModelConfig, *, nu: Any = None, step: int = 0) -> TrainState:
     """A `TrainState` around known weights (a saved model, a variant cut out of a study), built
-    without compiling anything: the optimiser state's structure comes from `jax.eval_shape`, its
-    arrays from NumPy.
+    without compiling anything: every array comes from NumPy through `jax.device_put`.
 
     Args:
       params: Flax params {"hidden_0": {"kernel", "bias"}, ..., "output": ...}.
@@ -89,16 +144,13 @@ def train_state_from_params(params: Any, config: ModelConfig, *, nu: Any = None,
     """
     # jax.device_put, not jnp.asarray: the latter compiles a small copy program per shape.
     params = jax.device_put(jax.tree_util.tree_map(np.asarray, params))
-    shapes = jax.eval_shape(rmsprop().init, params)
-    opt_state = jax.device_put(jax.tree_util.tree_map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), shapes))
-    hyperparams = dict(opt_state.hyperparams)
-    hyperparams["learning_rate"] = jax.device_put(np.float32(config.learning_rate))
-    hyperparams["weight_decay"] = jax.device_put(np.float32(config.weight_decay))
-    inner = list(opt_state.inner_state)
-    if nu is not None:
-        inner[0] = inner[0]._replace(nu=jax.device_put(jax.tree_util.tree_map(np.asarray, nu)))
+    zeros = jax.tree_util.tree_map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), params)
     step = jax.device_put(np.int32(step))
-    opt_state = opt_state._replace(hyperparams=hyperparams, inner_state=tuple(inner), count=step)
+    opt_state = RMSpropState(
+        count=step,
+        nu=jax.device_put(zeros if nu is None else jax.tree_util.tree_map(np.asarray, nu)),
+        hyperparams={name: jax.device_put(np.float32(getattr(config, name))) for name in OPTIMISER_HYPERPARAMS},
+    )
     model = _shared_model(config.num_words, config.hidden_units)
     return TrainState(
         step=step,
@@ -115,31 +167,18 @@ def _weights(batch: Batch) -> jax.Array:
     return jnp.ones_like(batch["labels"]) if weights is None else weights
 
 
-def _metrics(logits: jax.Array, labels: jax.Array, weights: jax.Array, penalty: jax.Array) -> dict[str, jax.Array]:
-    per_example = optax.sigmoid_binary_cross_entropy(logits, labels)
-    count = jnp.sum(weights)
-    correct = (logits > 0) == (labels > 0.5)
-    return {
-        # Keras reports the penalised loss, averaged over examples: sum(bce) + n * penalty.
-        "loss_sum": jnp.sum(per_example * weights) + count * penalty,
-        "correct": jnp.sum(correct * weights),
-        "count": count,
-    }
-
-
 def loss_and_metrics(params: Any, state: TrainState, batch: Batch, dropout_rng: jax.Array | None):
-    """Mean binary cross-entropy from logits (numerically stable) plus the kernel penalty."""
+    """(mean loss, metric sums) of one model on a batch: `loss_sums` of a single variant."""
     logits = state.apply_fn(
         {"params": params},
         batch["inputs"],
         dropout_rate=state.hparams["dropout_rate"],
         dropout_rng=dropout_rng,
     )
-    weights = _weights(batch)
     penalty = kernel_penalty(params, state.hparams["l1"], state.hparams["l2"])
-    metrics = _metrics(logits, batch["labels"], weights, penalty)
-    loss = metrics["loss_sum"] / jnp.maximum(metrics["count"], 1.0)
-    return loss, metrics
+    sums = loss_sums(logits[None], batch["labels"], _weights(batch), penalty[None])
+    metrics = {"loss_sum": sums["loss_sum"][0], "correct": sums["correct"][0], "count": sums["count"]}
+    return mean_loss(sums), metrics
 
 
 def train_step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -147,38 +186,32 @@ def train_step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainSt
 
     Args:
       state: the model and optimiser state.
-      batch: {"inputs": float32[B, num_words] or SparseMultiHot, "labels": float32[B] of 0/1,
-        optional "weights": float32[B] (0 marks padding rows, which add nothing)}.
+      batch: {"inputs": float32[B, num_words], `SparseMultiHot` or `MultiHot` (see
+        `imdb_jax.train.device_data.make_batch`), "labels": float32[B] of 0/1, optional
+        "weights": float32[B] (0 marks padding rows, which add nothing)}.
       rng: PRNG key for dropout at this step (e.g. `jax.random.fold_in(key, state.step)`).
 
     Returns:
       The updated state and {"loss_sum", "correct", "count"} for the batch, the loss measured
       before the update (as Keras reports it).
     """
-    grad_fn = jax.grad(loss_and_metrics, has_aux=True)
-    grads, metrics = grad_fn(state.params, state, batch, rng)
+    grads, metrics = jax.grad(loss_and_metrics, has_aux=True)(state.params, state, batch, rng)
     return state.apply_gradients(grads=grads), metrics
 
 
 def eval_step(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
     """{"loss_sum", "correct", "count"} on a batch, without dropout; the loss includes the
     kernel penalty, as Keras' `evaluate` and `val_loss` do."""
-    _, metrics = loss_and_metrics(state.params, state, batch, None)
-    return metrics
+    return loss_and_metrics(state.params, state, batch, None)[1]
 
 
-def predict_logits(state: TrainState, inputs: jax.Array | SparseMultiHot) -> jax.Array:
+def predict_logits(state: TrainState, inputs: jax.Array | SparseMultiHot | MultiHot) -> jax.Array:
     """float32[batch] logits, no dropout."""
     return state.apply_fn({"params": state.params}, inputs)
 
 
-def summarize(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """Sums with a count → {"loss", "accuracy"} (host side)."""
-    count = float(metrics["count"])
-    return {"loss": float(metrics["loss_sum"]) / count, "accuracy": float(metrics["correct"]) / count}
-
-
-HYPERPARAMS = ("learning_rate", "weight_decay", "l1", "l2", "dropout_rate")
+# ---------------------------------------------------------------------------------------------
+# Many fused variants.
 
 
 @struct.dataclass
@@ -186,12 +219,11 @@ class FusedState:
     """Every variant's weights, rmsprop state and settings, in the fused layout.
 
     Attributes:
-      params: {"first": {"kernel": [num_words, width], "bias": [width]}, "blocks": per block
-        {"hidden": ({"kernel": [size, in, out], "bias": [size, out]}, ...), "output":
-        {"kernel": [size, units, 1], "bias": [size, 1]}}}.
-      nu: rmsprop's running mean of squared gradients, like `params`.
+      params: the `FusedMLP`'s parameters ({"first": ..., "block_<b>": ...}).
+      opt_state: `rmsprop`'s state; its learning rate and weight decay are trees of per-variant
+        values broadcast to each leaf (`per_variant`).
       step: int32 updates done (shared: every variant sees every batch).
-      hyperparams: {name: float32[slots]} for `HYPERPARAMS`.
+      hyperparams: {name: float32[slots]} for `MODEL_HYPERPARAMS` (dropout rate, L1, L2).
       dropout_keys: one PRNG key per slot, folded with the step for each batch.
       alive: bool[slots], False from the epoch a variant stopped being finite.
       best_params: None, or like `params`: each variant's weights at its lowest validation loss
@@ -200,7 +232,7 @@ class FusedState:
     """
 
     params: Any
-    nu: Any
+    opt_state: RMSpropState
     step: jax.Array
     hyperparams: dict[str, jax.Array]
     dropout_keys: jax.Array
@@ -209,100 +241,99 @@ class FusedState:
     layout: Layout = struct.field(pytree_node=False, default=None)
 
 
-def _per_leaf(layout: Layout, values: jax.Array, params: Any) -> Any:
-    """A per-slot array broadcast to each parameter leaf (columns of the first layer, leading
-    axis of the blocks)."""
-    column_slots = jnp.asarray(layout.column_slots())
-    blocks = []
-    for block, block_params in zip(layout.blocks, params["blocks"]):
+@functools.cache
+def fused_model(layout: Layout) -> FusedMLP:
+    """One `FusedMLP` per layout (shared, so that its `apply` compares equal across runs)."""
+    return FusedMLP(layout)
+
+
+def per_variant(layout: Layout, values: jax.Array, params: Any) -> Any:
+    """A per-slot array broadcast to each parameter leaf (the first layer's columns, the blocks'
+    leading axis), for per-variant hyperparameters and selections."""
+    per_column = values[jnp.asarray(layout.column_slots())]
+    tree = {"first": {"kernel": per_column[None, :], "bias": per_column}}
+    for index, block in enumerate(layout.blocks):
         members = values[block.start : block.start + block.size]
-        blocks.append(jax.tree_util.tree_map(lambda leaf: members.reshape((-1,) + (1,) * (leaf.ndim - 1)), block_params))
-    per_column = values[column_slots]
-    return {"first": {"kernel": per_column[None, :], "bias": per_column}, "blocks": tuple(blocks)}
+        tree[f"block_{index}"] = jax.tree_util.tree_map(
+            lambda leaf: members.reshape((-1,) + (1,) * (leaf.ndim - 1)), params[f"block_{index}"]
+        )
+    return tree
 
 
-_RMS = optax.scale_by_rms(decay=RMS_DECAY, eps=RMS_EPSILON, eps_in_sqrt=True)
+def fused_penalties(params: Any, layout: Layout, l1: jax.Array, l2: jax.Array) -> jax.Array:
+    """float32[slots]: each variant's kernel penalty (`penalty_sums` per block; blocks without
+    L1 or L2 skip the work: their factors are 0)."""
+    kernel = params["first"]["kernel"]
+    abs_sums, square_sums = [], []
+    for index, block in enumerate(layout.blocks):
+        if not block.penalty:
+            abs_sums.append(jnp.zeros((block.size,), jnp.float32))
+            square_sums.append(jnp.zeros((block.size,), jnp.float32))
+            continue
+        first = kernel[:, block.offset : block.offset + block.columns].reshape(kernel.shape[0], block.size, -1)
+        hidden = [params[f"block_{index}"][f"hidden_{layer}"]["kernel"] for layer in range(1, len(block.hidden_units))]
+        abs_sum, square_sum = penalty_sums(first, hidden)
+        abs_sums.append(abs_sum)
+        square_sums.append(square_sum)
+    return l1 * jnp.concatenate(abs_sums) + l2 * jnp.concatenate(square_sums)
 
 
-def _rmsprop(state: FusedState, grads: Any) -> tuple[Any, Any]:
-    """Keras rmsprop with decoupled weight decay, per variant (the same arithmetic as
-    `imdb_jax.train.optim.rmsprop`: `p + -lr * (g / sqrt(nu + eps) + wd * p)`)."""
-    scaled, rms_state = _RMS.update(grads, optax.ScaleByRmsState(nu=state.nu))
-    learning_rate = _per_leaf(state.layout, state.hyperparams["learning_rate"], state.params)
-    weight_decay = _per_leaf(state.layout, state.hyperparams["weight_decay"], state.params)
-    params = jax.tree_util.tree_map(
-        lambda p, u, lr, wd: p + (-lr) * (u + wd * p), state.params, scaled, learning_rate, weight_decay
-    )
-    return params, rms_state.nu
-
-
-def _loss_sums(logits: jax.Array, labels: jax.Array, weights: jax.Array, penalty: jax.Array):
-    per_example = optax.sigmoid_binary_cross_entropy(logits, labels[None, :])
-    count = tree_sum(weights, axis=0)
-    correct = ((logits > 0) == (labels > 0.5)[None, :]).astype(jnp.float32)
-    return {
-        # Keras reports the penalised loss averaged over examples: sum(bce) + n * penalty.
-        "loss_sum": tree_sum(per_example * weights, axis=1) + count * penalty,
-        "correct": tree_sum(correct * weights, axis=1),
-        "count": count,
-    }
-
-
-def fused_loss(params: Any, state: FusedState, batch: dict[str, Any], training: bool):
-    """Sum over variants of each variant's mean loss (so each variant's gradient is its own),
-    and {"loss_sum": [slots], "correct": [slots], "count": []}."""
+def fused_loss(params: Any, state: FusedState, batch: Batch, training: bool):
+    """(sum over variants of each variant's mean loss, {"loss_sum": [slots], "correct":
+    [slots], "count": []})."""
     dropout = None
     if training:
         keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(state.dropout_keys, state.step)
         dropout = (state.hyperparams["dropout_rate"], keys)
-    logits = apply(params, batch["inputs"], state.layout, dropout)
-    penalty = penalties(params, state.layout, state.hyperparams["l1"], state.hyperparams["l2"])
-    sums = _loss_sums(logits, batch["labels"], batch["weights"], penalty)
-    return jnp.sum(sums["loss_sum"] / jnp.maximum(sums["count"], 1.0)), sums
+    logits = fused_model(state.layout).apply({"params": params}, batch["inputs"], dropout)
+    penalty = fused_penalties(params, state.layout, state.hyperparams["l1"], state.hyperparams["l2"])
+    sums = loss_sums(logits, batch["labels"], _weights(batch), penalty)
+    return mean_loss(sums), sums
 
 
-def fused_train_step(state: FusedState, batch: dict[str, Any]) -> tuple[FusedState, dict[str, jax.Array]]:
+def fused_train_step(state: FusedState, batch: Batch) -> tuple[FusedState, dict[str, jax.Array]]:
     """One rmsprop update of every variant on the same batch.
 
     Args:
-      state: the fused variants.
-      batch: {"inputs": MultiHot, "labels": float32[batch], "weights": float32[batch]}.
+      state: the fused variants (`fit_variants(...).fused_state()` or
+        `imdb_jax.train.variants.initial_state`).
+      batch: {"inputs": `MultiHot`, "labels": float32[batch], "weights": float32[batch]
+        (optional)}, e.g. from `imdb_jax.train.device_data.make_batch`.
 
     Returns:
       The new state and per-variant metric sums of the batch (before the update, as Keras
       reports them): {"loss_sum": [slots], "correct": [slots], "count": []}.
     """
     grads, sums = jax.grad(fused_loss, has_aux=True)(state.params, state, batch, True)
-    params, nu = _rmsprop(state, grads)
-    return state.replace(params=params, nu=nu, step=state.step + 1), sums
+    updates, opt_state = rmsprop().update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return state.replace(params=params, opt_state=opt_state, step=state.step + 1), sums
 
 
-def fused_eval_step(state: FusedState, batch: dict[str, Any]) -> dict[str, jax.Array]:
+def fused_eval_step(state: FusedState, batch: Batch) -> dict[str, jax.Array]:
     """Per-variant metric sums without dropout (the loss includes the penalty, as Keras')."""
     return fused_loss(state.params, state, batch, False)[1]
 
 
 def fused_predict(state: FusedState, inputs: MultiHot) -> jax.Array:
     """float32[slots, batch] logits."""
-    return apply(state.params, inputs, state.layout)
+    return fused_model(state.layout).apply({"params": state.params}, inputs)
 
 
 def finite_slots(state: FusedState, loss_sum: jax.Array) -> jax.Array:
     """bool[slots]: the variant's epoch loss and every one of its weights are finite."""
-    layout = state.layout
-    params = state.params
-    finite = jnp.isfinite(loss_sum)
+    layout, params = state.layout, state.params
     column_ok = jnp.all(jnp.isfinite(params["first"]["kernel"]), axis=0) & jnp.isfinite(params["first"]["bias"])
     parts = []
-    for block, block_params in zip(layout.blocks, params["blocks"]):
+    for index, block in enumerate(layout.blocks):
         ok = jnp.all(column_ok[block.offset : block.offset + block.columns].reshape(block.size, -1), axis=1)
-        for leaf in jax.tree_util.tree_leaves(block_params):
+        for leaf in jax.tree_util.tree_leaves(params[f"block_{index}"]):
             ok = ok & jnp.all(jnp.isfinite(leaf.reshape(block.size, -1)), axis=1)
         parts.append(ok)
-    return finite & jnp.concatenate(parts)
+    return jnp.isfinite(loss_sum) & jnp.concatenate(parts)
 
 
 def select_slots(keep: jax.Array, new: Any, old: Any, layout: Layout) -> Any:
-    """Per variant, `new` where `keep` else `old`, for a params-shaped tree."""
-    keep_leaf = _per_leaf(layout, keep, new)
+    """Per variant, `new` where `keep` (bool[slots]) else `old`, for a params-shaped tree."""
+    keep_leaf = per_variant(layout, keep, new)
     return jax.tree_util.tree_map(lambda k, a, b: jnp.where(k, a, b), keep_leaf, new, old)

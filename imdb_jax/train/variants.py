@@ -23,14 +23,25 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from imdb_jax.config import ModelConfig
 from imdb_jax.data.csr import as_xy
 from imdb_jax.errors import ImdbJaxError
+from imdb_jax.models.inputs import MultiHot, SparseMultiHot
 from imdb_jax.models.layout import Layout, plan_layout
-from imdb_jax.specs import VariantSpec, load_specs  # noqa: F401  (re-exported)
+from imdb_jax.specs import VariantSpec
 from imdb_jax.train import checkpoints
 from imdb_jax.train.device_data import to_device
 from imdb_jax.train.distributed import place
 from imdb_jax.train.epochs import logits_epoch
 from imdb_jax.train.loop import EpochPlan, check_batch_size, device_splits, fetch, history_from_records, run_epochs
-from imdb_jax.train.steps import HYPERPARAMS, FusedState, TrainState, create_train_state, train_state_from_params
+from imdb_jax.train.optim import init_opt_state
+from imdb_jax.train.steps import (
+    HYPERPARAMS,
+    MODEL_HYPERPARAMS,
+    FusedState,
+    TrainState,
+    create_train_state,
+    fused_model,
+    per_variant,
+    train_state_from_params,
+)
 
 VARIANT_AXIS = "variants"
 
@@ -41,17 +52,14 @@ def _keys(seed: int) -> tuple[jax.Array, jax.Array]:
 
 
 def _blank_params(layout: Layout) -> dict[str, Any]:
-    blocks = []
-    for block in layout.blocks:
-        units = block.hidden_units
-        hidden = tuple(
-            {"kernel": np.zeros((block.size, a, b), np.float32), "bias": np.zeros((block.size, b), np.float32)}
-            for a, b in zip(units, units[1:])
-        )
-        output = {"kernel": np.zeros((block.size, units[-1], 1), np.float32), "bias": np.zeros((block.size, 1), np.float32)}
-        blocks.append({"hidden": hidden, "output": output})
-    first = {"kernel": np.zeros((layout.num_words, layout.width), np.float32), "bias": np.zeros((layout.width,), np.float32)}
-    return {"first": first, "blocks": tuple(blocks)}
+    """Zeros shaped like the `FusedMLP`'s parameters (their shapes traced, nothing compiled)."""
+    shapes = jax.eval_shape(lambda: fused_model(layout).init(jax.random.key(0), _blank_inputs(layout))["params"])
+    return jax.tree_util.tree_map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), shapes)
+
+
+def _blank_inputs(layout: Layout) -> MultiHot:
+    tail = SparseMultiHot(word_ids=jnp.zeros((1,), jnp.int32), row_ids=jnp.zeros((1,), jnp.int32), batch_size=1)
+    return MultiHot(head=None, tail=tail)
 
 
 def _locate(layout: Layout, slot: int):
@@ -63,29 +71,25 @@ def _locate(layout: Layout, slot: int):
 
 
 def put_variant(fused: dict[str, Any], layout: Layout, slot: int, params: Any) -> None:
-    """Writes one variant's Flax params ({"hidden_0", ..., "output"}) into fused host arrays."""
+    """Writes one variant's `MLP` params ({"hidden_0", ..., "output"}) into fused host arrays."""
     index, block, position = _locate(layout, slot)
     width = block.hidden_units[0]
     columns = slice(block.offset + position * width, block.offset + (position + 1) * width)
     fused["first"]["kernel"][:, columns] = np.asarray(params["hidden_0"]["kernel"])
     fused["first"]["bias"][columns] = np.asarray(params["hidden_0"]["bias"])
-    for layer, target in enumerate(fused["blocks"][index]["hidden"], start=1):
-        target["kernel"][position] = np.asarray(params[f"hidden_{layer}"]["kernel"])
-        target["bias"][position] = np.asarray(params[f"hidden_{layer}"]["bias"])
-    fused["blocks"][index]["output"]["kernel"][position] = np.asarray(params["output"]["kernel"])
-    fused["blocks"][index]["output"]["bias"][position] = np.asarray(params["output"]["bias"])
+    for name, layer in fused[f"block_{index}"].items():
+        for leaf in ("kernel", "bias"):
+            layer[leaf][position] = np.asarray(params[name][leaf])
 
 
 def take_variant(fused: Any, layout: Layout, slot: int) -> dict[str, Any]:
-    """One variant's Flax params (NumPy) cut out of fused host arrays of one shard."""
+    """One variant's `MLP` params (NumPy) cut out of fused host arrays of one shard."""
     index, block, position = _locate(layout, slot)
     width = block.hidden_units[0]
     columns = slice(block.offset + position * width, block.offset + (position + 1) * width)
     params = {"hidden_0": {"kernel": fused["first"]["kernel"][:, columns], "bias": fused["first"]["bias"][columns]}}
-    for layer, source in enumerate(fused["blocks"][index]["hidden"], start=1):
-        params[f"hidden_{layer}"] = {"kernel": source["kernel"][position], "bias": source["bias"][position]}
-    output = fused["blocks"][index]["output"]
-    params["output"] = {"kernel": output["kernel"][position], "bias": output["bias"][position]}
+    for name, layer in fused[f"block_{index}"].items():
+        params[name] = {"kernel": layer["kernel"][position], "bias": layer["bias"][position]}
     return jax.tree_util.tree_map(np.asarray, params)
 
 
@@ -115,11 +119,19 @@ def initial_state(
         per_shard.append(fused)
         dropout_keys.append(jnp.stack(keys))
     params = jax.tree_util.tree_map(lambda *leaves: jnp.asarray(np.stack(leaves)), *per_shard)
+    numbers = {name: jnp.asarray(values) for name, values in hyperparams.items()}
+    optimiser = jax.vmap(
+        lambda shard_params, learning_rate, weight_decay: init_opt_state(
+            shard_params,
+            per_variant(layout, learning_rate, shard_params),
+            per_variant(layout, weight_decay, shard_params),
+        )
+    )
     return FusedState(
         params=params,
-        nu=jax.tree_util.tree_map(jnp.zeros_like, params),
+        opt_state=optimiser(params, numbers["learning_rate"], numbers["weight_decay"]),
         step=jnp.zeros((shards,), jnp.int32),
-        hyperparams={name: jnp.asarray(values) for name, values in hyperparams.items()},
+        hyperparams={name: numbers[name] for name in MODEL_HYPERPARAMS},
         dropout_keys=jnp.stack(dropout_keys),
         alive=jnp.ones((shards, slots), bool),
         best_params=jax.tree_util.tree_map(jnp.copy, params) if keep_best else None,
@@ -178,7 +190,7 @@ class VariantsResult:
             raise ImdbJaxError("best weights are kept only when training had validation data")
         shard, slot = self._where(index)
         source = self.fused.params if weights == "last" else self.fused.best_params
-        host = fetch(jax.tree_util.tree_map(lambda leaf: leaf[shard], (source, self.fused.nu)))
+        host = fetch(jax.tree_util.tree_map(lambda leaf: leaf[shard], (source, self.fused.opt_state.nu)))
         params = take_variant(host[0], self.layout, slot)
         nu = take_variant(host[1], self.layout, slot)
         step = int(fetch(self.fused.step)[shard])
