@@ -3,7 +3,9 @@ the event files (by our reader, and by TensorFlow's when it is installed)."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
 import math
 import subprocess
@@ -201,3 +203,88 @@ def test_tensorflows_own_reader_reads_the_same_runs(written):
             ["_hparams_/session_start_info", "hparams"],
             ["_hparams_/session_end_info", "hparams"],
         ]
+
+
+def _cli(argv: list[str]) -> tuple[int, str, str]:
+    """`imdb-jax ARGV` in-process: (exit status, stdout, stderr)."""
+    from imdb_jax.cli import main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        status = main(argv)
+    return status, stdout.getvalue(), stderr.getvalue()
+
+
+@pytest.fixture()
+def corpus(tmp_path: Path, write_aclimdb) -> list[str]:
+    return [
+        "--data-dir",
+        str(write_aclimdb(tmp_path / "aclImdb")),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--num-words",
+        "50",
+    ]
+
+
+def test_imdb_jax_train_logdir_leaves_the_models_curves_and_settings(tmp_path: Path, corpus):
+    argv = ["train", *corpus, "--hidden-units", "4", "--epochs", "2", "--batch-size", "2", "--learning-rate", "0.01"]
+    status, stdout, stderr = _cli(
+        [
+            *argv,
+            "--validation",
+            "2",
+            "--output",
+            str(tmp_path / "model"),
+            "--logdir",
+            str(tmp_path / "tb"),
+            "--no-progress",
+            "--json",
+        ]
+    )
+    assert status == 0, stderr
+    history = json.loads(stdout)["history"]
+    (run_dir,) = (tmp_path / "tb").iterdir()
+    run = read_run(run_dir)
+    assert run_dir.name == "4_lr=0.01"
+    assert run["scalars"] == {tag: _expected(history[tag]) for tag in SCALARS}
+    assert (
+        run["hparams"]["hidden_units"] == "4"
+        and run["hparams"]["learning_rate"] == 0.01
+        and run["hparams"]["epochs"] == 2.0
+    )
+    assert run["status"] == "success"
+
+
+def test_imdb_jax_study_logdir_writes_every_variant_and_seed(tmp_path: Path, corpus):
+    spec_file = tmp_path / "study.json"
+    spec_file.write_text(json.dumps([{"hidden_units": [4]}, {"hidden_units": [2, 2], "l2": 0.001}]))
+    argv = [
+        "study",
+        "--spec",
+        str(spec_file),
+        *corpus,
+        "--epochs",
+        "2",
+        "--batch-size",
+        "2",
+        "--validation",
+        "2",
+        "--seeds",
+        "2",
+    ]
+    status, stdout, stderr = _cli(
+        [*argv, "--output", str(tmp_path / "study"), "--logdir", str(tmp_path / "tb"), "--no-progress", "--json"]
+    )
+    assert status == 0, stderr
+    study = json.loads((tmp_path / "study" / "study.json").read_text())
+    runs = {path.name: read_run(path) for path in (tmp_path / "tb").iterdir() if path.name != "retrain"}
+    # One folder per trained copy, named as the study names its copies ("4 [seed 1]").
+    assert sorted(runs) == ["2-2_l2=0.001_seed_0", "2-2_l2=0.001_seed_1", "4_seed_0", "4_seed_1"]
+    for variant in study["variants"]:
+        for seed, history in zip(variant["seeds"], variant["histories"]):
+            run = runs[run_folder_name(f"{variant['name']} [seed {seed}]")]
+            assert run["scalars"]["val_loss"] == _expected(history["val_loss"])
+            assert run["hparams"]["seed"] == seed and run["hparams"]["validation_reviews"] == 2.0
+    (retrained,) = (tmp_path / "tb" / "retrain").iterdir()
+    assert read_run(retrained)["scalars"]["loss"] == _expected(study["retrain"]["history"]["loss"])

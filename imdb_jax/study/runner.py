@@ -160,6 +160,7 @@ def run_study(
     retrain: bool = True,
     figures: bool = True,
     resume: bool = False,
+    log_dir: str | Path | None = None,
 ) -> StudyResult:
     """Trains a study's variants with several seeds, writes study.json, report.md and figures,
     retrains the best.
@@ -188,6 +189,9 @@ def run_study(
         state after every epoch in `output_dir/checkpoints/`, and with `resume` each picks up
         where its checkpoint stopped; the finished study is bitwise the uninterrupted one (all
         but its timings).
+      log_dir: also write TensorBoard logs there (`imdb_jax.tensorboard`): one run folder per
+        trained copy (variant and seed) as it trains, and the retrained model's under
+        `retrain/` once it is done.
 
     Returns:
       The `StudyResult`; its `summary` is what study.json holds.
@@ -251,6 +255,13 @@ def run_study(
             "devices": device_names,
         }
 
+    board = None
+    if log_dir is not None:  # every copy's run folder, opened before training
+        from imdb_jax.tensorboard import TensorBoardLogger, spec_hparams
+
+        shared = {key: settings[key] for key in ("epochs", "batch_size", "shuffle_seed", "num_words", "validation_reviews")}
+        board = TensorBoardLogger(log_dir, replica_names, [{**spec_hparams(replica), **shared} for replica in replicas])
+
     results, run_records = [], []
     for label, indices in run_plan(runs, experiments, specs, members):
         todo = sorted({copy for index in indices for copy in replica_of[index] if not histories[copy]})
@@ -263,6 +274,8 @@ def run_study(
             snapshot = summarise("running", run_records)
             snapshot["epochs_done"] = {"run": len(run_records) + 1, "epochs": epochs_done}
             write_json(output_dir / STUDY_FILE, snapshot)
+            if board is not None:
+                board.on_epoch_end(epochs_done, histories)
 
         run_started = time.perf_counter()
         with CompileClock() as clock:
@@ -301,6 +314,8 @@ def run_study(
         shapes = " | ".join(f"{'-'.join(map(str, block['hidden_units']))} x{len(block['variants'])}" for block in blocks)
         _say(progress, f"{label}: {len(indices)} variants x {seeds} seeds ({len(todo)} models) [{shapes}], {wall:.1f} s ({clock.seconds:.1f} s compiling)")
 
+    if board is not None:
+        board.close()
     summary = summarise("done", run_records)
     summary["conclusions"] = conclusions(summary)
     leader = best(summary["variants"])
@@ -310,6 +325,12 @@ def run_study(
     if retrain and leader is not None:
         spec = specs[names.index(leader["name"])]
         retrained, summary["retrain"] = _retrain(spec, leader, data, output_dir, batch_size, shuffle_seed, first_layer, progress, resume)
+        if log_dir is not None:  # `fit` has no per-epoch hook: the finished curves are written at once
+            from imdb_jax.tensorboard import TensorBoardLogger, spec_hparams
+
+            hparams = {**spec_hparams(spec), "epochs": leader["best_epoch"], "batch_size": batch_size, "shuffle_seed": shuffle_seed}
+            with TensorBoardLogger(Path(log_dir) / "retrain", [leader["name"]], [hparams]) as retrain_board:
+                retrain_board.on_epoch_end(leader["best_epoch"], [summary["retrain"]["history"]])
     summary["training_s"] = sum(record["wall_s"] for record in run_records)
     summary["wall_s"] = time.perf_counter() - started  # the report shows it; figures come after
     figure_started = time.perf_counter()
