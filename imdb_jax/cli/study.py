@@ -38,6 +38,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-retrain", action="store_true", help="do not retrain the best variant on all training reviews")
     parser.add_argument("--output", help="output folder (default: runs/study-<timestamp>)")
     parser.add_argument(
+        "--logdir",
+        metavar="DIR",
+        help="also write TensorBoard logs: one run folder in DIR per variant and seed, with its epoch curves and settings (HParams)",
+    )
+    parser.add_argument(
         "--resume",
         action="store_true",
         help="continue the killed study in --output from its last finished epoch (same command otherwise); the result is the uninterrupted one",
@@ -92,6 +97,7 @@ def _study(args: argparse.Namespace, chosen: list, output: Path) -> int:
         progress=not args.no_progress,
         retrain=not args.no_retrain,
         resume=args.resume,
+        log_dir=args.logdir,
     )
     summary = result.summary
     best = next((variant for variant in summary["variants"] if variant["name"] == summary["best_variant"]), None)

@@ -55,6 +55,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--first-layer", choices=("auto", "sparse", "dense"), default="auto", help="first layer kind (default: auto)")
     parser.add_argument("--output", help="model folder (default: runs/train-<timestamp>)")
     parser.add_argument(
+        "--logdir",
+        metavar="DIR",
+        help="also write TensorBoard logs: a run folder in DIR with the epochs' loss and accuracy curves and the settings (HParams)",
+    )
+    parser.add_argument(
         "--restore-best",
         action="store_true",
         help="keep the weights of the epoch with the lowest validation loss (needs --validation), like Keras' EarlyStopping(restore_best_weights=True)",
@@ -132,6 +137,13 @@ def _train(args: argparse.Namespace, config: Any, output: Path) -> int:
         train, validation = data.train, None
     loaded = time.perf_counter()
 
+    board = None
+    if args.logdir:  # opened before training, so an unwritable DIR fails now
+        from imdb_jax.specs import VariantSpec
+        from imdb_jax.tensorboard import TensorBoardLogger
+
+        settings = {"epochs": args.epochs, "batch_size": args.batch_size, "num_words": config.num_words}
+        board = TensorBoardLogger(args.logdir, [VariantSpec.from_config(config, args.seed)], settings)
     state, history = fit(
         config,
         train,
@@ -145,6 +157,9 @@ def _train(args: argparse.Namespace, config: Any, output: Path) -> int:
         checkpoint_dir=output / CHECKPOINT,
         resume=args.resume,
     )
+    if board is not None:  # `fit` has no per-epoch hook: the finished curves are written at once
+        board.on_epoch_end(args.epochs, [history])
+        board.close()
     trained = time.perf_counter()
     test = evaluate(state, data.test, batch_size=args.batch_size, first_layer=args.first_layer)
     evaluated = time.perf_counter()
