@@ -10,11 +10,20 @@ The compiled programs (XLA executables) are kept on disk beside the data cache, 
   or `JAX_COMPILATION_CACHE_DIR`) is left as it is.
 
 The cache is trusted code: keep it in a folder only you can write (JAX's own warning).
+
+A process killed while JAX writes an entry leaves it truncated. JAX then warns "Error reading
+persistent compilation cache entry" on every later run and never rewrites it (it skips a key whose
+file exists), so `enable` first reads each entry it has not read before back whole and removes
+the ones that fail (`remove_damaged_entries`); the next compilation writes them again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import time
+import zlib
 from pathlib import Path
 
 ENVIRONMENT = "IMDB_JAX_COMPILE_CACHE"
@@ -22,6 +31,10 @@ OFF = ("off", "0", "none", "false", "no")
 
 _enabled: Path | None = None
 _decided = False
+
+ENTRY_SUFFIX = "-cache"  # JAX's LRU cache: <name>-cache, and <name>-atime beside it
+CHECKED_FILE = ".imdb-jax-checked.json"  # entries already read back whole: {file: [size, mtime_ns]}
+SETTLE_S = 10.0  # an entry younger than this may still be being written by another process
 
 
 def resolve(setting: str | os.PathLike | None = None) -> Path | None:
@@ -69,6 +82,7 @@ def enable(setting: str | os.PathLike | None = None, *, force: bool = False) -> 
     except OSError:
         _enabled = None  # an unwritable cache folder costs speed, never the run
         return None
+    remove_damaged_entries(folder)
     jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_enable_compilation_cache", True)
     # Cache every program: this package's epochs compile in ~1 s each, below JAX's 1 s default.
@@ -76,3 +90,69 @@ def enable(setting: str | os.PathLike | None = None, *, force: bool = False) -> 
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     _enabled = folder
     return folder
+
+
+def remove_damaged_entries(folder: str | os.PathLike) -> list[str]:
+    """Removes the compiled-program entries in `folder` that cannot be read back whole.
+
+    An entry is decompressed as JAX reads it; one that fails (truncated, empty) is deleted with its
+    access-time file. Entries read whole once are listed in `CHECKED_FILE` (by size and mtime)
+    and not read again; entries younger than `SETTLE_S` are left for a later run, as another
+    process may still be writing them.
+
+    Returns:
+      The names of the entries removed.
+    """
+    folder = Path(folder)
+    record = folder / CHECKED_FILE
+    try:
+        checked = json.loads(record.read_text(encoding="utf-8"))
+        checked = checked if isinstance(checked, dict) else {}
+    except (OSError, ValueError):
+        checked = {}
+    decompress = _decompressor()
+    now = time.time_ns()
+    kept: dict[str, list[int]] = {}
+    removed: list[str] = []
+    try:
+        entries = [entry for entry in os.scandir(folder) if entry.name.endswith(ENTRY_SUFFIX) and entry.is_file()]
+    except OSError:
+        return removed
+    for entry in entries:
+        try:
+            stat = entry.stat()
+        except OSError:
+            continue
+        seen = [stat.st_size, stat.st_mtime_ns]
+        if checked.get(entry.name) == seen:
+            kept[entry.name] = seen
+            continue
+        if now - stat.st_mtime_ns < SETTLE_S * 1e9:
+            continue
+        try:
+            decompress(Path(entry.path).read_bytes())
+        except OSError:
+            continue
+        except Exception:  # zlib.error, zstd's errors: not a whole entry
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+                removed.append(entry.name)
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path[: -len(ENTRY_SUFFIX)] + "-atime")
+            continue
+        kept[entry.name] = seen
+    if kept != checked:
+        from imdb_jax.atomic import write_json
+
+        with contextlib.suppress(OSError):
+            write_json(record, kept, indent=None)
+    return removed
+
+
+def _decompressor():
+    """How JAX decompresses an entry (zstd where available, else zlib)."""
+    try:
+        from jax._src.compilation_cache import decompress_executable
+    except ImportError:
+        return zlib.decompress
+    return decompress_executable
