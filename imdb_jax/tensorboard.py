@@ -31,6 +31,7 @@ import re
 import socket
 import struct
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,11 @@ class _EventFile:
         self._file.close()
 
 
+def _close_all(files: Sequence[_EventFile]) -> None:
+    for events in files:
+        events.close()
+
+
 class TensorBoardLogger:
     """Writes variants' histories as TensorBoard runs as they train.
 
@@ -168,6 +174,8 @@ class TensorBoardLogger:
         ]
         self._written = [0] * len(variants)  # epochs of each history already in its file
         self._files: list[_EventFile] = []
+        # A logger dropped unclosed (training raised) still closes its files, flushed.
+        weakref.finalize(self, _close_all, self._files)
         self.run_dirs: list[Path] = []
         self.closed = False
         try:
@@ -255,8 +263,7 @@ class TensorBoardLogger:
             self._close_files()
 
     def _close_files(self) -> None:
-        for events in self._files:
-            events.close()
+        _close_all(self._files)
 
     def __enter__(self) -> TensorBoardLogger:
         return self

@@ -100,7 +100,7 @@ def _command_log(tmp_path: Path, *argv: str) -> str:
             timeout=300,
         ).returncode
     text = log.read_bytes().decode("utf-8", errors="replace")
-    if status != 0:  # not an AssertionError: the xfail below must not swallow a broken command
+    if status != 0:  # the log is the message: a traceback in it says more than the status
         pytest.fail(f"imdb-jax {' '.join(argv)} exited with {status}:\n{text}")
     return text
 
@@ -126,11 +126,15 @@ def test_imdb_jax_data_redirected_holds_plain_stage_lines(tmp_path: Path, small_
     assert any(line.startswith("tokenising train") and " reviews in " in line for line in text.splitlines()), text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="the epoch bar in imdb_jax/train/loop.py is still a plain tqdm bar (switch it to imdb_jax.progress.progress_bar)",
-)
+def test_imdb_jax_data_on_the_real_cache_redirected_holds_no_carriage_return(
+    tmp_path: Path, imdb_data, real_data_dir, imdb_cache_dir
+):
+    del imdb_data  # builds the session's cache, which the command reads
+    text = _command_log(tmp_path, "data", "--data-dir", str(real_data_dir), "--cache-dir", str(imdb_cache_dir))
+    assert "\r" not in text
+    assert "(read from the cache)" in text, text
+
+
 def test_imdb_jax_train_redirected_holds_no_carriage_return(tmp_path: Path, small_corpus):
     text = _command_log(
         tmp_path, "train", "--data-dir", small_corpus["data_dir"], "--cache-dir", small_corpus["cache_dir"], "--num-words", "50",
