@@ -26,8 +26,9 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -46,7 +47,9 @@ CITED = {
     "sklearn_logreg_fit_s": 0.6,
     "sklearn_logreg_test_accuracy": 0.883,
 }
-CITED_SOURCE = "shared/DATA.md reference figures (Keras 3 TF backend / scikit-learn on a 2-core machine), not measured in this run"
+CITED_SOURCE = (
+    "shared/DATA.md reference figures (Keras 3 TF backend / scikit-learn on a 2-core machine), not measured in this run"
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,7 +117,10 @@ def seed_study_models(epochs: int = 20, holdout: int = 10000, final_epochs: int 
     """The seed's study, in its order: 13 models × `epochs` on the rows after `holdout`, then the
     final 16-16 model for `final_epochs` on all rows, scored on the test reviews."""
     models = [KerasModel((width,), epochs=epochs, holdout=holdout, name=f"{width}") for width in (4, 16, 512)]
-    models += [KerasModel((16,) * depth, epochs=epochs, holdout=holdout, name="-".join(["16"] * depth)) for depth in (1, 2, 3, 4)]
+    models += [
+        KerasModel((16,) * depth, epochs=epochs, holdout=holdout, name="-".join(["16"] * depth))
+        for depth in (1, 2, 3, 4)
+    ]
     models += [KerasModel(epochs=epochs, holdout=holdout, name="16-16")]
     models += [
         KerasModel(epochs=epochs, holdout=holdout, name="16-16 (no penalty)"),
@@ -130,7 +136,13 @@ def seed_study_models(epochs: int = 20, holdout: int = 10000, final_epochs: int 
 def _save_split(folder: Path, name: str, split: Any) -> None:
     x, y = (split.x, split.y) if hasattr(split, "x") else split
     x = sp.csr_matrix(x)
-    np.savez(folder / f"{name}.npz", indptr=x.indptr, indices=x.indices, shape=np.asarray(x.shape), labels=np.asarray(y, np.float32))
+    np.savez(
+        folder / f"{name}.npz",
+        indptr=x.indptr,
+        indices=x.indices,
+        shape=np.asarray(x.shape),
+        labels=np.asarray(y, np.float32),
+    )
 
 
 def run_keras(
@@ -187,7 +199,7 @@ def run_keras(
         total = time.perf_counter() - start
     for line in reversed(done.stdout.splitlines()):
         if line.startswith(RESULT_MARK):
-            result = json.loads(line[len(RESULT_MARK):])
+            result = json.loads(line[len(RESULT_MARK) :])
             result["total_s"] = total
             return result
     tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
@@ -215,7 +227,7 @@ def _peak_rss_bytes() -> int:
     return int(maxrss if sys.platform == "darwin" else maxrss * 1024)
 
 
-def _load_split(folder: Path, name: str):
+def _load_split(folder: Path, name: str) -> tuple[sp.csr_matrix, np.ndarray]:
     arrays = np.load(folder / f"{name}.npz")
     shape = tuple(int(size) for size in arrays["shape"])
     x = sp.csr_matrix((np.ones(len(arrays["indices"]), np.float32), arrays["indices"], arrays["indptr"]), shape=shape)
@@ -291,8 +303,10 @@ def _worker(job_path: str) -> int:
             start = time.perf_counter()
             probabilities = np.concatenate(
                 [
-                    network.predict(x_test[begin : begin + 5000].toarray(), batch_size=job["batch_size"], verbose=0).reshape(-1)
-                    for begin in range(0, x_test.shape[0], 5000)
+                    network.predict(
+                        x_test[begin : begin + 5000].toarray(), batch_size=job["batch_size"], verbose=0
+                    ).reshape(-1)
+                    for begin in range(0, len(y_test), 5000)
                 ]
             )
             result["test_accuracy"] = float(np.mean((probabilities > 0.5) == (y_test > 0.5)))
@@ -340,6 +354,8 @@ def sklearn_logreg(train: Any, test: Any, *, C: float = 0.05, repeats: int = 3) 
             model.fit(x_train, y_train)
             times.append(time.perf_counter() - start)
         converged = converged and not any(issubclass(item.category, ConvergenceWarning) for item in caught)
+    if model is None:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
     accuracy = float(np.mean(model.predict(x_test) == y_test))
     return {
         "fit_s": times,

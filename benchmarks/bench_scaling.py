@@ -31,7 +31,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common  # noqa: E402
+import cli_options  # noqa: E402
+import clocks  # noqa: E402
+import machine_info  # noqa: E402
+import reporting  # noqa: E402
+import review_data  # noqa: E402
+import yardsticks  # noqa: E402
 
 RESULT_MARK = "SCALING_WORKER_RESULT "
 DEFAULT_NUM_WORDS = "10000,100000,1000000"
@@ -39,15 +44,21 @@ TARGET_NUM_WORDS, TARGET_PEAK_MB = 100000, 2048  # issue 5: peak memory at num_w
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-    common.add_common_args(parser)
-    parser.add_argument("--num-words", default=DEFAULT_NUM_WORDS, help=f"comma-separated vocabulary sizes (default {DEFAULT_NUM_WORDS})")
-    parser.add_argument("--first-layer", default="sparse", help="comma-separated first layers to time: sparse, auto, dense (default sparse)")
+    parser = cli_options.parser(__doc__)
+    cli_options.add_arguments(parser)
+    parser.add_argument(
+        "--num-words", default=DEFAULT_NUM_WORDS, help=f"comma-separated vocabulary sizes (default {DEFAULT_NUM_WORDS})"
+    )
+    parser.add_argument(
+        "--first-layer",
+        default="sparse",
+        help="comma-separated first layers to time: sparse, auto, dense (default sparse)",
+    )
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker-data", choices=("real", "synthetic"), default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker-density", type=float, default=129.0, help=argparse.SUPPRESS)
-    args = common.resolve_common_args(parser.parse_args(argv), default_repeats=3)
+    args = cli_options.resolve_arguments(parser.parse_args(argv), default_repeats=3)
     try:
         args.num_words = [int(value) for value in args.num_words.split(",") if value.strip()]
     except ValueError:
@@ -61,7 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def real_vocabulary() -> tuple[int, float]:
     """(distinct words of the real training reviews, their mean unique words per review); the
     data cache of every word is built once if missing (untimed)."""
-    common.default_data_dir()
+    review_data.default_data_dir()
     from imdb_jax import load_imdb
 
     data = load_imdb(num_words=None, progress=False)
@@ -76,15 +87,29 @@ def worker(args: argparse.Namespace) -> int:
     num_words = args.worker
     start = time.perf_counter()
     if args.worker_data == "synthetic":
-        dataset = common.load_dataset(num_words, synthetic=True, rows=args.rows, words_per_review=args.worker_density)
+        dataset = review_data.load_dataset(
+            num_words, synthetic=True, rows=args.rows, words_per_review=args.worker_density
+        )
     else:
-        dataset = common.load_dataset(num_words, rows=args.rows)
+        dataset = review_data.load_dataset(num_words, rows=args.rows)
     load_s = time.perf_counter() - start
-    load_peak = common.peak_rss_bytes()
-    result = {"num_words": num_words, "load_s": load_s, "load_peak_rss_bytes": load_peak, "dataset": dataset.describe(), "layers": []}
+    load_peak = machine_info.peak_rss_bytes()
+    result = {
+        "num_words": num_words,
+        "load_s": load_s,
+        "load_peak_rss_bytes": load_peak,
+        "dataset": dataset.describe(),
+        "layers": [],
+    }
     for first_layer in args.first_layers:
-        resettable = common.reset_peak_rss()
-        timing = common.time_fit_variants([VariantSpec((16, 16))], dataset.train, epochs=1 + args.repeats, batch_size=args.batch_size, first_layer=first_layer)
+        resettable = machine_info.reset_peak_rss()
+        timing = clocks.time_fit_variants(
+            [VariantSpec((16, 16))],
+            dataset.train,
+            epochs=1 + args.repeats,
+            batch_size=args.batch_size,
+            first_layer=first_layer,
+        )
         result["layers"].append(
             {
                 "first_layer": first_layer,
@@ -93,7 +118,7 @@ def worker(args: argparse.Namespace) -> int:
                 "compile_s": timing["compile_s"],
                 "first_epoch_s": timing["first_epoch_s"],
                 "recompiled": timing["recompiled"],
-                "train_peak_rss_bytes": common.peak_rss_bytes(),
+                "train_peak_rss_bytes": machine_info.peak_rss_bytes(),
                 "train_peak_scope": "since training began" if resettable else "process lifetime",
             }
         )
@@ -103,13 +128,24 @@ def worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def _child(args: argparse.Namespace, num_words: int, data: str, density: float, timeout: float = 3600) -> subprocess.CompletedProcess:
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", str(num_words), "--worker-data", data, "--repeats", str(args.repeats)]
+def _child(
+    args: argparse.Namespace, num_words: int, data: str, density: float, timeout: float = 3600
+) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        str(num_words),
+        "--worker-data",
+        data,
+        "--repeats",
+        str(args.repeats),
+    ]
     command += ["--worker-density", str(density)]
     command += ["--first-layer", ",".join(args.first_layers), "--batch-size", str(args.batch_size)]
     command += ["--rows", str(args.rows)] if args.rows else []
     # Each setting compiles into an empty cache of its own (unless the cache is off).
-    compile_cache = "off" if args.compile_cache == "off" else common.fresh_compile_cache()
+    compile_cache = "off" if args.compile_cache == "off" else clocks.fresh_compile_cache()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "IMDB_JAX_COMPILE_CACHE": compile_cache}
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
 
@@ -118,16 +154,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker is not None:
         return worker(args)
-    reporter = common.Reporter("scaling", args)
+    reporter = reporting.Reporter("scaling", args)
     figures, reference = {}, None
     if 10000 in args.num_words:  # Keras (dense input) runs at 10,000 words only
-        reference = common.dataset_from_args(args, 10000)
-        figures = common.keras_seed_baselines(reporter, args, reference, backends=["tensorflow"])
+        reference = cli_options.dataset_from_args(args, 10000)
+        figures = yardsticks.keras_seed_baselines(reporter, args, reference, backends=["tensorflow"])
     vocabulary = density = None
     if not args.synthetic and any(num_words > 10000 for num_words in args.num_words):
-        common.log("real vocabulary: loading every word's columns once (from the cache) ...")
+        reporting.log("real vocabulary: loading every word's columns once (from the cache) ...")
         vocabulary, density = real_vocabulary()
-        common.log(f"  {vocabulary:,} distinct words, {density:.1f} per review")
+        reporting.log(f"  {vocabulary:,} distinct words, {density:.1f} per review")
     for num_words in args.num_words:
         synthetic = args.synthetic or (vocabulary is not None and num_words > vocabulary)
         data_note = None
@@ -136,13 +172,18 @@ def main(argv: list[str] | None = None) -> int:
                 f"synthetic IMDb-shaped rows ({density:.0f} words per review, as the real reviews over all their words): "
                 f"the real reviews hold {vocabulary:,} distinct words, fewer than {num_words:,}"
             )
-        common.log(f"num_words={num_words:,}: fresh process, {'synthetic' if synthetic else 'real'} rows, 1 + {args.repeats} epochs ...")
+        reporting.log(
+            f"num_words={num_words:,}: fresh process, {'synthetic' if synthetic else 'real'} rows, 1 + {args.repeats} epochs ..."
+        )
         done = _child(args, num_words, "synthetic" if synthetic else "real", density or 129.0)
         lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_MARK)]
         if done.returncode != 0 or not lines:
-            reporter.note(f"imdb_jax num_words={num_words}", f"worker failed (exit {done.returncode}): {done.stderr.strip()[-500:]}")
+            reporter.note(
+                f"imdb_jax num_words={num_words}",
+                f"worker failed (exit {done.returncode}): {done.stderr.strip()[-500:]}",
+            )
             continue
-        result = json.loads(lines[-1][len(RESULT_MARK):])
+        result = json.loads(lines[-1][len(RESULT_MARK) :])
         base = {
             "model": "16-16-1",
             "variants": 1,
@@ -150,9 +191,11 @@ def main(argv: list[str] | None = None) -> int:
             **result["dataset"],
             "dense_equivalent_gib": round(result["dataset"]["train_reviews"] * num_words * 4 / 2**30, 2),
         }
-        process_peak = common.megabytes(result["process_peak_rss_bytes"])
+        process_peak = machine_info.megabytes(result["process_peak_rss_bytes"])
         for layer in result["layers"]:
-            name = f"imdb_jax {num_words:,} words {layer['first_layer']}" + (f"->{layer['path']}" if layer["first_layer"] == "auto" else "")
+            name = f"imdb_jax {num_words:,} words {layer['first_layer']}" + (
+                f"->{layer['path']}" if layer["first_layer"] == "auto" else ""
+            )
             settings = {**base, "first_layer": layer["first_layer"], "path": layer["path"]}
             reporter.emit(
                 "epoch_steady",
@@ -163,11 +206,17 @@ def main(argv: list[str] | None = None) -> int:
                 first_epoch_s=layer["first_epoch_s"],
                 recompiled=layer["recompiled"],
                 load_s=result["load_s"],
-                load_peak_rss_mb=common.megabytes(result["load_peak_rss_bytes"]),
-                train_peak_rss_mb=common.megabytes(layer["train_peak_rss_bytes"]),
+                load_peak_rss_mb=machine_info.megabytes(result["load_peak_rss_bytes"]),
+                train_peak_rss_mb=machine_info.megabytes(layer["train_peak_rss_bytes"]),
                 peak_rss_mb=process_peak,
                 data_note=data_note,
-                vs=common.versus(layer["steady"]["median_s"], figures if num_words == 10000 else {}, "steady_epoch_s", "keras_tensorflow_epoch_steady_s", reference if num_words == 10000 else None),
+                vs=yardsticks.versus(
+                    layer["steady"]["median_s"],
+                    figures if num_words == 10000 else {},
+                    "steady_epoch_s",
+                    "keras_tensorflow_epoch_steady_s",
+                    reference if num_words == 10000 else None,
+                ),
             )
         if num_words == TARGET_NUM_WORDS:
             reporter.target(
@@ -175,11 +224,15 @@ def main(argv: list[str] | None = None) -> int:
                 value=process_peak,
                 threshold=TARGET_PEAK_MB,
                 op="<=",
-                figure=f"peak RSS {process_peak:.0f} MB (loading and training, one process)" + (f"; {data_note}" if data_note else ""),
+                figure=f"peak RSS {process_peak:.0f} MB (loading and training, one process)"
+                + (f"; {data_note}" if data_note else ""),
                 unit="",
             )
         if num_words != 10000 and args.baselines:
-            reporter.note(f"keras at {num_words:,} words", f"not run: Keras' dense input would take {base['dense_equivalent_gib']:.1f} GiB for the training reviews alone")
+            reporter.note(
+                f"keras at {num_words:,} words",
+                f"not run: Keras' dense input would take {base['dense_equivalent_gib']:.1f} GiB for the training reviews alone",
+            )
     if not args.no_table:
         reporter.table()
     return 0

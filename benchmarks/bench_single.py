@@ -30,24 +30,33 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import baselines  # noqa: E402
-import common  # noqa: E402
+import cli_options  # noqa: E402
+import clocks  # noqa: E402
+import reporting  # noqa: E402
+import review_data  # noqa: E402
+import yardsticks  # noqa: E402
 
 FIT_EPOCHS = 4  # the seed's final model: 4 epochs on all training reviews
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-    common.add_common_args(parser)
+    parser = cli_options.parser(__doc__)
+    cli_options.add_arguments(parser)
     parser.add_argument(
         "--first-layer",
         default="sparse,dense",
         help="comma-separated first layers to time: sparse, dense, auto (default: sparse,dense; auto is sparse on CPU)",
     )
     parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--fit-repeats", type=int, default=None, help="repeats of the whole 4-epoch fit (default 3; --quick 1; 0 skips it)")
+    parser.add_argument(
+        "--fit-repeats",
+        type=int,
+        default=None,
+        help="repeats of the whole 4-epoch fit (default 3; --quick 1; 0 skips it)",
+    )
     parser.add_argument("--no-reference", action="store_true", help="do not run benchmarks/reference_loop.py")
     parser.add_argument("--no-roofline", action="store_true", help="do not measure the machine's roofline")
-    args = common.resolve_common_args(parser.parse_args(argv))
+    args = cli_options.resolve_arguments(parser.parse_args(argv))
     args.first_layers = [value.strip() for value in args.first_layer.split(",") if value.strip()]
     if not args.first_layers or any(value not in ("sparse", "dense", "auto") for value in args.first_layers):
         parser.error("--first-layer takes sparse, dense and/or auto, comma-separated")
@@ -56,53 +65,90 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def time_reference(reporter: common.Reporter, args: argparse.Namespace, dataset: common.Dataset) -> dict:
+def time_reference(reporter: reporting.Reporter, args: argparse.Namespace, dataset: review_data.Dataset) -> dict:
     """The yardstick loop on the same rows, in this process: {"reference_loop": {"steady_epoch_s"}}."""
     from reference_loop import reference_epoch_seconds
 
     if args.no_reference:
         reporter.note("reference_loop 16-16", "not run (--no-reference)")
         return {}
-    common.log(f"reference loop: 16-16-1, 1 + {args.repeats} epochs ...")
-    seconds, loss = reference_epoch_seconds(dataset.train.x, dataset.train.y, epochs=1 + args.repeats, batch_size=args.batch_size)
-    steady = common.summarize(seconds[1:])
-    config = {"model": "16-16-1", "batch_size": args.batch_size, "first_layer": "embedding bag", "loop": "benchmarks/reference_loop.py", **dataset.describe()}
-    reporter.emit("epoch_first", "reference_loop 16-16", config, **common.summarize(seconds[:1]))
+    reporting.log(f"reference loop: 16-16-1, 1 + {args.repeats} epochs ...")
+    seconds, loss = reference_epoch_seconds(
+        dataset.train.x, dataset.train.y, epochs=1 + args.repeats, batch_size=args.batch_size
+    )
+    steady = clocks.summarize(seconds[1:])
+    config = {
+        "model": "16-16-1",
+        "batch_size": args.batch_size,
+        "first_layer": "embedding bag",
+        "loop": "benchmarks/reference_loop.py",
+        **dataset.describe(),
+    }
+    reporter.emit("epoch_first", "reference_loop 16-16", config, **clocks.summarize(seconds[:1]))
     reporter.emit("epoch_steady", "reference_loop 16-16", config, **steady, final_loss=loss)
     return {"reference_loop": {"steady_epoch_s": steady["median_s"]}}
 
 
 def time_single_model(
-    reporter: common.Reporter, args: argparse.Namespace, dataset: common.Dataset, first_layer: str, figures: dict, machine: dict | None
+    reporter: reporting.Reporter,
+    args: argparse.Namespace,
+    dataset: review_data.Dataset,
+    first_layer: str,
+    figures: dict,
+    machine: dict | None,
 ) -> dict:
     """Times one first layer; returns {"path", "steady_epoch_s"}."""
     import roofline
+
     from imdb_jax.config import ModelConfig
     from imdb_jax.specs import VariantSpec
-    from imdb_jax.train import evaluate, fit
+    from imdb_jax.train.fit import evaluate, fit
 
     config = ModelConfig(num_words=dataset.num_words, hidden_units=(16, 16))
-    path = common.first_layer_path(first_layer, dataset.train.x)
+    path = clocks.first_layer_path(first_layer, dataset.train.x)
     label = f"imdb_jax {first_layer}" + (f"->{path}" if first_layer == "auto" else "")
-    settings = {"model": "16-16-1", "batch_size": args.batch_size, "first_layer": first_layer, "path": path, **dataset.describe()}
-    common.log(f"imdb_jax: 16-16-1, {label} first layer, 1 + {args.repeats} epochs ...")
+    settings = {
+        "model": "16-16-1",
+        "batch_size": args.batch_size,
+        "first_layer": first_layer,
+        "path": path,
+        **dataset.describe(),
+    }
+    reporting.log(f"imdb_jax: 16-16-1, {label} first layer, 1 + {args.repeats} epochs ...")
 
     # One run of 1 + repeats epochs: fit_variants of one variant is what fit runs.
-    timing = common.time_fit_variants([VariantSpec((16, 16))], dataset.train, epochs=1 + args.repeats, batch_size=args.batch_size, first_layer=first_layer)
+    timing = clocks.time_fit_variants(
+        [VariantSpec((16, 16))],
+        dataset.train,
+        epochs=1 + args.repeats,
+        batch_size=args.batch_size,
+        first_layer=first_layer,
+    )
     compile_s = timing["compile_s"]
-    reporter.emit("compile", label, settings, **common.summarize([compile_s]), first_epoch_excess_s=timing["first_epoch_excess_s"])
+    reporter.emit(
+        "compile", label, settings, **clocks.summarize([compile_s]), first_epoch_excess_s=timing["first_epoch_excess_s"]
+    )
     reporter.emit(
         "epoch_first",
         label,
         settings,
-        **common.summarize([timing["first_epoch_s"]]),
+        **clocks.summarize([timing["first_epoch_s"]]),
         compile_s=compile_s,
-        vs=common.versus(timing["first_epoch_s"], figures, "first_epoch_s", "keras_tensorflow_epoch_first_s", dataset),
+        vs=yardsticks.versus(
+            timing["first_epoch_s"], figures, "first_epoch_s", "keras_tensorflow_epoch_first_s", dataset
+        ),
     )
     steady = timing["steady"]
     extra = {}
     if machine is not None:
-        extra = roofline.roofline_fields(timing["result"].layout, dataset.train.x, steady["median_s"], machine, batch_size=args.batch_size, dense_words=timing["dense_words"])
+        extra = roofline.roofline_fields(
+            timing["result"].layout,
+            dataset.train.x,
+            steady["median_s"],
+            machine,
+            batch_size=args.batch_size,
+            dense_words=timing["dense_words"],
+        )
     reporter.emit(
         "epoch_steady",
         label,
@@ -112,7 +158,7 @@ def time_single_model(
         recompiled=timing["recompiled"],
         reviews_per_s=dataset.train.x.shape[0] / steady["median_s"],
         **extra,
-        vs=common.versus(steady["median_s"], figures, "steady_epoch_s", "keras_tensorflow_epoch_steady_s", dataset),
+        vs=yardsticks.versus(steady["median_s"], figures, "steady_epoch_s", "keras_tensorflow_epoch_steady_s", dataset),
     )
     measured = {"path": path, "steady_epoch_s": steady["median_s"], "label": label}
 
@@ -126,13 +172,21 @@ def time_single_model(
     fit(config, dataset.train, epochs=1, batch_size=args.batch_size, first_layer=first_layer, progress=False)
     fit_times, compile_inside, state = [], [], None
     for _ in range(args.fit_repeats):
-        wall, compiling, (state, _) = common.compile_seconds_during(
-            lambda: fit(config, dataset.train, epochs=FIT_EPOCHS, batch_size=args.batch_size, first_layer=first_layer, progress=False)
+        wall, compiling, (state, _) = clocks.compile_seconds_during(
+            lambda: fit(
+                config,
+                dataset.train,
+                epochs=FIT_EPOCHS,
+                batch_size=args.batch_size,
+                first_layer=first_layer,
+                progress=False,
+            )
         )
         fit_times.append(wall)
         compile_inside.append(round(compiling, 4))
+    assert state is not None  # fit_repeats >= 1 here
     accuracy = evaluate(state, dataset.test, batch_size=args.batch_size, first_layer=first_layer)["accuracy"]
-    fit_summary = common.summarize(fit_times)
+    fit_summary = clocks.summarize(fit_times)
     reporter.emit(
         f"fit_{FIT_EPOCHS}_epochs",
         label,
@@ -142,14 +196,16 @@ def time_single_model(
         compile_inside_s=compile_inside,
         test_accuracy=accuracy,
         note="whole fit() after a first fit in the process; a Keras fit includes its own tracing",
-        vs=common.versus(fit_summary["median_s"], figures, "fit_s"),
+        vs=yardsticks.versus(fit_summary["median_s"], figures, "fit_s"),
     )
     return measured
 
 
-def emit_targets(reporter: common.Reporter, dataset: common.Dataset, measured: list[dict], figures: dict) -> None:
+def emit_targets(
+    reporter: reporting.Reporter, dataset: review_data.Dataset, measured: list[dict], figures: dict
+) -> None:
     """The issue's two single-model targets, from the path `auto` takes on this backend."""
-    auto_path = common.first_layer_path("auto", dataset.train.x)
+    auto_path = clocks.first_layer_path("auto", dataset.train.x)
     ours = next((item for item in measured if item["path"] == auto_path), None)
     reference_target = "seed-model steady epoch within 1.25x of benchmarks/reference_loop.py"
     keras_target = "seed-model steady epoch >= 25x faster than Keras TF"
@@ -168,24 +224,26 @@ def emit_targets(reporter: common.Reporter, dataset: common.Dataset, measured: l
         figure="" if reference is None else f"{ours['label']} {ours_s:.4f} s vs reference loop {reference:.4f} s",
         why_not="reference loop not run",
     )
-    common.keras_speedup_target(reporter, keras_target, ours_s, f"{ours['label']} {ours_s:.4f} s", 25, figures, dataset)
+    yardsticks.keras_speedup_target(
+        reporter, keras_target, ours_s, f"{ours['label']} {ours_s:.4f} s", 25, figures, dataset
+    )
 
 
-def sklearn_baseline(reporter: common.Reporter, args: argparse.Namespace, dataset: common.Dataset) -> dict:
+def sklearn_baseline(reporter: reporting.Reporter, args: argparse.Namespace, dataset: review_data.Dataset) -> dict:
     """Fits LogisticRegression(C=0.05) on the CSR matrix; returns {"sklearn_logreg": {"fit_s"}}."""
     if not args.baselines:
         reporter.note("sklearn_logreg", "baselines disabled (--no-baselines)")
         return {}
     cache = baselines.BaselineCache(args.baselines_cache)
-    common.log("baseline: scikit-learn LogisticRegression(C=0.05) on the CSR matrix ...")
+    reporting.log("baseline: scikit-learn LogisticRegression(C=0.05) on the CSR matrix ...")
     result = cache.get_or_run(
-        f"sklearn:logreg:{common.data_signature(dataset)}",
+        f"sklearn:logreg:{review_data.data_signature(dataset)}",
         lambda: baselines.sklearn_logreg(dataset.train, dataset.test, repeats=min(args.repeats, 3)),
     )
     if "skipped" in result:
         reporter.note("sklearn_logreg", result["skipped"], baseline="sklearn_logreg")
         return {}
-    summary = common.summarize(result["fit_s"])
+    summary = clocks.summarize(result["fit_s"])
     config = {"model": "LogisticRegression(C=0.05)", "input": "CSR", **dataset.describe()}
     fields = {key: result[key] for key in ("test_accuracy", "n_iter", "converged", "version")}
     reporter.emit("fit", "sklearn_logreg", config, **summary, baseline="sklearn_logreg", **fields)
@@ -197,13 +255,15 @@ def main(argv: list[str] | None = None) -> int:
     import roofline
 
     args = parse_args(argv)
-    reporter = common.Reporter("single", args)
-    dataset = common.dataset_from_args(args)
-    figures = common.keras_seed_baselines(reporter, args, dataset, epochs=FIT_EPOCHS)
+    reporter = reporting.Reporter("single", args)
+    dataset = cli_options.dataset_from_args(args)
+    figures = yardsticks.keras_seed_baselines(reporter, args, dataset, epochs=FIT_EPOCHS)
     figures.update(sklearn_baseline(reporter, args, dataset))
     figures.update(time_reference(reporter, args, dataset))
     machine = None if args.no_roofline else roofline.machine_figures(args)
-    measured = [time_single_model(reporter, args, dataset, first_layer, figures, machine) for first_layer in args.first_layers]
+    measured = [
+        time_single_model(reporter, args, dataset, first_layer, figures, machine) for first_layer in args.first_layers
+    ]
     emit_targets(reporter, dataset, measured, figures)
     if not args.no_table:
         reporter.table()

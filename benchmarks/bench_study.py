@@ -47,25 +47,39 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import baselines  # noqa: E402
-import common  # noqa: E402
+import cli_options  # noqa: E402
+import clocks  # noqa: E402
+import machine_info  # noqa: E402
+import reporting  # noqa: E402
+import review_data  # noqa: E402
+import yardsticks  # noqa: E402
 
 EPOCHS, HOLDOUT, FINAL_EPOCHS = 20, 10000, 4
 TARGET_ACCURACY, ACCURACY_TOLERANCE = 0.887, 0.005
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-    common.add_common_args(parser)
+    parser = cli_options.parser(__doc__)
+    cli_options.add_arguments(parser)
     parser.add_argument("--commands", default="train,study", help="comma-separated: train, study (default both)")
-    parser.add_argument("--study-seeds", type=int, default=1, help="--seeds of `imdb-jax study` (default 1: each model once, as Keras' study)")
-    parser.add_argument("--keras-study", action="store_true", help="also run the study with Keras (TensorFlow backend), one model after another (slow)")
+    parser.add_argument(
+        "--study-seeds",
+        type=int,
+        default=1,
+        help="--seeds of `imdb-jax study` (default 1: each model once, as Keras' study)",
+    )
+    parser.add_argument(
+        "--keras-study",
+        action="store_true",
+        help="also run the study with Keras (TensorFlow backend), one model after another (slow)",
+    )
     parser.add_argument(
         "--budget",
         type=float,
         default=400.0,
         help="seconds per command: start another warm run only if the runs so far predict it ends within this (0: always --repeats)",
     )
-    args = common.resolve_common_args(parser.parse_args(argv), default_repeats=2, quick_repeats=1)
+    args = cli_options.resolve_arguments(parser.parse_args(argv), default_repeats=2, quick_repeats=1)
     args.commands = [name.strip() for name in args.commands.split(",") if name.strip()]
     if not args.commands or any(name not in ("train", "study") for name in args.commands):
         parser.error("--commands takes train and/or study")
@@ -76,7 +90,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # Synthetic reviews as an aclImdb folder, so the commands read them like the real thing.
 
 
-def write_synthetic_aclimdb(folder: Path, reviews: int, *, vocabulary: int = 20000, words: int = 230, seed: int = 0) -> Path:
+def write_synthetic_aclimdb(
+    folder: Path, reviews: int, *, vocabulary: int = 20000, words: int = 230, seed: int = 0
+) -> Path:
     """Writes `folder/aclImdb/{train,test}/{pos,neg}/<id>_<rating>.txt` with `reviews` random
     reviews per split (half positive): Zipf-like word frequencies, and a few words that lean
     positive or negative so the labels can be learnt.
@@ -109,17 +125,17 @@ class Data:
 
     Attributes:
       options: the commands' data options (`--data-dir`, `--cache-dir`), empty for the defaults.
-      dataset: `common.Dataset` of exactly what `imdb-jax train` trains on.
+      dataset: `review_data.Dataset` of exactly what `imdb-jax train` trains on.
       protocol: "full" (all real reviews) or a description of the smaller setting.
     """
 
     def __init__(self, args: argparse.Namespace, workdir: Path):
         from imdb_jax import load_imdb
-        from imdb_jax.data import Split
+        from imdb_jax.data.imdb import Split
 
         if args.synthetic:
             reviews = args.rows or 25000
-            common.log(f"writing {reviews} synthetic reviews per split as an aclImdb folder ...")
+            reporting.log(f"writing {reviews} synthetic reviews per split as an aclImdb folder ...")
             data_dir = write_synthetic_aclimdb(workdir, reviews)
             cache_dir = workdir / "data-cache"
             self.options = ["--data-dir", str(data_dir), "--cache-dir", str(cache_dir)]
@@ -127,12 +143,14 @@ class Data:
             source = "synthetic aclImdb"
         else:
             if args.rows:
-                common.log("note: --rows does not apply: the commands read all 25,000 real reviews")
-            common.default_data_dir()
+                reporting.log("note: --rows does not apply: the commands read all 25,000 real reviews")
+            review_data.default_data_dir()
             self.options = []
             loaded = load_imdb(num_words=10000, progress=False)  # builds the data cache if missing (untimed)
             source = "imdb"
-        self.dataset = common.Dataset(Split(loaded.train.x, loaded.train.y), Split(loaded.test.x, loaded.test.y), source, loaded.vocabulary)
+        self.dataset = review_data.Dataset(
+            Split(loaded.train.x, loaded.train.y), Split(loaded.test.x, loaded.test.y), source, loaded.vocabulary
+        )
         reviews = self.dataset.train.x.shape[0]
         self.holdout = HOLDOUT if reviews == 25000 else max(1, int(reviews * HOLDOUT / 25000))
 
@@ -185,14 +203,16 @@ def time_command(name: str, args: argparse.Namespace, data: Data, workdir: Path)
     runs = []
     for repeat in range(1 + args.repeats):
         if repeat and not within_budget([wall for wall, _ in runs], args.budget):
-            common.log(f"{name}: stopping after {repeat} runs (--budget {args.budget:.0f} s)")
+            reporting.log(f"{name}: stopping after {repeat} runs (--budget {args.budget:.0f} s)")
             break
         output = workdir / f"{name}-{repeat}"
         command = command_line(name, args, data, output)
-        common.log(f"imdb-jax {' '.join(command_words(name, args))}: {'cold (empty compile cache)' if repeat == 0 else f'warm {repeat}/{args.repeats}'} ...")
+        reporting.log(
+            f"imdb-jax {' '.join(command_words(name, args))}: {'cold (empty compile cache)' if repeat == 0 else f'warm {repeat}/{args.repeats}'} ..."
+        )
         runs.append(run_command(command, compile_cache))
         shutil.rmtree(output, ignore_errors=True)
-        common.log(f"  {runs[-1][0]:.1f} s")
+        reporting.log(f"  {runs[-1][0]:.1f} s")
     return {
         "label": "imdb-jax " + " ".join(command_words(name, args)),
         "command": " ".join(command_line(name, args, data, Path("OUT"))).replace(str(workdir), "TMP"),
@@ -209,24 +229,35 @@ def keras_study(reporter, args, data: Data) -> dict:
         return {}
     dataset, epochs = data.dataset, 2 if args.quick else EPOCHS
     models = baselines.seed_study_models(epochs=epochs, holdout=data.holdout, final_epochs=FINAL_EPOCHS)
-    common.log(f"baseline: Keras (tensorflow backend), the study's {len(models)} fits one after another ...")
+    reporting.log(f"baseline: Keras (tensorflow backend), the study's {len(models)} fits one after another ...")
     cache = baselines.BaselineCache(args.baselines_cache)
-    key = f"keras:tensorflow:study:{epochs}ep:{common.data_signature(dataset)}"
-    result = cache.get_or_run(key, lambda: baselines.run_keras("tensorflow", models, dataset.train, dataset.test, timeout=7200))
+    key = f"keras:tensorflow:study:{epochs}ep:{review_data.data_signature(dataset)}"
+    result = cache.get_or_run(
+        key, lambda: baselines.run_keras("tensorflow", models, dataset.train, dataset.test, timeout=7200)
+    )
     if "skipped" in result:
         reporter.note("keras_tensorflow study", result["skipped"], baseline="keras_tensorflow")
         return {}
-    study_s = result["densify_s"] + sum(model["fit_s"] + model["build_s"] + model.get("test_s", 0.0) for model in result["models"])
-    config = {"models": len(models), "epochs": epochs, "holdout": data.holdout, "final_epochs": FINAL_EPOCHS, "input": result["dense_input"], **dataset.describe()}
+    study_s = result["densify_s"] + sum(
+        model["fit_s"] + model["build_s"] + model.get("test_s", 0.0) for model in result["models"]
+    )
+    config = {
+        "models": len(models),
+        "epochs": epochs,
+        "holdout": data.holdout,
+        "final_epochs": FINAL_EPOCHS,
+        "input": result["dense_input"],
+        **dataset.describe(),
+    }
     reporter.emit(
         "study",
         "keras_tensorflow study",
         config,
-        **common.summarize([study_s]),
+        **clocks.summarize([study_s]),
         whole_process_s=result["total_s"],
         per_model_fit_s={model["name"]: round(model["fit_s"], 3) for model in result["models"]},
         test_accuracy=result["models"][-1].get("test_accuracy"),
-        peak_rss_mb=common.megabytes(result["peak_rss_bytes"]),
+        peak_rss_mb=machine_info.megabytes(result["peak_rss_bytes"]),
         baseline="keras_tensorflow",
         baseline_versions=result["versions"],
         note="densify + build + fit of every model, evaluate of the final one (TensorFlow import excluded)",
@@ -239,7 +270,7 @@ def keras_study(reporter, args, data: Data) -> dict:
 
 
 def _versus(value_s: float, baseline: dict, key: str) -> dict:
-    comparisons = common.versus(value_s, baseline, key)
+    comparisons = yardsticks.versus(value_s, baseline, key)
     for label, figures in comparisons.items():
         if label.endswith("_cited"):
             figures.update(cited=True, source=baselines.CITED_SOURCE)
@@ -256,13 +287,13 @@ def emit_command(reporter, name: str, timing: dict, config: dict, baseline: dict
         "end_to_end_cold",
         label,
         config,
-        **common.summarize([timing["cold_s"]]),
+        **clocks.summarize([timing["cold_s"]]),
         **details["cold"],
         vs=_versus(timing["cold_s"], baseline, baseline_key),
         note="fresh process, empty compilation cache",
     )
     if timing["warm_s"]:
-        summary = common.summarize(timing["warm_s"])
+        summary = clocks.summarize(timing["warm_s"])
         figures = [json_figures(name, result) for result in warm]
         reporter.emit(
             "end_to_end_warm",
@@ -292,7 +323,17 @@ def json_figures(name: str, result: dict) -> dict:
     }
 
 
-def emit_targets(reporter, name: str, timing: dict | None, baseline_s: float | None, *, cited: bool, why_not: str, threshold: float, what: str) -> None:
+def emit_targets(
+    reporter,
+    name: str,
+    timing: dict | None,
+    baseline_s: float | None,
+    *,
+    cited: bool,
+    why_not: str,
+    threshold: float,
+    what: str,
+) -> None:
     if timing is None:
         return
     warm_s = float(np.median(timing["warm_s"])) if timing["warm_s"] else None
@@ -301,7 +342,9 @@ def emit_targets(reporter, name: str, timing: dict | None, baseline_s: float | N
         value=None if warm_s is None or baseline_s is None else baseline_s / warm_s,
         threshold=threshold,
         op=">=",
-        figure="" if warm_s is None or baseline_s is None else f"{what} {baseline_s:.1f} s{' (cited)' if cited else ''} vs imdb-jax {name} {warm_s:.1f} s",
+        figure=""
+        if warm_s is None or baseline_s is None
+        else f"{what} {baseline_s:.1f} s{' (cited)' if cited else ''} vs imdb-jax {name} {warm_s:.1f} s",
         cited=cited,
         why_not=why_not if warm_s is not None else "no warm run (--repeats 0)",
     )
@@ -317,22 +360,33 @@ def emit_targets(reporter, name: str, timing: dict | None, baseline_s: float | N
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    reporter = common.Reporter("study", args)
+    reporter = reporting.Reporter("study", args)
     workdir = Path(tempfile.mkdtemp(prefix="bench-study-"))
     try:
         data = Data(args, workdir)
         dataset = data.dataset
-        common.log(f"  {dataset.describe()}")
-        full = common.cited_applies(dataset)
-        config = {**dataset.describe(), "protocol": "full" if full else "smaller than the seed's (not comparable with the cited figures)"}
+        reporting.log(f"  {dataset.describe()}")
+        full = review_data.cited_applies(dataset)
+        config = {
+            **dataset.describe(),
+            "protocol": "full" if full else "smaller than the seed's (not comparable with the cited figures)",
+        }
         timings = {}
         if "train" in args.commands:
-            keras = common.keras_seed_baselines(reporter, args, dataset, epochs=FINAL_EPOCHS, backends=["tensorflow"])
+            keras = yardsticks.keras_seed_baselines(
+                reporter, args, dataset, epochs=FINAL_EPOCHS, backends=["tensorflow"]
+            )
             timings["train"] = time_command("train", args, data, workdir)
             emit_command(reporter, "train", timings["train"], {**config, "epochs": FINAL_EPOCHS}, keras, "final_run_s")
             keras_s = keras.get("keras_tensorflow", {}).get("final_run_s")
             emit_targets(
-                reporter, "train", timings["train"], keras_s, cited=False, threshold=5, what="Keras' seed final run",
+                reporter,
+                "train",
+                timings["train"],
+                keras_s,
+                cited=False,
+                threshold=5,
+                what="Keras' seed final run",
                 why_not="Keras TF not measured in this run (no cited figure for the whole final run)",
             )
             warm = timings["train"]["warm"] or [timings["train"]["cold"]]
@@ -349,7 +403,12 @@ def main(argv: list[str] | None = None) -> int:
         if "study" in args.commands:
             figures = keras_study(reporter, args, data)
             timings["study"] = time_command("study", args, data, workdir)
-            study_config = {**config, "seeds": args.study_seeds, "epochs": 2 if args.quick else EPOCHS, "holdout": data.holdout}
+            study_config = {
+                **config,
+                "seeds": args.study_seeds,
+                "epochs": 2 if args.quick else EPOCHS,
+                "holdout": data.holdout,
+            }
             full_study = full and not args.quick
             baseline, cited = figures, False
             if "keras_tensorflow" not in figures:
@@ -365,8 +424,16 @@ def main(argv: list[str] | None = None) -> int:
             emit_command(reporter, "study", timings["study"], study_config, baseline, "study_s")
             keras_s = None if args.quick else next(iter(baseline.values()), {}).get("study_s")
             emit_targets(
-                reporter, "study all", timings["study"], keras_s, cited=cited, threshold=20, what="Keras' sequential study",
-                why_not="--quick runs `study units` only" if args.quick else "Keras' study not measured (--keras-study) and the cited 486 s applies to the full study on the real data only",
+                reporter,
+                "study all",
+                timings["study"],
+                keras_s,
+                cited=cited,
+                threshold=20,
+                what="Keras' sequential study",
+                why_not="--quick runs `study units` only"
+                if args.quick
+                else "Keras' study not measured (--keras-study) and the cited 486 s applies to the full study on the real data only",
             )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

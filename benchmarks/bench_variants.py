@@ -1,6 +1,6 @@
 """Variants: seconds per epoch when K variants of 16-16 (different seeds) train fused together.
 
-For K = 1, 4, 16, 64, 256 (`--variants`), `imdb_jax.variants.fit_variants` trains the K variants
+For K = 1, 4, 16, 64, 256 (`--variants`), `imdb_jax.train.variants.fit_variants` trains the K variants
 fused (first layers side by side in one kernel, later layers stacked) for 1 + --repeats epochs,
 each epoch timed through the library's hook (`VariantsResult.epoch_seconds`):
   compile            JAX's compile events inside the first epoch (`jax.monitoring`)
@@ -31,7 +31,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import baselines  # noqa: E402
-import common  # noqa: E402
+import cli_options  # noqa: E402
+import clocks  # noqa: E402
+import machine_info  # noqa: E402
+import reporting  # noqa: E402
+import review_data  # noqa: E402
+import yardsticks  # noqa: E402
 
 DEFAULT_VARIANTS = "1,4,16,64,256"
 QUICK_VARIANTS = "1,4"
@@ -40,10 +45,19 @@ TARGET_VARIANTS = 64  # the issue's targets are read at K = 64
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-    common.add_common_args(parser)
-    parser.add_argument("--variants", default=None, help=f"comma-separated K values (default {DEFAULT_VARIANTS}; --quick {QUICK_VARIANTS})")
-    parser.add_argument("--first-layer", choices=("auto", "sparse", "dense"), default="auto", help="first layer path (default: auto, as fit_variants)")
+    parser = cli_options.parser(__doc__)
+    cli_options.add_arguments(parser)
+    parser.add_argument(
+        "--variants",
+        default=None,
+        help=f"comma-separated K values (default {DEFAULT_VARIANTS}; --quick {QUICK_VARIANTS})",
+    )
+    parser.add_argument(
+        "--first-layer",
+        choices=("auto", "sparse", "dense"),
+        default="auto",
+        help="first layer path (default: auto, as fit_variants)",
+    )
     parser.add_argument("--no-mixed", action="store_true", help="skip the mixed-width (4/16/512) study")
     parser.add_argument("--no-roofline", action="store_true", help="do not measure the machine's roofline")
     parser.add_argument("--batch-size", type=int, default=512)
@@ -55,7 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "predict to be slow, and no run at all where even 1 + 2 epochs would take over twice this (default 60; "
         "0: always --repeats)",
     )
-    args = common.resolve_common_args(parser.parse_args(argv), default_repeats=3)
+    args = cli_options.resolve_arguments(parser.parse_args(argv), default_repeats=3)
     text = args.variants or (QUICK_VARIANTS if args.quick else DEFAULT_VARIANTS)
     try:
         args.variants = [int(value) for value in text.split(",") if value.strip()]
@@ -70,7 +84,7 @@ def predicted_epoch_s(count: int, points: list[tuple[int, float]]) -> float | No
     """The steady epoch of K = `count` the earlier (K, epoch_s) points predict (None: no points)."""
     if not points:
         return None
-    line = growth(points) if len(points) >= 2 else {"fixed_s": 0.0, "per_variant_s": points[0][1] / points[0][0]}
+    line = growth(points) or {"fixed_s": 0.0, "per_variant_s": points[0][1] / points[0][0]}
     return max(line["fixed_s"] + line["per_variant_s"] * count, 1e-3)
 
 
@@ -85,22 +99,24 @@ def repeats_for(count: int, points: list[tuple[int, float]], args: argparse.Name
     return max(min(2, args.repeats), min(args.repeats, int(args.budget // predicted) - 1))
 
 
-def time_variants(specs, dataset: common.Dataset, args: argparse.Namespace, repeats: int) -> dict:
+def time_variants(specs, dataset: review_data.Dataset, args: argparse.Namespace, repeats: int) -> dict:
     """Trains `specs` fused with `fit_variants` for 1 + repeats epochs, each epoch timed.
 
     Returns:
-      `common.time_fit_variants`' figures plus "blocks" (widths and size of each fused block),
+      `clocks.time_fit_variants`' figures plus "blocks" (widths and size of each fused block),
       "fused_width" and memory: "rss_before_mb", "peak_rss_mb" (the peak since this call began).
     """
-    rss_before = common.current_rss_bytes()
-    resettable = common.reset_peak_rss()
-    timing = common.time_fit_variants(specs, dataset.train, epochs=1 + repeats, batch_size=args.batch_size, first_layer=args.first_layer)
+    rss_before = machine_info.current_rss_bytes()
+    resettable = machine_info.reset_peak_rss()
+    timing = clocks.time_fit_variants(
+        specs, dataset.train, epochs=1 + repeats, batch_size=args.batch_size, first_layer=args.first_layer
+    )
     layout = timing["result"].layout
     timing.update(
         blocks=[{"hidden_units": list(block.hidden_units), "variants": block.size} for block in layout.blocks],
         fused_width=layout.width,
-        rss_before_mb=common.megabytes(rss_before),
-        peak_rss_mb=common.megabytes(common.peak_rss_bytes()),
+        rss_before_mb=machine_info.megabytes(rss_before),
+        peak_rss_mb=machine_info.megabytes(machine_info.peak_rss_bytes()),
         peak_rss_scope="since this setting began" if resettable else "process lifetime (peak mark not resettable here)",
     )
     return timing
@@ -115,12 +131,24 @@ def growth(points: list[tuple[int, float]]) -> dict | None:
     counts = np.array([count for count, _ in points], float)
     seconds = np.array([value for _, value in points], float)
     per_variant, fixed = np.polyfit(counts, seconds, 1)
-    return {"fixed_s": float(fixed), "per_variant_s": float(per_variant), "points": [[int(k), float(s)] for k, s in points]}
+    return {
+        "fixed_s": float(fixed),
+        "per_variant_s": float(per_variant),
+        "points": [[int(k), float(s)] for k, s in points],
+    }
 
 
 def emit_timing(
-    reporter, name: str, settings: dict, timing: dict, count: int, dataset, machine: dict | None,
-    keras: dict, solo_s: float | None = None, all_figures: dict | None = None,
+    reporter,
+    name: str,
+    settings: dict,
+    timing: dict,
+    count: int,
+    dataset,
+    machine: dict | None,
+    keras: dict,
+    solo_s: float | None = None,
+    all_figures: dict | None = None,
 ) -> dict:
     """Emits compile, first epoch, steady epoch (of all `count` together, compared with
     `all_figures`) and per-variant epoch (compared with one solo epoch `solo_s` and with one
@@ -135,12 +163,21 @@ def emit_timing(
     memory = {key: timing[key] for key in ("rss_before_mb", "peak_rss_mb", "peak_rss_scope")}
     settings = {**settings, "path": timing["path"], "blocks": timing["blocks"], "fused_width": timing["fused_width"]}
     steady = timing["steady"]
-    reporter.emit("compile", name, settings, **common.summarize([compile_s]), first_epoch_excess_s=timing["first_epoch_excess_s"])
-    reporter.emit("epoch_first", name, settings, **common.summarize([timing["first_epoch_s"]]), compile_s=compile_s)
+    reporter.emit(
+        "compile", name, settings, **clocks.summarize([compile_s]), first_epoch_excess_s=timing["first_epoch_excess_s"]
+    )
+    reporter.emit("epoch_first", name, settings, **clocks.summarize([timing["first_epoch_s"]]), compile_s=compile_s)
     extra = {}
     if machine is not None:
         layout = timing["result"].layout
-        extra = roofline.roofline_fields(layout, dataset.train.x, steady["median_s"], machine, batch_size=settings["batch_size"], dense_words=timing["dense_words"])
+        extra = roofline.roofline_fields(
+            layout,
+            dataset.train.x,
+            steady["median_s"],
+            machine,
+            batch_size=settings["batch_size"],
+            dense_words=timing["dense_words"],
+        )
     reporter.emit(
         "epoch_steady",
         name,
@@ -150,13 +187,19 @@ def emit_timing(
         recompiled=timing["recompiled"],
         **memory,
         **extra,
-        vs=common.versus(steady["median_s"], all_figures or {}, "steady_epoch_s"),
+        vs=yardsticks.versus(steady["median_s"], all_figures or {}, "steady_epoch_s"),
     )
     per_variant = {key: value / count for key, value in steady.items() if key.endswith("_s") and key != "samples_s"}
     per_variant.update(repeats=steady["repeats"], samples_s=[value / count for value in steady["samples_s"]])
-    comparisons = {} if all_figures is not None else common.versus(per_variant["median_s"], keras, "steady_epoch_s", "keras_tensorflow_epoch_steady_s", dataset)
+    comparisons = (
+        {}
+        if all_figures is not None
+        else yardsticks.versus(
+            per_variant["median_s"], keras, "steady_epoch_s", "keras_tensorflow_epoch_steady_s", dataset
+        )
+    )
     if solo_s is not None and count > 1:
-        comparisons["solo_epoch"] = common.compare(per_variant["median_s"], solo_s)
+        comparisons["solo_epoch"] = yardsticks.compare(per_variant["median_s"], solo_s)
     reporter.emit("variant_epoch", name, settings, **per_variant, compile_s=compile_s, **memory, vs=comparisons)
     return per_variant
 
@@ -167,7 +210,14 @@ def emit_targets(reporter, dataset, count: int, per_variant_s: float | None, sol
     keras_target = f"{count} x 16-16 fused: per variant-epoch >= 40x faster than one Keras TF epoch"
     if per_variant_s is None:
         for target, threshold, op in ((solo_target, 0.5, "<="), (keras_target, 40, ">=")):
-            reporter.target(target, value=None, threshold=threshold, op=op, figure="", why_not=f"K = {count} not run (--variants / --budget)")
+            reporter.target(
+                target,
+                value=None,
+                threshold=threshold,
+                op=op,
+                figure="",
+                why_not=f"K = {count} not run (--variants / --budget)",
+            )
         return
     reporter.target(
         solo_target,
@@ -177,7 +227,9 @@ def emit_targets(reporter, dataset, count: int, per_variant_s: float | None, sol
         figure="" if solo_s is None else f"{per_variant_s:.4f} s per variant-epoch vs solo {solo_s:.4f} s",
         why_not="K = 1 not run in this run",
     )
-    common.keras_speedup_target(reporter, keras_target, per_variant_s, f"{per_variant_s:.4f} s per variant-epoch", 40, keras, dataset)
+    yardsticks.keras_speedup_target(
+        reporter, keras_target, per_variant_s, f"{per_variant_s:.4f} s per variant-epoch", 40, keras, dataset
+    )
 
 
 def keras_mixed_baselines(reporter, args, dataset, epochs: int = 3) -> dict:
@@ -190,24 +242,33 @@ def keras_mixed_baselines(reporter, args, dataset, epochs: int = 3) -> dict:
     models = [baselines.KerasModel((width,), epochs=epochs, name=str(width)) for width in MIXED_WIDTHS]
     for backend in args.keras_backends:
         label = f"keras_{backend}"
-        key = f"keras:{backend}:mixed{MIXED_WIDTHS}:{epochs}ep:{common.data_signature(dataset)}"
-        common.log(f"baseline: Keras ({backend} backend), widths {MIXED_WIDTHS} one after another, {epochs} epochs each" + (": reused" if key in cache else " ..."))
-        result = cache.get_or_run(key, lambda: baselines.run_keras(backend, models, dataset.train))
+        key = f"keras:{backend}:mixed{MIXED_WIDTHS}:{epochs}ep:{review_data.data_signature(dataset)}"
+        reporting.log(
+            f"baseline: Keras ({backend} backend), widths {MIXED_WIDTHS} one after another, {epochs} epochs each"
+            + (": reused" if key in cache else " ...")
+        )
+        result = cache.get_or_run(key, lambda backend=backend: baselines.run_keras(backend, models, dataset.train))
         if "skipped" in result:
             reporter.note(f"{label} mixed", result["skipped"], baseline=label)
             continue
         per_model = [baselines.epoch_figures(model)["steady_epoch_s"] for model in result["models"]]
-        total = sum(per_model)
-        config = {"widths": list(MIXED_WIDTHS), "epochs": epochs, "backend": backend, "input": result["dense_input"], **dataset.describe()}
+        total = sum(value for value in per_model if value is not None)  # each model ran 3 epochs: all steady
+        config = {
+            "widths": list(MIXED_WIDTHS),
+            "epochs": epochs,
+            "backend": backend,
+            "input": result["dense_input"],
+            **dataset.describe(),
+        }
         reporter.emit(
             "epoch_steady",
             f"{label} mixed " + "/".join(str(width) for width in MIXED_WIDTHS),
             config,
-            **common.summarize([total]),
+            **clocks.summarize([total]),
             per_model_steady_epoch_s=dict(zip([str(width) for width in MIXED_WIDTHS], per_model)),
             baseline=label,
             baseline_versions=result["versions"],
-            peak_rss_mb=common.megabytes(result["peak_rss_bytes"]),
+            peak_rss_mb=machine_info.megabytes(result["peak_rss_bytes"]),
             note="sum of the three models' steady epochs, fitted one after another",
         )
         figures[label] = {"steady_epoch_s": total}
@@ -216,12 +277,13 @@ def keras_mixed_baselines(reporter, args, dataset, epochs: int = 3) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     import roofline
+
     from imdb_jax.specs import VariantSpec
 
     args = parse_args(argv)
-    reporter = common.Reporter("variants", args)
-    dataset = common.dataset_from_args(args)
-    keras = common.keras_seed_baselines(reporter, args, dataset)
+    reporter = reporting.Reporter("variants", args)
+    dataset = cli_options.dataset_from_args(args)
+    keras = yardsticks.keras_seed_baselines(reporter, args, dataset)
     machine = None if args.no_roofline else roofline.machine_figures(args)
     base = {"batch_size": args.batch_size, "first_layer": args.first_layer, **dataset.describe()}
 
@@ -230,24 +292,31 @@ def main(argv: list[str] | None = None) -> int:
         name = f"imdb_jax {count}x 16-16"
         repeats = repeats_for(count, points, args)
         if repeats == 0:
-            reporter.note(name, f"not run: the earlier K predict {predicted_epoch_s(count, points):.0f} s per epoch, over --budget {args.budget:.0f} s")
+            reporter.note(
+                name,
+                f"not run: the earlier K predict {predicted_epoch_s(count, points):.0f} s per epoch, over --budget {args.budget:.0f} s",
+            )
             continue
-        common.log(f"imdb_jax: {count} variants of 16-16 fused, 1 + {repeats} epochs ...")
+        reporting.log(f"imdb_jax: {count} variants of 16-16 fused, 1 + {repeats} epochs ...")
         specs = [VariantSpec(hidden_units=(16, 16), seed=seed) for seed in range(count)]
         timing = time_variants(specs, dataset, args, repeats)
         settings = {**base, "model": "16-16-1", "variants": count}
-        per_variant[count] = emit_timing(reporter, name, settings, timing, count, dataset, machine, keras, solo_s)["median_s"]
+        per_variant[count] = emit_timing(reporter, name, settings, timing, count, dataset, machine, keras, solo_s)[
+            "median_s"
+        ]
         if count == 1:
             solo_s = timing["steady"]["median_s"]
         points.append((count, timing["steady"]["median_s"]))
         del timing
     line = growth(points)
     if line is not None:
-        reporter.emit("growth", "imdb_jax 16-16 epoch_s vs K", {**base, "model": "16-16-1", "variants": args.variants}, **line)
-        common.log(f"growth: epoch_s = {line['fixed_s']:.3f} + {line['per_variant_s']:.4f} * K")
+        reporter.emit(
+            "growth", "imdb_jax 16-16 epoch_s vs K", {**base, "model": "16-16-1", "variants": args.variants}, **line
+        )
+        reporting.log(f"growth: epoch_s = {line['fixed_s']:.3f} + {line['per_variant_s']:.4f} * K")
 
     if not args.no_mixed:
-        common.log(f"imdb_jax: mixed widths {MIXED_WIDTHS} fused ...")
+        reporting.log(f"imdb_jax: mixed widths {MIXED_WIDTHS} fused ...")
         specs = [VariantSpec(hidden_units=(width,)) for width in MIXED_WIDTHS]
         timing = time_variants(specs, dataset, args, args.repeats)
         name = "imdb_jax mixed " + "/".join(str(width) for width in MIXED_WIDTHS)

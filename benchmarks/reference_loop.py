@@ -111,20 +111,30 @@ def reference_epoch_seconds(x, labels, *, epochs: int = 6, batch_size: int = 512
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--rows", type=int, default=25000)
     parser.add_argument("--synthetic", action="store_true", help="random IMDb-shaped rows (no data needed)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    from common import load_dataset
+    from review_data import load_dataset
 
     train = load_dataset(synthetic=args.synthetic, rows=args.rows).train
     x, y = train.x, train.y
     seconds, loss = reference_epoch_seconds(x, y, epochs=args.epochs)
     steady = float(np.median(seconds[1:])) if len(seconds) > 1 else seconds[0]
-    record = {"name": "reference_loop 16-16", "first_epoch_s": seconds[0], "steady_epoch_s": steady, "final_loss": loss, "rows": x.shape[0]}
-    print(json.dumps(record) if args.json else f"reference loop: first epoch {seconds[0]:.3f} s, steady {steady:.4f} s, loss {loss:.4f}")
+    record = {
+        "name": "reference_loop 16-16",
+        "first_epoch_s": seconds[0],
+        "steady_epoch_s": steady,
+        "final_loss": loss,
+        "rows": x.shape[0],
+    }
+    print(
+        json.dumps(record)
+        if args.json
+        else f"reference loop: first epoch {seconds[0]:.3f} s, steady {steady:.4f} s, loss {loss:.4f}"
+    )
     return 0
 
 

@@ -7,7 +7,7 @@ Two ceilings are measured on the machine itself, in the same run, with JAX:
                      and every % with it)
   matmul FLOP/s      a jitted 2048 × 2048 float32 matmul (2 · 2048³ FLOPs), median of several
 
-and one epoch of the fused training (`imdb_jax.fused`) is modelled as bytes moved and FLOPs:
+and one epoch of the fused training (`imdb_jax.models.mlp`) is modelled as bytes moved and FLOPs:
   per step   the embedding bag gathers `occurrences × width × 4` bytes forward and scatter-adds
              as many into the kernel's gradient backward (width = the fused first-layer width,
              occurrences = the batch's (review, word) pairs in the sparse columns);
@@ -49,7 +49,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common  # noqa: E402
+import cli_options  # noqa: E402
+import clocks  # noqa: E402
+import machine_info  # noqa: E402
+import reporting  # noqa: E402
+import review_data  # noqa: E402
 
 BANDWIDTH_FLOATS = 1 << 24  # 64 MiB per float32 array: far beyond any cache
 MATMUL_SIZE = 2048
@@ -120,14 +124,24 @@ def measure_matmul(size: int = MATMUL_SIZE, repeats: int = 5) -> dict[str, Any]:
     matmul = jax.jit(jnp.matmul)
     samples = _median_seconds(lambda: matmul(a, b), repeats)
     rates = [2 * size**3 / seconds / 1e9 for seconds in samples]
-    return {"matmul_gflop_s": statistics.median(rates), "best_gflop_s": max(rates), "samples_gflop_s": [round(rate, 1) for rate in rates], "size": size}
+    return {
+        "matmul_gflop_s": statistics.median(rates),
+        "best_gflop_s": max(rates),
+        "samples_gflop_s": [round(rate, 1) for rate in rates],
+        "size": size,
+    }
 
 
 def measure_machine(quick: bool = False) -> dict[str, Any]:
     """Both ceilings: {"bandwidth_gb_s", "matmul_gflop_s", "bandwidth": ..., "matmul": ...}."""
     bandwidth = measure_bandwidth(repeats=5 if quick else 9)
     matmul = measure_matmul(repeats=3 if quick else 7)
-    return {"bandwidth_gb_s": bandwidth["bandwidth_gb_s"], "matmul_gflop_s": matmul["matmul_gflop_s"], "bandwidth": bandwidth, "matmul": matmul}
+    return {
+        "bandwidth_gb_s": bandwidth["bandwidth_gb_s"],
+        "matmul_gflop_s": matmul["matmul_gflop_s"],
+        "bandwidth": bandwidth,
+        "matmul": matmul,
+    }
 
 
 def machine_figures(args: argparse.Namespace) -> dict[str, Any]:
@@ -136,8 +150,11 @@ def machine_figures(args: argparse.Namespace) -> dict[str, Any]:
     import baselines
 
     cache = baselines.BaselineCache(args.baselines_cache)
-    key = f"roofline:machine:{common.environment()['backend']}"
-    common.log("roofline: measuring memory bandwidth and matmul FLOP/s" + (" (reused from this run)" if key in cache else " ..."))
+    key = f"roofline:machine:{machine_info.environment()['backend']}"
+    reporting.log(
+        "roofline: measuring memory bandwidth and matmul FLOP/s"
+        + (" (reused from this run)" if key in cache else " ...")
+    )
     return cache.get_or_run(key, lambda: measure_machine(getattr(args, "quick", False)))
 
 
@@ -182,7 +199,7 @@ def epoch_cost(layout: Any, x: Any, *, batch_size: int = 512, dense_words: int =
     """The bytes and FLOPs of one epoch of `layout` over the training rows `x`.
 
     Args:
-      layout: `imdb_jax.fused.Layout` (blocks of variants, fused first-layer width).
+      layout: `imdb_jax.models.layout.Layout` (blocks of variants, fused first-layer width).
       x: float32[rows, num_words] CSR training rows (every row is seen once per epoch).
       batch_size: rows per step.
       dense_words: leading columns multiplied densely (`VariantsResult.dense_words`).
@@ -213,7 +230,9 @@ def epoch_cost(layout: Any, x: Any, *, batch_size: int = 512, dense_words: int =
     )
 
 
-def roofline_fields(layout: Any, x: Any, measured_s: float, machine: dict[str, Any], *, batch_size: int = 512, dense_words: int = 0) -> dict[str, Any]:
+def roofline_fields(
+    layout: Any, x: Any, measured_s: float, machine: dict[str, Any], *, batch_size: int = 512, dense_words: int = 0
+) -> dict[str, Any]:
     """What a record carries about the roofline of one measured epoch: the model's bytes and
     FLOPs, the ceiling times and `roofline_pct` = roofline_s / measured_s in %."""
     cost = epoch_cost(layout, x, batch_size=batch_size, dense_words=dense_words)
@@ -251,7 +270,7 @@ def study_specs() -> list:
     return specs
 
 
-def settings(dataset: common.Dataset) -> list[tuple[str, list, Any, dict[str, Any]]]:
+def settings(dataset: review_data.Dataset) -> list[tuple[str, list, Any, dict[str, Any]]]:
     """(name, specs, training split, config) of the three measured epochs."""
     from imdb_jax.specs import VariantSpec
 
@@ -272,17 +291,17 @@ def settings(dataset: common.Dataset) -> list[tuple[str, list, Any, dict[str, An
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-    common.add_common_args(parser)
+    parser = cli_options.parser(__doc__)
+    cli_options.add_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--first-layer", choices=("auto", "sparse", "dense"), default="auto")
     parser.add_argument("--machine-only", action="store_true", help="measure the two ceilings only")
-    return common.resolve_common_args(parser.parse_args(argv), default_repeats=3)
+    return cli_options.resolve_arguments(parser.parse_args(argv), default_repeats=3)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    reporter = common.Reporter("roofline", args)
+    reporter = reporting.Reporter("roofline", args)
     machine = machine_figures(args)
     reporter.emit(
         "machine",
@@ -300,19 +319,34 @@ def main(argv: list[str] | None = None) -> int:
         best_gflop_s=machine["matmul"].get("best_gflop_s"),
         samples_gflop_s=machine["matmul"]["samples_gflop_s"],
     )
-    common.log(f"roofline: {machine['bandwidth_gb_s']:.1f} GB/s, {machine['matmul_gflop_s']:.1f} GFLOP/s")
+    reporting.log(f"roofline: {machine['bandwidth_gb_s']:.1f} GB/s, {machine['matmul_gflop_s']:.1f} GFLOP/s")
     if not args.machine_only:
-        dataset = common.dataset_from_args(args)
+        dataset = cli_options.dataset_from_args(args)
         for name, specs, train, config in settings(dataset):
-            common.log(f"{name}: 1 + {args.repeats} epochs ...")
-            timing = common.time_fit_variants(specs, train, epochs=1 + args.repeats, batch_size=args.batch_size, first_layer=args.first_layer)
+            reporting.log(f"{name}: 1 + {args.repeats} epochs ...")
+            timing = clocks.time_fit_variants(
+                specs, train, epochs=1 + args.repeats, batch_size=args.batch_size, first_layer=args.first_layer
+            )
             steady = timing["steady"]
             layout = timing["result"].layout
-            fields = roofline_fields(layout, train.x, steady["median_s"], machine, batch_size=args.batch_size, dense_words=timing["dense_words"])
+            fields = roofline_fields(
+                layout,
+                train.x,
+                steady["median_s"],
+                machine,
+                batch_size=args.batch_size,
+                dense_words=timing["dense_words"],
+            )
             reporter.emit(
                 "epoch_steady",
                 name,
-                {**config, "batch_size": args.batch_size, "first_layer": args.first_layer, "path": timing["path"], **common.describe_split(train, dataset.source)},
+                {
+                    **config,
+                    "batch_size": args.batch_size,
+                    "first_layer": args.first_layer,
+                    "path": timing["path"],
+                    **review_data.describe_split(train, dataset.source),
+                },
                 **steady,
                 compile_s=timing["compile_s"],
                 **fields,

@@ -14,6 +14,7 @@ import sys
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 import scipy.sparse
 
@@ -39,10 +40,14 @@ FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_
 SCRIPTS = {
     "single": ("bench_single.py", ["--first-layer", "sparse", "--fit-repeats", "1"]),
     "variants": ("bench_variants.py", ["--variants", "1,2", "--no-mixed", "--no-roofline"]),
-    "study": ("bench_study.py", ["--commands", "train", "--repeats", "1", "--rows", "256"]),
+    "study": ("bench_study.py", ["--commands", "train", "--repeats", "1", "--budget", "0", "--rows", "256"]),
     "scaling": ("bench_scaling.py", ["--num-words", "2000"]),
     "roofline": ("roofline.py", ["--rows", "256", "--repeats", "1"]),
+    "vmap": ("vmap_baseline.py", ["--variants", "2"]),
 }
+NUMBA_INSTALLED = importlib.util.find_spec("numba") is not None
+if NUMBA_INSTALLED:  # the floor's loops need numba (the bench extra); without it see the skip-note test
+    SCRIPTS["floor"] = ("floor.py", [])
 BASELINE_PACKAGES = ("keras", "tensorflow", "sklearn")
 BASELINES_INSTALLED = any(importlib.util.find_spec(name) is not None for name in BASELINE_PACKAGES)
 
@@ -56,7 +61,11 @@ def runs() -> dict[str, dict]:
     since running Keras would take minutes.
     """
     extra = ["--no-baselines"] if BASELINES_INSTALLED else []
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()}
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip(),
+    }
     processes = {
         name: subprocess.Popen(
             [sys.executable, str(BENCHMARKS / script), *QUICK, *options, *extra],
@@ -110,9 +119,13 @@ def test_single_times_epochs_through_the_library_and_against_the_reference_loop(
     assert {"compile", "epoch_first", "epoch_steady", "fit_4_epochs"} <= ours.keys()
     steady = ours["epoch_steady"]
     assert steady["repeats"] == 2 and steady["config"]["path"] == "sparse" and not steady["recompiled"]
-    assert 0 < ours["compile"]["median_s"] <= ours["epoch_first"]["median_s"]  # compiling happens inside the first epoch
+    assert (
+        0 < ours["compile"]["median_s"] <= ours["epoch_first"]["median_s"]
+    )  # compiling happens inside the first epoch
     assert steady["roofline_pct"] > 0 and steady["roofline"]["fused_width"] == 16
-    assert 0.0 <= ours["fit_4_epochs"]["test_accuracy"] <= 1.0
+    fitted = ours["fit_4_epochs"]
+    correct = fitted["test_accuracy"] * fitted["config"]["test_reviews"]  # a count of test reviews, over all of them
+    assert correct == pytest.approx(round(correct), abs=1e-6) and fitted["config"]["test_reviews"] == 512
     assert "reference_loop 16-16" in by_what(records, "epoch_steady")
     assert "reference_loop" in steady["vs"]
     targets = by_what(records, "target")
@@ -124,7 +137,10 @@ def test_single_times_epochs_through_the_library_and_against_the_reference_loop(
 def test_variants_compare_each_variant_epoch_with_a_solo_epoch(runs):
     records = records_of(runs["variants"])
     fused = by_what(records, "variant_epoch")["imdb_jax 2x 16-16"]
-    assert fused["config"]["blocks"] == [{"hidden_units": [16, 16], "variants": 2}] and fused["config"]["fused_width"] == 32
+    assert (
+        fused["config"]["blocks"] == [{"hidden_units": [16, 16], "variants": 2}]
+        and fused["config"]["fused_width"] == 32
+    )
     assert "solo_epoch" in fused["vs"] and fused["peak_rss_mb"] > 0
     targets = by_what(records, "target")
     assert {"<=", ">="} == {record["op"] for record in targets.values()}
@@ -133,9 +149,15 @@ def test_variants_compare_each_variant_epoch_with_a_solo_epoch(runs):
 
 def test_study_times_cold_and_warm_processes(runs):
     records = records_of(runs["study"])
-    cold, warm = by_what(records, "end_to_end_cold")["imdb-jax train"], by_what(records, "end_to_end_warm")["imdb-jax train"]
+    cold, warm = (
+        by_what(records, "end_to_end_cold")["imdb-jax train"],
+        by_what(records, "end_to_end_warm")["imdb-jax train"],
+    )
     assert cold["config"]["data"] == "synthetic aclImdb" and cold["config"]["train_reviews"] == 256
-    assert 0 <= warm["test_accuracy"] <= 1 and warm["cold_over_warm"] > 0
+    # The same command on the same data: the warm process (compiled programs from the cache) ends
+    # with exactly the cold one's model; its accuracy is a count of the 256 test reviews.
+    assert warm["test_accuracy"] == cold["test_accuracy"] and warm["cold_over_warm"] > 0
+    assert warm["test_accuracy"] * 256 == pytest.approx(round(warm["test_accuracy"] * 256), abs=1e-6)
     targets = by_what(records, "target")
     first_run = targets["imdb-jax train, first run (empty compile cache) <= 1.3x the second"]
     assert first_run["value"] is not None
@@ -163,6 +185,43 @@ def test_roofline_reports_the_machine_and_three_epochs(runs):
     assert len(reported) == 3 and {record["op"] for record in reported.values()} == {"report"}
 
 
+def test_floor_does_the_package_arithmetic_and_times_its_epochs(runs):
+    if not NUMBA_INSTALLED:
+        pytest.skip("numba is not installed (the bench extra)")
+    records = records_of(runs["floor"])
+    (check,) = by_what(records, "check").values()
+    assert check["agrees"] is True and check["loss_rel_diff"] <= 1e-3 and check["weights_max_abs_diff"] <= 1e-4
+    assert 0 < check["floor_loss"] < 1  # BCE of an untrained-ish model on balanced labels: about log 2
+    steady = by_what(records, "epoch_steady")
+    assert steady["floor numba 16-16"]["repeats"] == 2 and steady["floor numba 16-16"]["config"]["train_reviews"] == 512
+    assert "floor" in steady["imdb_jax 16-16"]["vs"]
+    (target,) = by_what(records, "target").values()
+    assert target["op"] == "<=" and target["threshold"] == 1.0 and target["value"] > 0
+
+
+def test_floor_without_numba_says_how_to_install_it():
+    import floor
+
+    missing = floor.numba_missing()
+    assert (missing is None) == NUMBA_INSTALLED
+    if missing is not None:
+        assert missing.startswith("skipped:") and "[bench]" in missing
+
+
+def test_vmap_baseline_trains_what_fit_trains_beside_the_fused_engine(runs):
+    records = records_of(runs["vmap"])
+    (check,) = by_what(records, "check").values()
+    assert check["agrees"] is True and check["config"]["precision"] == "float32"
+    variant = by_what(records, "variant_epoch")
+    fused, vmap = variant["imdb_jax 2x 16-16"], variant["vmap 2x 16-16"]
+    assert {"solo_epoch", "vmap"} <= fused["vs"].keys() and "solo_epoch" in vmap["vs"]
+    assert fused["config"]["fused_width"] == 32 and vmap["config"]["variants"] == 2
+    steady = by_what(records, "epoch_steady")["vmap 2x 16-16"]
+    assert math.isclose(vmap["median_s"], steady["median_s"] / 2) and 0 <= steady["densify_s"] <= steady["median_s"]
+    targets = by_what(records, "target")
+    assert sorted((record["op"], record["threshold"]) for record in targets.values()) == [("<=", 0.25), (">=", 4.0)]
+
+
 @pytest.mark.skipif(BASELINES_INSTALLED, reason="a baseline package is installed here; its skip note cannot be checked")
 def test_missing_baselines_are_skipped_with_a_clear_note(runs):
     notes = {record["name"]: record["note"] for record in records_of(runs["single"]) if record["what"] == "note"}
@@ -188,7 +247,7 @@ def test_roofline_cost_model_of_the_seed_model():
 
     from imdb_jax.models.layout import make_layout
 
-    x = scipy.sparse.random(1000, 300, density=0.1, format="csr", random_state=0, dtype="float32")
+    x = scipy.sparse.csr_matrix((np.random.default_rng(0).random((1000, 300)) < 0.1).astype(np.float32))
     layout, _ = make_layout(300, [((16, 16), False, False)])
     cost = roofline.epoch_cost(layout, x, batch_size=512)
     assert cost.steps == 2
@@ -197,7 +256,9 @@ def test_roofline_cost_model_of_the_seed_model():
     assert cost.flops == 6 * 512 * (16 * 16 + 16 * 1) * 2
     times = cost.seconds({"bandwidth_gb_s": 10.0, "matmul_gflop_s": 100.0})
     assert math.isclose(times["roofline_s"], cost.bytes / 10e9 + cost.flops / 100e9)
-    fields = roofline.roofline_fields(layout, x, 2 * times["roofline_s"], {"bandwidth_gb_s": 10.0, "matmul_gflop_s": 100.0})
+    fields = roofline.roofline_fields(
+        layout, x, 2 * times["roofline_s"], {"bandwidth_gb_s": 10.0, "matmul_gflop_s": 100.0}
+    )
     assert math.isclose(fields["roofline_pct"], 50.0)
 
 
@@ -206,7 +267,7 @@ def test_roofline_counts_penalised_columns_and_the_dense_head():
 
     from imdb_jax.models.layout import make_layout
 
-    x = scipy.sparse.csr_matrix(scipy.sparse.eye(512, 100, dtype="float32"))  # one word per row, words 0-99
+    x = scipy.sparse.csr_matrix(np.eye(512, 100, dtype=np.float32))  # one word per row, words 0-99
     layout, _ = make_layout(100, [((4,), False, True), ((8,), False, False)])
     cost = roofline.epoch_cost(layout, x, batch_size=512, dense_words=10)
     assert cost.bag_bytes == 2 * 90 * 12 * 4  # the ten head words are multiplied, not gathered
@@ -220,7 +281,9 @@ def test_targets_are_met_by_the_side_of_the_threshold_they_fall(capsys):
     assert reporter.target("at most", value=1.2, threshold=1.25, op="<=", figure="")["met"] is True
     assert reporter.target("at most", value=1.3, threshold=1.25, op="<=", figure="")["met"] is False
     assert reporter.target("at least", value=30.0, threshold=25, op=">=", figure="")["met"] is True
-    assert reporter.target("unmeasured", value=None, threshold=25, op=">=", figure="", why_not="no Keras")["met"] is None
+    assert (
+        reporter.target("unmeasured", value=None, threshold=25, op=">=", figure="", why_not="no Keras")["met"] is None
+    )
     assert reporter.target("a share", value=34.0, threshold=None, op="report", figure="", unit=" %")["met"] is None
     rows = reporting.target_rows(reporter.records)
     assert [row[-1] for row in rows] == ["met", "not met", "met", "not measured", "reported"]
@@ -269,8 +332,76 @@ def test_summary_statistics():
 def test_cited_keras_figures_only_for_the_data_they_were_measured_on():
     small = review_data.load_dataset(1000, synthetic=True, rows=64)
     assert yardsticks.versus(0.2, {}, "steady_epoch_s", "keras_tensorflow_epoch_steady_s", small) == {}
-    full = review_data.Dataset(types.SimpleNamespace(x=scipy.sparse.csr_matrix((25000, 10000), dtype="float32")), None, "imdb")
-    cited = yardsticks.versus(0.2, {}, "steady_epoch_s", "keras_tensorflow_epoch_steady_s", full)["keras_tensorflow_cited"]
+    full = review_data.Dataset(
+        types.SimpleNamespace(x=scipy.sparse.csr_matrix((25000, 10000), dtype="float32")), None, "imdb"
+    )
+    cited = yardsticks.versus(0.2, {}, "steady_epoch_s", "keras_tensorflow_epoch_steady_s", full)[
+        "keras_tensorflow_cited"
+    ]
     assert cited["cited"] is True and math.isclose(cited["speedup"], 1.8 / 0.2)
-    measured = yardsticks.versus(0.2, {"keras_tensorflow": {"steady_epoch_s": 2.0}}, "steady_epoch_s", "keras_tensorflow_epoch_steady_s", full)
+    measured = yardsticks.versus(
+        0.2, {"keras_tensorflow": {"steady_epoch_s": 2.0}}, "steady_epoch_s", "keras_tensorflow_epoch_steady_s", full
+    )
     assert set(measured) == {"keras_tensorflow"}
+
+
+def test_script_parsers_read_description_and_examples_from_the_docstring():
+    import cli_options
+
+    parser = cli_options.parser("What it measures.\n\nMore words.\n\n  python it.py --quick")
+    assert parser.description == "What it measures." and parser.epilog == "More words.\n\n  python it.py --quick"
+    assert cli_options.parser(None).epilog is None
+
+
+def test_device_check_script_parses():
+    done = subprocess.run(["bash", "-n", str(BENCHMARKS / "device_check.sh")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_device_summary_reads_steps_tests_and_targets(tmp_path):
+    import device_summary
+
+    junit = tmp_path / "junit.xml"
+    junit.write_text(
+        '<testsuites><testsuite tests="3" failures="1" errors="0" skipped="1" time="2.5">'
+        '<testcase classname="tests.test_a" name="test_ok"/>'
+        '<testcase classname="tests.test_a" name="test_bad"><failure message="no"/></testcase>'
+        '<testcase classname="tests.test_a" name="test_skip"><skipped/></testcase>'
+        "</testsuite></testsuites>"
+    )
+    steps = [
+        {"step": "tests", "status": "ok", "seconds": 3, "limit_s": 150},
+        {"step": "study", "status": "timeout", "seconds": 150, "limit_s": 150},
+    ]
+    target = {
+        "bench": "vmap",
+        "what": "target",
+        "name": "fused >= 4x vmap",
+        "value": 5.0,
+        "threshold": 4.0,
+        "op": ">=",
+        "met": True,
+        "figure": "5x",
+    }
+    steady = {
+        "bench": "vmap",
+        "what": "variant_epoch",
+        "name": "vmap 64x 16-16",
+        "median_s": 0.5,
+        "config": {"variants": 64},
+    }
+    summary = device_summary.summarize(
+        steps,
+        [target, steady, {"bench": "single", "what": "note", "name": "x"}],
+        {"jax_backend": "gpu"},
+        device_summary.test_counts(junit),
+        data="synthetic",
+        budget=480,
+        elapsed=300,
+    )
+    assert summary["tests"]["failed"] == ["tests.test_a::test_bad"] and summary["tests"]["skipped"] == 1
+    assert [item["name"] for item in summary["targets"]] == ["fused >= 4x vmap"] and summary["records"] == 3
+    assert [item["name"] for item in summary["figures"]] == ["vmap 64x 16-16"]
+    text = "\n".join(summary["lines"])
+    assert "step study: timeout" in text and "3 run, 1 failed" in text and "[met] fused >= 4x vmap" in text
+    assert device_summary.test_counts(tmp_path / "missing.xml") is None
