@@ -186,18 +186,29 @@ def fit_full_batch(
     return params, history
 
 
-def smallest_margin(params: Any, train: tuple[Any, Any], settings: Settings, *, epochs: int) -> float:
-    """The smallest |pre-activation| or |logit| met on the training rows over `epochs` steps.
+def smallest_margin(params: Any, train: tuple[Any, Any], validation: Any, settings: Settings, *, epochs: int) -> float:
+    """The smallest non-zero |pre-activation| or |logit| met on the training and validation rows
+    by the weights of every step of `fit_full_batch` (the start's, each update's).
 
-    A float32 run can take the other side of a relu kink (or of `logit > 0`) only where this is
-    at float32 rounding's scale; comparisons to float32 noise need it well above that.
+    A float32 run can take the other side of a relu kink (or of `logit > 0`) where this is at
+    float32 rounding's scale, and so differ from this reference by more than float32 noise
+    without any error in its arithmetic. Exact zeros are left out: they come from a row whose
+    inputs to a layer are all zero, with a zero bias, and float32 computes them exactly too.
+
+    Args:
+      params, train, settings, epochs: as in `fit_full_batch`.
+      validation: (rows, labels), or None.
     """
     params = as_float64(params)
     x, labels = dense_rows(train[0]), np.asarray(train[1], np.float64)
+    row_sets = [x] if validation is None else [x, dense_rows(validation[0])]
     nu = zeros_like(params)
     margin = np.inf
-    for _ in range(epochs):
-        logits, _, pre_activations = forward(params, x)
-        margin = min(margin, float(np.abs(logits).min()), *(float(np.abs(z).min()) for z in pre_activations))
-        params, nu = rmsprop_update(params, nu, gradients(params, x, labels, settings), settings)
+    for step in range(epochs + 1):
+        for rows in row_sets:
+            logits, _, pre_activations = forward(params, rows)
+            for values in (logits, *pre_activations):
+                margin = min(margin, float(np.abs(values[values != 0]).min(initial=np.inf)))
+        if step < epochs:
+            params, nu = rmsprop_update(params, nu, gradients(params, x, labels, settings), settings)
     return margin
