@@ -29,6 +29,7 @@ _EXPORTS = {
     "FusedState": "imdb_jax.train.steps",
     "fused_train_step": "imdb_jax.train.steps",
     "fused_eval_step": "imdb_jax.train.steps",
+    "make_batch": "imdb_jax.train.device_data",
     "evaluate": "imdb_jax.train.fit",
     "fit": "imdb_jax.train.fit",
     "predict": "imdb_jax.train.fit",

@@ -23,7 +23,7 @@ import numpy as np
 import scipy.sparse as sp
 from flax import struct
 
-from imdb_jax.data.csr import as_xy, bucket, checked_csr, is_binary
+from imdb_jax.data.csr import as_xy, bucket, checked_csr, checked_labels, is_binary
 from imdb_jax.errors import ImdbJaxError
 from imdb_jax.models.inputs import MultiHot, SparseMultiHot
 
@@ -109,9 +109,7 @@ def to_device(split: Any, dense_words: int = 0, *, bucket_sizes: int = 0) -> Dev
     if y is None:
         labels = np.zeros(x.shape[0], np.float32)
     else:
-        labels = np.asarray(y, np.float32).reshape(-1)
-        if labels.shape[0] != x.shape[0]:
-            raise ImdbJaxError(f"{x.shape[0]} reviews but {labels.shape[0]} labels")
+        labels = checked_labels(y, x.shape[0])
     rows = bucket(math.ceil(x.shape[0] / bucket_sizes)) * bucket_sizes if bucket_sizes else x.shape[0]
     in_head = x.indices < dense_words
     binary = is_binary(x)
@@ -174,7 +172,10 @@ def round_capacity(nonzeros: int) -> int:
 
 def exact_capacity(data: DeviceReviews, rows: jax.Array) -> tuple[int, int]:
     """Capacities for batches in a fixed order, bucketed so that similar inputs share them."""
-    return tuple(bucket(round_capacity(int(count)) // CAPACITY_QUANTUM) * CAPACITY_QUANTUM for count in max_batch_nonzeros(data, rows))
+    return tuple(
+        bucket(round_capacity(int(count)) // CAPACITY_QUANTUM) * CAPACITY_QUANTUM
+        for count in max_batch_nonzeros(data, rows)
+    )
 
 
 def shuffled_capacity(data: DeviceReviews, batch_size: int) -> tuple[int, int]:
@@ -244,3 +245,36 @@ def gather_batch(data: DeviceReviews, rows: jax.Array, capacity: tuple[int, int]
         "labels": jnp.where(real, data.labels[safe_rows], 0.0),
         "weights": real.astype(jnp.float32),
     }
+
+
+def make_batch(x: Any, labels: Any, weights: Any = None) -> dict[str, Any]:
+    """One batch for `train_step`, `eval_step`, `fused_train_step` and `fused_eval_step`, from
+    CSR rows (on the host; every row is one example).
+
+    The batch is all sparse (`MultiHot(head=None, tail=SparseMultiHot(...))`, the default first
+    layer's path): its capacity is exactly the rows' non-zeros, so batches of a different
+    number of non-zeros compile their own program; pad them to one size yourself (rows of
+    weight 0) to compile once.
+
+    Args:
+      x: a SciPy sparse matrix [batch, num_words] of finite values (multi-hot or weighted).
+      labels: [batch] 0/1 labels.
+      weights: optional [batch] per-example weights (default: ones).
+
+    Returns:
+      {"inputs": MultiHot, "labels": float32[batch], "weights": float32[batch]}.
+    """
+    x = checked_csr(x)
+    rows = int(np.diff(x.indptr).size)
+    labels = checked_labels(labels, rows)
+    if weights is None:
+        weights = np.ones(rows, np.float32)
+    weights = np.asarray(weights, np.float32).reshape(-1)
+    if weights.shape[0] != rows or not np.all(np.isfinite(weights)):
+        raise ImdbJaxError(f"weights must be {rows} finite numbers, one per row, got shape {weights.shape}")
+    row_ids = np.repeat(np.arange(rows, dtype=np.int32), np.diff(x.indptr))
+    values = None if is_binary(x) else jnp.asarray(x.data.astype(np.float32))
+    tail = SparseMultiHot(
+        word_ids=jnp.asarray(x.indices.astype(np.int32)), row_ids=jnp.asarray(row_ids), batch_size=rows, values=values
+    )
+    return {"inputs": MultiHot(head=None, tail=tail), "labels": jnp.asarray(labels), "weights": jnp.asarray(weights)}

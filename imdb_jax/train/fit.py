@@ -9,7 +9,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from imdb_jax.config import ModelConfig
-from imdb_jax.data.csr import as_xy, checked_csr
+from imdb_jax.data.csr import as_xy, check_columns, check_training_inputs, checked_csr
 from imdb_jax.errors import ImdbJaxError
 from imdb_jax.models.dense_head import choose_dense_words
 from imdb_jax.specs import VariantSpec
@@ -67,7 +67,8 @@ def fit(
     if restore_best and validation is None:
         raise ImdbJaxError("restore_best needs validation data")
     spec = VariantSpec.from_config(config, seed)
-    columns = getattr(as_xy(train)[0], "shape", (0, config.num_words))[-1]
+    check_training_inputs(train, validation, checkpoint=checkpoint_dir is not None)
+    columns = as_xy(train)[0].shape[1]
     if columns != config.num_words:
         raise ImdbJaxError(f"the data has {columns} word columns but the model expects num_words={config.num_words}")
     result = fit_variants(
@@ -94,9 +95,7 @@ def fit(
 
 def _scoring_data(state: TrainState, x: Any) -> sp.csr_matrix:
     x = checked_csr(x)
-    num_words = state.params["hidden_0"]["kernel"].shape[-2]
-    if x.shape[1] != num_words:
-        raise ImdbJaxError(f"the data has {x.shape[1]} word columns but the model expects {num_words}")
+    check_columns(x, state.params["hidden_0"]["kernel"].shape[-2])
     return x
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from imdb_jax.config import ModelConfig
-from imdb_jax.data.csr import as_xy
+from imdb_jax.data.csr import as_xy, check_columns, check_training_inputs
 from imdb_jax.errors import ImdbJaxError
 from imdb_jax.models.inputs import MultiHot, SparseMultiHot
 from imdb_jax.models.layout import Layout, plan_layout
@@ -210,6 +210,7 @@ class VariantsResult:
         if weights == "best" and self.fused.best_params is None:
             raise ImdbJaxError("best weights are kept only when training had validation data")
         check_batch_size(batch_size)
+        check_columns(as_xy(split)[0], self.num_words, "the variants")
         reviews = as_xy(split)[0].shape[0]
         data = to_device(split, self.dense_words)
         plan = EpochPlan(data, batch_size, shuffle=False)
@@ -305,6 +306,7 @@ def fit_variants(
     specs = list(specs)
     if not specs:
         raise ImdbJaxError("no variants to train")
+    check_training_inputs(train, validation, checkpoint=checkpoint_dir is not None)
     train_x = as_xy(train)[0]
     num_words = train_x.shape[1]
     train_data, val_data = device_splits(train, validation, first_layer)
