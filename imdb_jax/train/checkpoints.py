@@ -61,6 +61,8 @@ def _records_arrays(records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     arrays["records/alive"] = np.stack([record["alive"] for record in records])
     arrays["records/train_s"] = np.asarray([record["train_s"] for record in records])
     arrays["records/val_s"] = np.asarray([record["val_s"] for record in records])
+    if "training" in records[0]:  # early stopping's decisions
+        arrays["records/training"] = np.stack([record["training"] for record in records])
     for part in ("train", "val"):
         if records[0][part] is None:
             continue
@@ -76,6 +78,8 @@ def _records_from(arrays: dict[str, np.ndarray]) -> list[dict[str, Any]]:
     for epoch in range(arrays["records/alive"].shape[0]):
         record = {"alive": arrays["records/alive"][epoch], "train_s": float(arrays["records/train_s"][epoch]),
                   "val_s": float(arrays["records/val_s"][epoch]), "train": None, "val": None}
+        if "records/training" in arrays:
+            record["training"] = arrays["records/training"][epoch]
         for part in ("train", "val"):
             names = [key.split("/")[-1] for key in arrays if key.startswith(f"records/{part}/")]
             if names:

@@ -37,14 +37,16 @@ def _zero_sums(state: FusedState) -> dict[str, jax.Array]:
 
 
 def keep_finite(before: FusedState, after: FusedState, loss_sum: jax.Array) -> FusedState:
-    """End-of-epoch divergence containment for one shard: a variant whose epoch loss or new
-    weights are not finite (or that diverged earlier) goes back to its state at the start of the
-    epoch, its last finite weights, and is marked dead. Checked once per epoch, not per step."""
-    keep = before.alive & finite_slots(after, loss_sum)
+    """End of an epoch for one shard: a variant whose epoch loss or new weights are not finite
+    (or that diverged earlier) goes back to its state at the start of the epoch, its last finite
+    weights, and is marked dead; a variant that early stopping stopped goes back too (its
+    weights stay those it stopped with). Checked once per epoch, not per step."""
+    finite = finite_slots(after, loss_sum)
+    keep = before.alive & before.training & finite
     return after.replace(
         params=select_slots(keep, after.params, before.params, after.layout),
         opt_state=after.opt_state._replace(nu=select_slots(keep, after.opt_state.nu, before.opt_state.nu, after.layout)),
-        alive=keep,
+        alive=before.alive & (finite | ~before.training),
     )
 
 

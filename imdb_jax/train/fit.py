@@ -35,6 +35,10 @@ def fit(
     restore_best: bool = False,
     checkpoint_dir: Any = None,
     resume: bool = False,
+    patience: int | None = None,
+    min_delta: float = 0.0,
+    start_from_epoch: int = 0,
+    log_dir: Any = None,
 ) -> tuple[TrainState, dict[str, list]]:
     """Trains one model like Keras' `model.fit(..., shuffle=True)`.
 
@@ -58,6 +62,9 @@ def fit(
         `EarlyStopping(restore_best_weights=True)`); default False: the last epoch's weights.
       checkpoint_dir, resume: save the run after every epoch / continue a killed run, as in
         `fit_variants`.
+      patience, min_delta, start_from_epoch: Keras' `EarlyStopping` on the validation loss,
+        as in `fit_variants` (the history then ends at the epoch it stopped after).
+      log_dir: a folder for TensorBoard (one run: its curves and settings).
 
     Returns:
       The trained state (the last epoch's weights unless `restore_best`) and the history: {"loss", "accuracy",
@@ -84,6 +91,10 @@ def fit(
         description="fit",
         checkpoint_dir=checkpoint_dir,
         resume=resume,
+        patience=patience,
+        min_delta=min_delta,
+        start_from_epoch=start_from_epoch,
+        log_dir=log_dir,
     )
 
     history = result.histories[0]

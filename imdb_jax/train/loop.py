@@ -8,24 +8,25 @@ Python runs per step; the padded last batch keeps one shape, so there is one com
 run shape. The variant axis can be spread over devices: every leaf of the state then carries a
 leading shard axis, sharded over a mesh. A variant whose loss or weights stop being finite in an
 epoch goes back to its weights from before that epoch and is marked diverged; the others go on.
-
-`evaluate` and `predict` score one trained model (`TrainState`) with the Flax `MLP`.
+With `EarlyStopping`, a variant that stopped improving keeps its weights from then on (it is
+bitwise where it would be had it trained alone and stopped), and the run ends when every variant
+has stopped.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-import sys
 import time
 from typing import Any, Callable
 
 import jax
 import numpy as np
-from tqdm.auto import tqdm
 
 from imdb_jax.data.csr import as_xy
 from imdb_jax.errors import ImdbJaxError
 from imdb_jax.models.dense_head import choose_dense_words
+from imdb_jax.progress import progress_bar
 from imdb_jax.train import compile_cache
 from imdb_jax.train.device_data import (
     DeviceReviews,
@@ -44,8 +45,54 @@ from imdb_jax.train.steps import FusedState
 MAX_BATCH_SIZE = 1 << 20
 
 
-# ---------------------------------------------------------------------------------------------
-# Compiled epochs over fused states (every leaf with a leading shard axis).
+@dataclasses.dataclass(frozen=True)
+class EarlyStopping:
+    """Keras' `EarlyStopping(monitor="val_loss")`, for every variant on its own.
+
+    At the end of each epoch from `start_from_epoch` on (0-based, as Keras counts), a variant's
+    validation loss improves when it is below its best so far by more than `min_delta`; after
+    `patience` epochs without improvement the variant stops: its weights stay those of its last
+    epoch (`restore_best` / `weights="best"` give its lowest-validation-loss weights, as
+    `restore_best_weights=True` does).
+
+    Attributes:
+      patience: epochs without improvement before a variant stops (Keras allows 0: a variant
+        then stops at its first epoch without improvement).
+      min_delta: the smallest decrease that counts as an improvement.
+      start_from_epoch: epochs not monitored at the start.
+    """
+
+    patience: int
+    min_delta: float = 0.0
+    start_from_epoch: int = 0
+
+    def __post_init__(self):
+        for name in ("patience", "start_from_epoch"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise ImdbJaxError(f"{name} must be a non-negative integer, got {value!r}")
+        delta = self.min_delta
+        if isinstance(delta, bool) or not isinstance(delta, (int, float, np.floating)) or not (math.isfinite(delta) and delta >= 0):
+            raise ImdbJaxError(f"min_delta must be a non-negative number, got {delta!r}")
+
+    def training(self, records: list[dict[str, Any]]) -> np.ndarray:
+        """bool[shards, slots]: which variants still train after the epochs in `records` (a
+        replay of every epoch's decision, so a resumed run decides as an uninterrupted one)."""
+        shape = np.asarray(records[0]["alive"]).shape
+        best = np.full(shape, np.inf)
+        wait = np.zeros(shape, np.int64)
+        training = np.ones(shape, bool)
+        for epoch, record in enumerate(records):
+            if record["val"] is None or epoch < self.start_from_epoch:
+                continue
+            loss = _val_loss(record)
+            wait = np.where(training, wait + 1, wait)
+            improved = training & (loss + self.min_delta < best)
+            best = np.where(improved, loss, best)
+            wait = np.where(improved, 0, wait)
+            stop = training & ~improved & (wait >= self.patience) & (epoch > 0)
+            training = training & ~stop
+        return training
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,6 +152,7 @@ def run_epochs(
     description: str = "train",
     describe: Callable[[dict[str, Any]], str] | None = None,
     on_epoch_end: Callable[[int, FusedState, dict[str, Any]], None] | None = None,
+    early_stopping: EarlyStopping | None = None,
 ) -> tuple[FusedState, list[dict[str, Any]]]:
     """Drives the epochs after `records` (those already done, when resuming) up to `epochs` and
     returns the state and every epoch's record.
@@ -117,8 +165,9 @@ def run_epochs(
     Each record holds host NumPy copies: {"train": sums, "val": sums or None, "alive":
     bool[shards, slots], "train_s": seconds of the training epoch, "val_s": seconds of the
     validation pass} (times include any compilation, and stop after the results are on the
-    host). `on_epoch_end(epochs_done, state, record)` is called after each epoch: the timing
-    and checkpointing hook.
+    host); with `early_stopping`, also "training": bool[shards, slots], which variants go on
+    after this epoch; the loop ends early when none does. `on_epoch_end(epochs_done, state,
+    record)` is called after each epoch: the timing and checkpointing hook.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs <= 0:
         raise ImdbJaxError(f"epochs must be a positive integer, got {epochs!r}")
@@ -132,9 +181,12 @@ def run_epochs(
     for record in records:
         if record["val"] is not None:  # a run without validation has no best loss to replay
             best_loss = _lowest(best_loss, record)
-    bar = tqdm(
-        range(start_epoch, epochs), desc=description, unit="epoch", disable=not progress, file=sys.stderr, leave=True,
-        initial=start_epoch, total=epochs,
+    if early_stopping is not None and validation is None:
+        raise ImdbJaxError("early stopping needs validation data")
+    if early_stopping is not None and records and not np.any(records[-1]["training"] & records[-1]["alive"]):
+        return state, records
+    bar = progress_bar(
+        range(start_epoch, epochs), desc=description, unit="epoch", enabled=progress, initial=start_epoch, total=epochs
     )
     for epoch in bar:
         started = time.perf_counter()
@@ -149,23 +201,38 @@ def run_epochs(
                 previous, best_loss = best_loss, _lowest(best_loss, record)
                 state = keep_best(state, best_loss < (np.inf if previous is None else previous))
             record["val_s"] = time.perf_counter() - started
+        if early_stopping is not None:
+            record["training"] = early_stopping.training([*records, record])
+            state = state.replace(training=_like(state.training, record["training"]))
         records.append(record)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, state, record)
         if describe is not None and progress:
             bar.set_postfix_str(describe(record))
+        if early_stopping is not None and not np.any(record["training"] & record["alive"]):
+            break
     bar.close()
     return state, records
+
+
+def _val_loss(record: dict[str, Any]) -> np.ndarray:
+    """float64[shards, slots]: each variant's validation loss in `record` (inf where diverged)."""
+    sums = record["val"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        loss = _ratio(sums["loss_sum"], np.asarray(sums["count"])[:, None])
+    return np.where(np.asarray(record["alive"], bool) & np.isfinite(loss), loss, np.inf)
 
 
 def _lowest(best: np.ndarray | None, record: dict[str, Any]) -> np.ndarray:
     """float64[shards, slots]: the lowest validation loss so far, counting this record (NaN,
     i.e. a diverged epoch, never counts)."""
-    sums = record["val"]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        loss = _ratio(sums["loss_sum"], np.asarray(sums["count"])[:, None])
-    loss = np.where(np.asarray(record["alive"], bool) & np.isfinite(loss), loss, np.inf)
+    loss = _val_loss(record)
     return loss if best is None else np.minimum(best, loss)
+
+
+def _like(template: jax.Array, values: np.ndarray) -> jax.Array:
+    """Host values as a device array placed like `template` (sharded over the same devices)."""
+    return jax.device_put(np.asarray(values, template.dtype), template.sharding)
 
 
 def _ratio(numerator, count):
@@ -177,12 +244,13 @@ def history_from_records(records: list[dict[str, Any]], shard: int, slot: int) -
 
     Returns:
       {"loss", "accuracy", ["val_loss", "val_accuracy"], "diverged"}; values of diverged epochs
-      are NaN.
+      are NaN. A variant stopped early has the epochs it trained only.
     """
     history: dict[str, list] = {key: [] for key in ("loss", "accuracy", "diverged")}
     has_val = bool(records) and records[0]["val"] is not None
     if has_val:
         history.update(val_loss=[], val_accuracy=[])
+    records = records[: stopped_epoch(records, shard, slot) or len(records)]
     for record in records:
         diverged = not bool(record["alive"][shard, slot])
         history["diverged"].append(diverged)
@@ -193,6 +261,14 @@ def history_from_records(records: list[dict[str, Any]], shard: int, slot: int) -
             history[prefix + "loss"].append(math.nan if diverged else loss)
             history[prefix + "accuracy"].append(math.nan if diverged else accuracy)
     return history
+
+
+def stopped_epoch(records: list[dict[str, Any]], shard: int, slot: int) -> int | None:
+    """The 1-based epoch after which early stopping stopped the variant, or None."""
+    for epoch, record in enumerate(records, start=1):
+        if "training" in record and not bool(record["training"][shard, slot]):
+            return epoch
+    return None
 
 
 def device_splits(train: Any, validation: Any, first_layer: str | int) -> tuple[DeviceReviews, DeviceReviews | None]:

@@ -226,6 +226,7 @@ class FusedState:
       hyperparams: {name: float32[slots]} for `MODEL_HYPERPARAMS` (dropout rate, L1, L2).
       dropout_keys: one PRNG key per slot, folded with the step for each batch.
       alive: bool[slots], False from the epoch a variant stopped being finite.
+      training: bool[slots], False once early stopping stopped a variant (its weights then stay).
       best_params: None, or like `params`: each variant's weights at its lowest validation loss
         so far (kept on the device, one `where` per epoch).
       layout: the static arrangement.
@@ -237,6 +238,7 @@ class FusedState:
     hyperparams: dict[str, jax.Array]
     dropout_keys: jax.Array
     alive: jax.Array
+    training: jax.Array
     best_params: Any = None
     layout: Layout = struct.field(pytree_node=False, default=None)
 

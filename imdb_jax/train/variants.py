@@ -26,11 +26,21 @@ from imdb_jax.errors import ImdbJaxError
 from imdb_jax.models.inputs import MultiHot, SparseMultiHot
 from imdb_jax.models.layout import Layout, plan_layout
 from imdb_jax.specs import VariantSpec
+from imdb_jax.tensorboard import TensorBoardLogger
 from imdb_jax.train import checkpoints
 from imdb_jax.train.device_data import to_device
 from imdb_jax.train.distributed import place
 from imdb_jax.train.epochs import logits_epoch
-from imdb_jax.train.loop import EpochPlan, check_batch_size, device_splits, fetch, history_from_records, run_epochs
+from imdb_jax.train.loop import (
+    EarlyStopping,
+    EpochPlan,
+    check_batch_size,
+    device_splits,
+    fetch,
+    history_from_records,
+    run_epochs,
+    stopped_epoch,
+)
 from imdb_jax.train.optim import init_opt_state
 from imdb_jax.train.steps import (
     HYPERPARAMS,
@@ -134,6 +144,7 @@ def initial_state(
         hyperparams={name: numbers[name] for name in MODEL_HYPERPARAMS},
         dropout_keys=jnp.stack(dropout_keys),
         alive=jnp.ones((shards, slots), bool),
+        training=jnp.ones((shards, slots), bool),
         best_params=jax.tree_util.tree_map(jnp.copy, params) if keep_best else None,
         layout=layout,
     )
@@ -162,10 +173,25 @@ class VariantsResult:
     dense_words: int
     epoch_seconds: list[float] = dataclasses.field(default_factory=list)
     val_seconds: list[float] = dataclasses.field(default_factory=list)
+    stopped_epochs: list[int | None] = dataclasses.field(default_factory=list)
 
     @property
     def layout(self) -> Layout:
         return self.fused.layout
+
+    def stopped_epoch(self, index: int) -> int | None:
+        """The 1-based epoch after which early stopping stopped variant `index` (its weights are
+        those of that epoch), or None if it trained every epoch."""
+        return self.stopped_epochs[index] if self.stopped_epochs else None
+
+    def fused_state(self, shard: int = 0) -> FusedState:
+        """The trained fused state of one device shard, without the shard axis: what
+        `fused_train_step` and `fused_eval_step` take (one shard holds every variant unless the
+        run was spread over several devices; `slot_of` says where each variant is)."""
+        shards = int(self.fused.alive.shape[0])
+        if not 0 <= shard < shards:
+            raise ImdbJaxError(f"shard must be in [0, {shards}), got {shard}")
+        return jax.tree_util.tree_map(lambda leaf: leaf[shard], self.fused)
 
     def config(self, index: int) -> ModelConfig:
         return self.specs[index].config(self.num_words)
@@ -194,6 +220,9 @@ class VariantsResult:
         params = take_variant(host[0], self.layout, slot)
         nu = take_variant(host[1], self.layout, slot)
         step = int(fetch(self.fused.step)[shard])
+        stopped, epochs_done = self.stopped_epoch(index), len(self.epoch_seconds)
+        if stopped is not None and epochs_done:  # every epoch has as many steps
+            step = step // epochs_done * stopped
         return train_state_from_params(params, self.config(index), nu=nu, step=step)
 
     def logits(self, split: Any, *, weights: str = "last", batch_size: int = 512) -> np.ndarray:
@@ -242,7 +271,7 @@ def _place(tree: Any, mesh: Mesh | None, spec: PartitionSpec) -> Any:
     return place(tree, NamedSharding(mesh, spec))
 
 
-def _run_description(specs, train, validation, batch_size, shuffle_seed, shards, dense_words) -> dict[str, Any]:
+def _run_description(specs, train, validation, batch_size, shuffle_seed, shards, dense_words, early_stopping) -> dict[str, Any]:
     """What a checkpoint must agree on to be resumed."""
     data = [checkpoints.data_fingerprint(*as_xy(train))]
     if validation is not None:
@@ -254,6 +283,7 @@ def _run_description(specs, train, validation, batch_size, shuffle_seed, shards,
         "shuffle_seed": int(shuffle_seed),
         "shards": shards,
         "dense_words": int(dense_words),
+        **({} if early_stopping is None else {"early_stopping": dataclasses.asdict(early_stopping)}),
     }
 
 
@@ -272,6 +302,10 @@ def fit_variants(
     on_epoch_end: Callable[[int, list[dict[str, list]]], None] | None = None,
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
+    patience: int | None = None,
+    min_delta: float = 0.0,
+    start_from_epoch: int = 0,
+    log_dir: str | Path | None = None,
 ) -> VariantsResult:
     """Trains every spec at once, fused, on the same shuffled batches.
 
@@ -298,6 +332,12 @@ def fit_variants(
       resume: continue from the checkpoint in `checkpoint_dir` if there is one (it must be of
         the same variants, data, batch size, shuffle seed and devices); the result is bitwise
         the one an uninterrupted run gives.
+      patience, min_delta, start_from_epoch: early stopping on each variant's validation loss,
+        as Keras' `EarlyStopping` (`imdb_jax.train.loop.EarlyStopping`); None trains every
+        epoch. A stopped variant keeps its weights, bitwise those it would have had it trained
+        alone, and the run ends when every variant has stopped.
+      log_dir: a folder for TensorBoard: one run per variant, its curves and its settings
+        (`imdb_jax.tensorboard.TensorBoardLogger`).
 
     Returns:
       A `VariantsResult`; with validation data it also holds each variant's best weights
@@ -309,6 +349,12 @@ def fit_variants(
     check_training_inputs(train, validation, checkpoint=checkpoint_dir is not None)
     train_x = as_xy(train)[0]
     num_words = train_x.shape[1]
+    early_stopping = None
+    if patience is not None:
+        if validation is None:
+            raise ImdbJaxError("early stopping (patience) needs validation data")
+        early_stopping = EarlyStopping(patience, min_delta, start_from_epoch)
+    logger = None if log_dir is None else TensorBoardLogger(log_dir, specs)
     train_data, val_data = device_splits(train, validation, first_layer)
     mesh = variant_mesh(devices)
     shards = 1 if mesh is None else mesh.size
@@ -317,7 +363,7 @@ def fit_variants(
     records: list[dict[str, Any]] = []
     meta = None
     if checkpoint_dir is not None:
-        meta = _run_description(specs, train, validation, batch_size, shuffle_seed, shards, train_data.dense_words)
+        meta = _run_description(specs, train, validation, batch_size, shuffle_seed, shards, train_data.dense_words, early_stopping)
         loaded = checkpoints.load(checkpoint_dir, state, meta) if resume else None
         if loaded is not None:
             state, records = loaded
@@ -333,31 +379,45 @@ def fit_variants(
         records.append(record)
         if checkpoint_dir is not None:
             checkpoints.save(checkpoint_dir, state, records, meta)
-        if on_epoch_end is not None:
-            on_epoch_end(epochs_done, histories())
+        if on_epoch_end is not None or logger is not None:
+            current = histories()
+            if logger is not None:
+                logger.on_epoch_end(epochs_done, current)
+            if on_epoch_end is not None:
+                on_epoch_end(epochs_done, current)
+
+    lowest = [np.inf]
 
     def describe(record: dict[str, Any]) -> str:
         alive = sum(bool(record["alive"][shard, slot]) for shard, slot in where)
         text = f"{alive}/{len(specs)} finite"
+        if "training" in record:
+            text += f", {sum(bool(record['training'][shard, slot]) for shard, slot in where)} training"
         if record["val"] is not None:
             sums = record["val"]
             losses = [sums["loss_sum"][shard, slot] / max(float(sums["count"][shard]), 1.0) for shard, slot in where]
-            text += f" best val_loss={np.nanmin(np.asarray(losses, np.float64)):.4f}"
+            lowest[0] = min(lowest[0], float(np.nanmin(np.asarray(losses + [np.inf], np.float64))))
+            text += f" lowest val_loss so far={lowest[0]:.4f}"
         return text
 
-    state, _ = run_epochs(
-        state,
-        train_data,
-        val_data,
-        epochs=epochs,
-        batch_size=batch_size,
-        shuffle_seed=shuffle_seed,
-        progress=progress,
-        description=description,
-        describe=describe,
-        on_epoch_end=epoch_done,
-        records=list(records),
-    )
+    try:
+        state, _ = run_epochs(
+            state,
+            train_data,
+            val_data,
+            epochs=epochs,
+            batch_size=batch_size,
+            shuffle_seed=shuffle_seed,
+            progress=progress,
+            description=description,
+            describe=describe,
+            on_epoch_end=epoch_done,
+            records=list(records),
+            early_stopping=early_stopping,
+        )
+    finally:
+        if logger is not None:
+            logger.close()
     return VariantsResult(
         specs,
         histories(),
@@ -367,4 +427,5 @@ def fit_variants(
         train_data.dense_words,
         epoch_seconds=[record["train_s"] for record in records],
         val_seconds=[record["val_s"] for record in records],
+        stopped_epochs=[stopped_epoch(records, shard, slot) for shard, slot in where],
     )
