@@ -263,6 +263,26 @@ def variant_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh | None:
     return Mesh(np.array(devices), (VARIANT_AXIS,)) if len(devices) > 1 else None
 
 
+def balanced_device_count(specs: Sequence[VariantSpec], available: int) -> int:
+    """How many of `available` devices to spread `specs` over, by work: every device runs the
+    same blocks, each padded with copies to a multiple of the device count, so a device's work
+    is sum over blocks of ceil(size / devices) first-layer columns (the bag's gather and
+    scatter-add dominate). The fewest devices within 10% of the least work: more devices cost
+    compile time and memory, so a study with one seed per variant, whose 512-wide variant cannot
+    be split, stays on one device rather than computing copies."""
+    blocks: dict[tuple, int] = {}
+    for spec in specs:
+        key = (tuple(spec.hidden_units), spec.dropout_rate > 0, spec.l1 > 0 or spec.l2 > 0)
+        blocks[key] = blocks.get(key, 0) + 1
+
+    def work(count: int) -> int:
+        return sum(-(-size // count) * key[0][0] for key, size in blocks.items())
+
+    counts = range(1, max(available, 1) + 1)
+    least = min(work(count) for count in counts)
+    return next(count for count in counts if work(count) <= 1.1 * least)
+
+
 def _place(tree: Any, mesh: Mesh | None, spec: PartitionSpec) -> Any:
     """`tree` laid out on `mesh` by `spec`; across processes (a mesh with other processes'
     devices) every process builds its own shards from its whole copy (`imdb_jax.train.distributed`)."""
@@ -322,7 +342,8 @@ def fit_variants(
       first_layer: "sparse", "dense", "auto" (the backend's choice) or a column count, as in
         `fit`; any choice other than all-sparse makes results agree only to float32 rounding
         across different companies.
-      devices: devices to spread the variants over (default: all of the default backend).
+      devices: devices to spread the variants over (default: as many of the default backend's
+        as balance the work, `balanced_device_count`; across processes, all of them).
       progress: show a progress bar.
       description: the progress bar's label.
       on_epoch_end: optional `fn(epochs_done, histories)` called after every epoch with every
@@ -356,6 +377,9 @@ def fit_variants(
         early_stopping = EarlyStopping(patience, min_delta, start_from_epoch)
     logger = None if log_dir is None else TensorBoardLogger(log_dir, specs)
     train_data, val_data = device_splits(train, validation, first_layer)
+    if devices is None and jax.process_count() == 1:
+        local = jax.local_devices()
+        devices = local[: balanced_device_count(specs, len(local))]
     mesh = variant_mesh(devices)
     shards = 1 if mesh is None else mesh.size
     layout, members, slot_of = plan_layout(specs, num_words, shards)
