@@ -2,22 +2,30 @@
 
 Each module in `COMMANDS` defines `add_parser(subparsers)` (registering its options) and
 `run(args) -> int`. The logic lives in the library; these modules only parse and print. Nothing
-here or in `add_parser` imports JAX (each `run` does), so `--help` and option errors are instant.
-A problem the user can fix ends with one line on stderr and exit status 2; Ctrl-C with one line
-and status 130.
+here or in `add_parser` imports JAX, and each `run` checks every option's value before it does,
+so `--help`, `--version` and option errors are instant.
+
+Exit statuses: 0 done; 2 a problem the user can fix (one line on stderr); 3 `train` finished but
+the model did not learn (diverged, no better than chance on its own training reviews, or a
+training loss grown by orders of magnitude: a warning line says which; the model is saved); 130
+Ctrl-C (one line); 141 standard output was closed early (`imdb-jax train | head -1`): the command
+ends quietly, as Unix tools do; 1 a crash (a traceback: a bug).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import warnings
 
 from imdb_jax.cli._interrupt import INTERRUPTED, Guard
 from imdb_jax.errors import ImdbJaxError
+from imdb_jax.train.cpu_devices import use_every_core
 
 COMMANDS = ("data", "train", "predict", "evaluate", "study", "tune")
+BROKEN_PIPE = 141  # 128 + SIGPIPE, what shells report for a writer whose reader went away
 
 
 class _Parser(argparse.ArgumentParser):
@@ -25,7 +33,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="imdb-jax", description=__doc__.splitlines()[0])
+    from imdb_jax import __version__
+
+    parser = _Parser(prog="imdb-jax", description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"imdb-jax {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     subparsers.required = True
     for name in COMMANDS:
@@ -47,16 +58,36 @@ def main(argv: list[str] | None = None) -> int:
       argv: the arguments; None means the program's own (`sys.argv[1:]`), and then Ctrl-C ends
         the process at once with status 130 (`imdb_jax.cli._interrupt`).
     """
+    use_every_core()  # before JAX is imported: one CPU device per core (imdb_jax.train.cpu_devices)
     guard = Guard(hard=argv is None)
     shown_by, warnings.showwarning = warnings.showwarning, _show_warning
     try:
         with guard:
-            return _main(argv, guard)
+            status = _main(argv, guard)
+            sys.stdout.flush()  # output buffered for a pipe meets a closed one here
+            return status
+    except BrokenPipeError:
+        _silence_stdout()
+        return BROKEN_PIPE
     finally:
         warnings.showwarning = shown_by
 
 
+def _silence_stdout() -> None:
+    """The reader of standard output is gone (`| head -1`): point the stream at /dev/null so
+    the interpreter's final flush does not print a second BrokenPipeError at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # not a real file (tests' StringIO)
+        pass
+
+
 def _main(argv: list[str] | None, guard: Guard) -> int:
+    words = sys.argv[1:] if argv is None else argv
+    if words and words[0] in COMMANDS:  # named already if Ctrl-C comes while the options are parsed
+        guard.command = f"imdb-jax {words[0]}"
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
