@@ -152,3 +152,18 @@ def test_make_batch_refuses_what_steps_cannot_use():
         make_batch(TRAIN.x, TRAIN.y, np.ones(3))
     with pytest.raises(ImdbJaxError, match="expected a scipy.sparse"):
         make_batch(TRAIN.x.toarray(), TRAIN.y)
+
+
+def test_make_batch_padding_counts_for_nothing():
+    """Rows and non-zeros padded to a fixed shape give the unpadded batch's counts exactly and
+    its loss to rounding (a sum over 20 rows groups its terms otherwise than one over 12)."""
+    state = create_train_state(jax.random.key(0), CONFIG)
+    exact = eval_step(state, make_batch(TRAIN.x, TRAIN.y))
+    padded_batch = make_batch(TRAIN.x, TRAIN.y, batch_size=20, capacity=TRAIN.x.nnz + 7)
+    assert padded_batch["labels"].shape == (20,) and padded_batch["inputs"].tail.word_ids.shape == (TRAIN.x.nnz + 7,)
+    padded = eval_step(state, padded_batch)
+    for name in ("correct", "count"):
+        assert np.array_equal(np.asarray(padded[name]), np.asarray(exact[name])), name
+    np.testing.assert_allclose(np.asarray(padded["loss_sum"]), np.asarray(exact["loss_sum"]), rtol=1e-6)
+    with pytest.raises(ImdbJaxError, match="do not fit batch_size=11"):
+        make_batch(TRAIN.x, TRAIN.y, batch_size=11)

@@ -247,34 +247,55 @@ def gather_batch(data: DeviceReviews, rows: jax.Array, capacity: tuple[int, int]
     }
 
 
-def make_batch(x: Any, labels: Any, weights: Any = None) -> dict[str, Any]:
+def make_batch(
+    x: Any, labels: Any, weights: Any = None, *, batch_size: int | None = None, capacity: int | None = None
+) -> dict[str, Any]:
     """One batch for `train_step`, `eval_step`, `fused_train_step` and `fused_eval_step`, from
-    CSR rows (on the host; every row is one example).
+    CSR rows on the host (one row per review).
 
     The batch is all sparse (`MultiHot(head=None, tail=SparseMultiHot(...))`, the default first
-    layer's path): its capacity is exactly the rows' non-zeros, so batches of a different
-    number of non-zeros compile their own program; pad them to one size yourself (rows of
-    weight 0) to compile once.
+    layer's path). A compiled step compiles once per batch shape: pass `batch_size` (rows,
+    padded with weight-0 rows) and `capacity` (non-zeros, padded with entries that count for
+    nothing) to give every batch of a loop one shape.
 
     Args:
-      x: a SciPy sparse matrix [batch, num_words] of finite values (multi-hot or weighted).
-      labels: [batch] 0/1 labels.
-      weights: optional [batch] per-example weights (default: ones).
+      x: a SciPy sparse matrix [rows, num_words] of finite values (multi-hot or weighted).
+      labels: [rows] 0/1 labels.
+      weights: optional [rows] per-review weights (default: ones).
+      batch_size: rows of the batch, >= rows (default: rows).
+      capacity: (row, word) slots of the batch, >= the rows' non-zeros (default: exactly those).
 
     Returns:
-      {"inputs": MultiHot, "labels": float32[batch], "weights": float32[batch]}.
+      {"inputs": MultiHot, "labels": float32[batch_size], "weights": float32[batch_size]}.
     """
     x = checked_csr(x)
-    rows = int(np.diff(x.indptr).size)
+    rows, nonzeros = int(np.diff(x.indptr).size), int(x.nnz)
     labels = checked_labels(labels, rows)
-    if weights is None:
-        weights = np.ones(rows, np.float32)
-    weights = np.asarray(weights, np.float32).reshape(-1)
+    weights = np.ones(rows, np.float32) if weights is None else np.asarray(weights, np.float32).reshape(-1)
     if weights.shape[0] != rows or not np.all(np.isfinite(weights)):
         raise ImdbJaxError(f"weights must be {rows} finite numbers, one per row, got shape {weights.shape}")
-    row_ids = np.repeat(np.arange(rows, dtype=np.int32), np.diff(x.indptr))
-    values = None if is_binary(x) else jnp.asarray(x.data.astype(np.float32))
+    batch_size = rows if batch_size is None else int(batch_size)
+    capacity = nonzeros if capacity is None else int(capacity)
+    if batch_size < rows or capacity < nonzeros:
+        raise ImdbJaxError(
+            f"{rows} rows with {nonzeros} non-zeros do not fit batch_size={batch_size}, capacity={capacity}"
+        )
+    word_ids = np.zeros(capacity, np.int32)
+    word_ids[:nonzeros] = x.indices
+    row_ids = np.full(capacity, batch_size, np.int32)  # out of range: padding adds nothing
+    row_ids[:nonzeros] = np.repeat(np.arange(rows, dtype=np.int32), np.diff(x.indptr))
+    values = None
+    if not is_binary(x):
+        values = np.zeros(capacity, np.float32)
+        values[:nonzeros] = x.data
+        values = jnp.asarray(values)
     tail = SparseMultiHot(
-        word_ids=jnp.asarray(x.indices.astype(np.int32)), row_ids=jnp.asarray(row_ids), batch_size=rows, values=values
+        word_ids=jnp.asarray(word_ids), row_ids=jnp.asarray(row_ids), batch_size=batch_size, values=values
     )
-    return {"inputs": MultiHot(head=None, tail=tail), "labels": jnp.asarray(labels), "weights": jnp.asarray(weights)}
+    padded = [np.zeros(batch_size, np.float32) for _ in range(2)]
+    padded[0][:rows], padded[1][:rows] = labels, weights
+    return {
+        "inputs": MultiHot(head=None, tail=tail),
+        "labels": jnp.asarray(padded[0]),
+        "weights": jnp.asarray(padded[1]),
+    }
