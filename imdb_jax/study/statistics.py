@@ -5,20 +5,31 @@ the dropout masks; the data order is shared by every variant and seed of a run (
 so the spread here says nothing about sensitivity to the data order.
 
 Per seed, a history gives its best epoch (lowest validation loss), that loss, the validation
-accuracy there, the best validation accuracy and the lowest training loss. Per variant, each of
-these is summarised over the seeds that trained (`spread`: mean, sample standard deviation, min,
-max, n). The variant's `history` is the mean curve over seeds, and its `best_epoch` the epoch
-where that mean validation loss is lowest: the epoch count a retrain uses.
+accuracy there, the best validation accuracy, the lowest training loss, the validation loss at
+the last epoch and how far it rose after its minimum (overfitting). The validation loss is
+Keras' number: for a variant with an L1/L2 penalty it includes the penalty. The same figures of
+the plain validation cross-entropy are kept beside it (`plain_curve`): the history's
+"val_cross_entropy" where the training loop records it, the validation loss itself for a
+variant without a penalty, else None. Per variant, each figure is summarised over the seeds that
+trained (`spread`: mean, sample standard deviation, min, max, n). The variant's `history` is the
+mean curve over seeds, and its `best_epoch` the epoch where that mean validation loss is lowest:
+the epoch count a retrain uses.
 
-The rule for "A is better than B" (`difference`): the difference of the means exceeds
-`SEPARATION` (2) standard errors of the difference, Welch-style: `sqrt(sd_A²/n_A + sd_B²/n_B)`.
-With fewer than 2 seeds the noise is not measured and no difference is called real.
+The rule for "A is lower or higher than B": the difference exceeds `SEPARATION` (2) standard
+errors. Two variants of the same shape trained with the same seeds start from the same weights
+and draw the same dropout streams, so their seeds pair up: the test is then a paired t-test on
+the per-seed differences (`paired_difference`, standard error `sd(a_i - b_i) / sqrt(n)`).
+Otherwise it is Welch's t-test on the means (`difference`, standard error
+`sqrt(sd_A²/n_A + sd_B²/n_B)`). Both report the t statistic's two-sided p-value beside the
+verdict (Student's t with n - 1 or Welch-Satterthwaite degrees of freedom). With fewer than 2
+seeds the noise is not measured and no difference is called real.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -27,12 +38,29 @@ from imdb_jax.specs import VariantSpec
 SEPARATION = 2.0
 NOISE_SOURCES = ("initial weights", "dropout masks")
 SHARED = ("data order (shuffle_seed)", "validation split")
+PAIRED = "paired t-test"
+WELCH = "Welch's t-test"
 RULE = (
-    f"a difference counts when it exceeds {SEPARATION:g} standard errors of the difference of the means over seeds "
-    "(Welch: sqrt(sd_a^2/n_a + sd_b^2/n_b)); with fewer than 2 seeds the noise is not measured"
+    f"a difference counts when it exceeds {SEPARATION:g} standard errors: of the mean per-seed difference "
+    f"({PAIRED}) where two variants share their shape and seeds, hence their initial weights and dropout streams; "
+    f"else of the difference of the means over seeds ({WELCH}: sqrt(sd_a^2/n_a + sd_b^2/n_b)); "
+    "with fewer than 2 seeds the noise is not measured"
 )
-SEED_FIGURES = ("best_epoch", "best_val_loss", "val_accuracy_at_best", "best_val_accuracy", "min_loss")
-CURVES = ("loss", "accuracy", "val_loss", "val_accuracy")
+# The plain (unpenalised) validation cross-entropy per epoch, when the training loop records it.
+PLAIN_VAL_LOSS = "val_cross_entropy"
+SEED_FIGURES = (
+    "best_epoch",
+    "best_val_loss",
+    "val_accuracy_at_best",
+    "best_val_accuracy",
+    "min_loss",
+    "last_val_loss",
+    "val_loss_rise",
+    "best_val_cross_entropy",
+    "last_val_cross_entropy",
+    "val_cross_entropy_rise",
+)
+CURVES = ("loss", "accuracy", "val_loss", "val_accuracy", "cross_entropy", PLAIN_VAL_LOSS)
 
 
 def finite(values: Sequence[float | None]) -> np.ndarray:
@@ -40,10 +68,45 @@ def finite(values: Sequence[float | None]) -> np.ndarray:
     return np.array([math.nan if value is None else value for value in values], np.float64)
 
 
-def seed_figures(history: Mapping[str, list]) -> dict[str, Any]:
+def has_penalty(spec: Mapping[str, Any] | VariantSpec | None) -> bool:
+    """Whether a variant's validation loss includes an L1 or L2 penalty."""
+    if spec is None:
+        return False
+    values = spec.to_dict() if isinstance(spec, VariantSpec) else spec
+    return bool(values.get("l1")) or bool(values.get("l2"))
+
+
+def plain_curve(history: Mapping[str, list], penalised: bool) -> list | None:
+    """The validation cross-entropy without the penalty, per epoch: the recorded
+    "val_cross_entropy", else the validation loss of a variant without a penalty (the same
+    number), else None (a penalised variant whose plain loss was not recorded)."""
+    if history.get(PLAIN_VAL_LOSS) is not None:
+        return list(history[PLAIN_VAL_LOSS])
+    if not penalised and history.get("val_loss") is not None:
+        return list(history["val_loss"])
+    return None
+
+
+def _curve_figures(values: Sequence[float | None] | None, prefix: str) -> dict[str, float | None]:
+    """best_<prefix>, last_<prefix> and <prefix>_rise (last minus lowest; how far the curve
+    climbed back after its minimum) of one validation curve; None where not finite."""
+    figures: dict[str, float | None] = {f"best_{prefix}": None, f"last_{prefix}": None, f"{prefix}_rise": None}
+    curve = finite(values or [])
+    if curve.size and not np.all(np.isnan(curve)):
+        lowest = float(np.nanmin(curve))
+        figures[f"best_{prefix}"] = lowest
+        if not math.isnan(curve[-1]):  # a seed that diverged has no last epoch to compare
+            figures[f"last_{prefix}"] = float(curve[-1])
+            figures[f"{prefix}_rise"] = float(curve[-1]) - lowest
+    return figures
+
+
+def seed_figures(history: Mapping[str, list], penalised: bool = False) -> dict[str, Any]:
     """One seed's figures: best epoch (1-based, lowest validation loss), that loss, the validation
-    accuracy there, the highest validation accuracy, the lowest training loss, and divergence.
-    Figures are None when no epoch has a finite validation loss (diverged, or not trained yet)."""
+    accuracy there, the highest validation accuracy, the lowest training loss, the last epoch's
+    validation loss and its rise after the minimum, the same of the plain cross-entropy
+    (`plain_curve`; None when `penalised` and not recorded), and divergence. Figures are None
+    when no epoch has a finite validation loss (diverged, or not trained yet)."""
     val_loss = finite(history.get("val_loss", []))
     diverged = [bool(flag) for flag in history.get("diverged", [])]
     figures: dict[str, Any] = {key: None for key in SEED_FIGURES}
@@ -57,6 +120,8 @@ def seed_figures(history: Mapping[str, list]) -> dict[str, Any]:
             best_val_accuracy=float(np.nanmax(finite(history["val_accuracy"]))),
             min_loss=float(np.nanmin(finite(history["loss"]))),
         )
+        figures.update(_curve_figures(history["val_loss"], "val_loss"))
+        figures.update(_curve_figures(plain_curve(history, penalised), "val_cross_entropy"))
     return figures
 
 
@@ -78,7 +143,9 @@ def spread(values: Sequence[float | None]) -> dict[str, Any]:
 def _stack(histories: Sequence[Mapping[str, list]], key: str) -> np.ndarray:
     """float64[seeds, epochs] of one curve, cut to the shortest history."""
     epochs = min((len(history.get(key, [])) for history in histories), default=0)
-    return np.array([finite(history[key][:epochs]) for history in histories], np.float64).reshape(len(histories), epochs)
+    return np.array([finite(history[key][:epochs]) for history in histories], np.float64).reshape(
+        len(histories), epochs
+    )
 
 
 def mean_history(histories: Sequence[Mapping[str, list]]) -> dict[str, list]:
@@ -86,7 +153,7 @@ def mean_history(histories: Sequence[Mapping[str, list]]) -> dict[str, list]:
     where every seed diverged), and "diverged": whether any seed had diverged by then."""
     mean: dict[str, list] = {}
     for key in CURVES:
-        if histories and key in histories[0]:
+        if histories and all(key in history for history in histories):
             stacked = _stack(histories, key)
             present = ~np.isnan(stacked)
             counts = present.sum(axis=0)
@@ -124,13 +191,15 @@ def variant_summary(
       curve), "per_seed" (`seed_figures` of each), "stats" (`spread` of each seed figure),
       "best_epoch" (where the mean validation loss is lowest), "best_val_loss",
       "val_accuracy_at_best", "best_val_accuracy", "min_loss" (means over seeds), "best_val_loss_sd",
-      "diverged", "diverged_epoch" (earliest over seeds), "diverged_seeds"}.
+      "penalised" (its validation loss includes a penalty), "diverged", "diverged_epoch"
+      (earliest over seeds), "diverged_seeds"}.
     """
     if isinstance(histories, Mapping):
         histories = [histories]
     histories = [{key: list(values) for key, values in history.items()} for history in histories]
     seeds = list(seeds) if seeds is not None else [spec.seed + offset for offset in range(len(histories))]
-    per_seed = [{"seed": seed, **seed_figures(history)} for seed, history in zip(seeds, histories)]
+    penalised = has_penalty(spec)
+    per_seed = [{"seed": seed, **seed_figures(history, penalised)} for seed, history in zip(seeds, histories)]
     stats = {key: spread([figures[key] for figures in per_seed]) for key in SEED_FIGURES}
     mean = mean_history(histories)
     mean_val_loss = finite(mean.get("val_loss", []))
@@ -153,34 +222,84 @@ def variant_summary(
         "val_accuracy_at_best": stats["val_accuracy_at_best"]["mean"],
         "best_val_accuracy": stats["best_val_accuracy"]["mean"],
         "min_loss": stats["min_loss"]["mean"],
+        "penalised": penalised,
         "diverged": bool(diverged_epochs),
         "diverged_epoch": min(diverged_epochs) if diverged_epochs else None,
         "diverged_seeds": [figures["seed"] for figures in per_seed if figures["diverged"]],
     }
 
 
+def two_sided_p(delta: float, se: float, df: float | None) -> float:
+    """P(|T| >= |delta / se|) for Student's t with `df` degrees of freedom; 0 or 1 when the
+    standard error is 0 (every seed gave the same difference)."""
+    if se == 0.0 or df is None:
+        return 1.0 if delta == 0.0 else 0.0
+    from scipy.special import stdtr  # scipy.special, not scipy.stats: a fraction of the import time
+
+    return float(2.0 * stdtr(df, -abs(delta) / se))
+
+
+def _verdict(delta: float, se: float) -> str:
+    if delta < -SEPARATION * se:
+        return "lower"
+    if delta > SEPARATION * se:
+        return "higher"
+    return "indistinguishable"
+
+
 def difference(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any] | None:
-    """Whether `a`'s mean is lower or higher than `b`'s beyond the noise (`RULE`).
+    """Welch's t-test: whether `a`'s mean is lower or higher than `b`'s beyond the noise (`RULE`),
+    for samples that do not pair up.
 
     Args:
       a, b: `spread` results of the same figure for two variants.
 
     Returns:
-      None when either has no value; else {"difference": mean_a - mean_b, "se": the standard
-      error of the difference (None with fewer than 2 seeds on either side), "verdict":
-      "lower" | "higher" (beyond SEPARATION standard errors), "indistinguishable", or
-      "unmeasured" (fewer than 2 seeds)}.
+      None when either has no value; else {"test": WELCH, "difference": mean_a - mean_b, "se":
+      the standard error of the difference, "df" (Welch-Satterthwaite), "p" (two-sided), "n":
+      [n_a, n_b] and "verdict": "lower" | "higher" (beyond SEPARATION standard errors),
+      "indistinguishable", or "unmeasured" (fewer than 2 seeds on either side; se, df and p None)}.
     """
     if not a["n"] or not b["n"]:
         return None
     delta = a["mean"] - b["mean"]
+    found: dict[str, Any] = {
+        "test": WELCH,
+        "difference": delta,
+        "se": None,
+        "df": None,
+        "p": None,
+        "n": [a["n"], b["n"]],
+    }
     if a["n"] < 2 or b["n"] < 2:
-        return {"difference": delta, "se": None, "verdict": "unmeasured"}
-    se = math.sqrt(a["sd"] ** 2 / a["n"] + b["sd"] ** 2 / b["n"])
-    if delta < -SEPARATION * se:
-        verdict = "lower"
-    elif delta > SEPARATION * se:
-        verdict = "higher"
-    else:
-        verdict = "indistinguishable"
-    return {"difference": delta, "se": se, "verdict": verdict}
+        return {**found, "verdict": "unmeasured"}
+    va, vb = a["sd"] ** 2 / a["n"], b["sd"] ** 2 / b["n"]
+    se = math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / (a["n"] - 1) + vb**2 / (b["n"] - 1)) if se > 0 else None
+    return {**found, "se": se, "df": df, "p": two_sided_p(delta, se, df), "verdict": _verdict(delta, se)}
+
+
+def paired_difference(a: Sequence[float | None], b: Sequence[float | None]) -> dict[str, Any] | None:
+    """The paired t-test: whether `a` is lower or higher than `b` beyond the noise (`RULE`), from
+    per-seed values of the same seeds (position i of both is seed i).
+
+    Args:
+      a, b: one figure per seed for two variants, None where that seed has none; only seeds with
+        a value on both sides count.
+
+    Returns:
+      None when no seed has both; else {"test": PAIRED, "difference": the mean of a_i - b_i,
+      "se": sd(a_i - b_i) / sqrt(n), "df": n - 1, "p" (two-sided), "n": the pairs, "verdict"
+      as in `difference` ("unmeasured" with one pair)}.
+    """
+    pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None]
+    if not pairs:
+        return None
+    deltas = np.array([x - y for x, y in pairs], np.float64)
+    delta = float(deltas.mean())
+    found: dict[str, Any] = {"test": PAIRED, "difference": delta, "se": None, "df": None, "p": None, "n": len(pairs)}
+    if len(pairs) < 2:
+        return {**found, "verdict": "unmeasured"}
+    se = float(deltas.std(ddof=1)) / math.sqrt(len(pairs))
+    df = len(pairs) - 1
+    return {**found, "se": se, "df": df, "p": two_sided_p(delta, se, df), "verdict": _verdict(delta, se)}
