@@ -10,9 +10,11 @@ have seen, and the finished result is bitwise identical to an uninterrupted run.
 Why one `.npz` renamed into place rather than Orbax: the state is one host's arrays of tens of
 megabytes, written once per epoch; a single file written beside and renamed into place
 (`imdb_jax.atomic`) is never half old and half new, needs no background threads or extra
-dependency, and loads with NumPy alone. The arrays file alone is the checkpoint (it holds its own
-epoch count); the JSON beside it, written after, names the run it belongs to, and does not change
-from one epoch to the next but for its epoch count.
+dependency, and loads with NumPy alone. The arrays file alone is the checkpoint: it holds its own
+epoch count and the run's description (as JSON text), so a process killed between writing it and
+the JSON beside it (written after, for people and tools) leaves a run that resumes. The
+description records the JAX and jaxlib versions, backend and device count: another JAX may round
+differently, so resuming under one is refused unless asked for (`resume="force"`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,24 @@ from imdb_jax.train.steps import FusedState
 ARRAYS = "run.npz"
 META = "run.json"
 FORMAT = 1
+DESCRIPTION = "description"  # the run's description inside ARRAYS, as JSON text
+
+
+def _fault(point: str) -> None:
+    """Fault-injection hook for tests: called at each point of `save` where a kill may land
+    ("arrays written" before the rename, "arrays renamed", "description written")."""
+
+
+def environment() -> dict[str, Any]:
+    """What bitwise resumption depends on beyond the run itself: the JAX that compiles it."""
+    import jaxlib
+
+    return {
+        "jax": jax.__version__,
+        "jaxlib": getattr(jaxlib, "__version__", "unknown"),
+        "backend": jax.default_backend(),
+        "devices": jax.device_count(),
+    }
 
 
 def data_fingerprint(x: Any, y: Any) -> str:
@@ -101,6 +121,8 @@ def save(folder: str | Path, state: FusedState, records: list[dict[str, Any]], m
     folder.mkdir(parents=True, exist_ok=True)
     arrays = {**_flatten(host), **_records_arrays(records)}
     arrays["epochs_done"] = np.asarray(len(records))
+    described = {**meta, "environment": environment(), "format": FORMAT, "epochs_done": len(records)}
+    arrays[DESCRIPTION] = np.asarray(json_bytes(described, indent=1).decode("utf-8"))
     # Written beside and renamed into place, without fsync: a killed process (kill -9, Ctrl-C, a
     # crash) leaves the previous checkpoint or this one, never part of one; only a power cut
     # before the system flushes could cost the last epochs. An fsync of a study's ~100 MB state
@@ -109,31 +131,57 @@ def save(folder: str | Path, state: FusedState, records: list[dict[str, Any]], m
     try:
         with os.fdopen(handle, "wb") as file:
             np.savez(file, **arrays)
+        _fault("arrays written")
         os.replace(temporary, folder / ARRAYS)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
-    atomic_write(folder / META, json_bytes({**meta, "format": FORMAT, "epochs_done": len(records)}, indent=1))
+    _fault("arrays renamed")
+    atomic_write(folder / META, json_bytes(described, indent=1))
+    _fault("description written")
 
 
-def load(folder: str | Path, template: FusedState, meta: dict[str, Any]) -> tuple[FusedState, list[dict[str, Any]]] | None:
+def load(
+    folder: str | Path, template: FusedState, meta: dict[str, Any], *, force: bool = False
+) -> tuple[FusedState, list[dict[str, Any]]] | None:
     """The saved state and records of the run described by `meta`, or None if `folder` holds no
     checkpoint yet.
 
+    Args:
+      folder: the run's checkpoint folder.
+      template: a state of the run's shapes (its initial state).
+      meta: the run's description.
+      force: resume even if the checkpoint was written under another JAX, jaxlib, backend or
+        device count (the result may then differ from an uninterrupted run's by rounding).
+
     Raises:
       ImdbJaxError: the checkpoint belongs to another run (other variants, data, batch size,
-        shuffle seed or devices), or is damaged.
+        shuffle seed or devices), was written under another JAX (unless `force`), or is damaged.
     """
     folder = Path(folder)
     if not (folder / ARRAYS).exists():
         return None
     try:
-        saved_meta = json.loads((folder / META).read_text(encoding="utf-8"))
         with np.load(folder / ARRAYS) as archive:
             arrays = {name: archive[name] for name in archive.files}
+        if DESCRIPTION in arrays:
+            saved_meta = json.loads(str(arrays.pop(DESCRIPTION)))
+        else:  # written before the description moved into the arrays
+            saved_meta = json.loads((folder / META).read_text(encoding="utf-8"))
     except (OSError, ValueError, KeyError) as error:
         raise ImdbJaxError(f"the checkpoint in {folder} cannot be read ({error}); remove it to start afresh") from None
+    saved_environment, current = saved_meta.get("environment"), environment()
+    if saved_environment != current and not force:
+        def said(env: Any) -> str:
+            if not isinstance(env, dict):
+                return "an unrecorded JAX"
+            return f"jax {env.get('jax')}, jaxlib {env.get('jaxlib')}, {env.get('backend')}, {env.get('devices')} device(s)"
+
+        raise ImdbJaxError(
+            f"the checkpoint in {folder} was written under {said(saved_environment)}, this is {said(current)}: "
+            "resuming would not be bitwise an uninterrupted run; resume='force' (--resume-anyway) continues anyway"
+        )
     different = sorted(key for key in meta if saved_meta.get(key) != json.loads(json_bytes(meta[key])))
     if different:
         raise ImdbJaxError(

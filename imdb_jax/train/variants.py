@@ -321,7 +321,7 @@ def fit_variants(
     description: str = "variants",
     on_epoch_end: Callable[[int, list[dict[str, list]]], None] | None = None,
     checkpoint_dir: str | Path | None = None,
-    resume: bool = False,
+    resume: bool | str = False,
     patience: int | None = None,
     min_delta: float = 0.0,
     start_from_epoch: int = 0,
@@ -352,7 +352,8 @@ def fit_variants(
         (`imdb_jax.train.checkpoints`), so that a killed run can be resumed.
       resume: continue from the checkpoint in `checkpoint_dir` if there is one (it must be of
         the same variants, data, batch size, shuffle seed and devices); the result is bitwise
-        the one an uninterrupted run gives.
+        the one an uninterrupted run gives. A checkpoint written under another JAX, jaxlib,
+        backend or device count is refused unless `resume="force"`.
       patience, min_delta, start_from_epoch: early stopping on each variant's validation loss,
         as Keras' `EarlyStopping` (`imdb_jax.train.loop.EarlyStopping`); None trains every
         epoch. A stopped variant keeps its weights, bitwise those it would have had it trained
@@ -388,7 +389,7 @@ def fit_variants(
     meta = None
     if checkpoint_dir is not None:
         meta = _run_description(specs, train, validation, batch_size, shuffle_seed, shards, train_data.dense_words, early_stopping)
-        loaded = checkpoints.load(checkpoint_dir, state, meta) if resume else None
+        loaded = checkpoints.load(checkpoint_dir, state, meta, force=resume == "force") if resume else None
         if loaded is not None:
             state, records = loaded
     state = _place(jax.tree_util.tree_map(jnp.asarray, state), mesh, PartitionSpec(VARIANT_AXIS))
