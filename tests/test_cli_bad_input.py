@@ -29,7 +29,7 @@ def _run(argv: list[str]) -> tuple[int, str, str]:
         try:
             status = main(argv)
         except SystemExit as exit:  # argparse's own errors
-            status = exit.code
+            status = exit.code if isinstance(exit.code, int) else 2
     return status, stdout.getvalue(), stderr.getvalue()
 
 
@@ -47,10 +47,9 @@ def _one_error_line(argv: list[str]) -> str:
 @pytest.fixture
 def no_work(monkeypatch):
     """Fails the test if a command loads data or a model: the error must come first."""
-    import imdb_jax.saved.loading
-
     import imdb_jax.cli.study
     import imdb_jax.cli.train
+    import imdb_jax.saved.loading
 
     def refuse(*args, **kwargs):
         raise AssertionError("work started before the options were checked")
@@ -141,11 +140,11 @@ def test_compile_cache_option_is_applied_before_anything_compiles(command, monke
     argv = {
         "train": ["train", "--data-dir", str(tmp_path / "nowhere"), "--output", str(tmp_path / "run")],
         "study": ["study", "units", "--data-dir", str(tmp_path / "nowhere"), "--output", str(tmp_path / "run")],
-        "evaluate": ["evaluate", "--model", str(tmp_path / "absent")],
-        "predict": ["predict", "--model", str(tmp_path / "absent"), "text"],
+        "evaluate": ["evaluate", "--model", str(tmp_path)],
+        "predict": ["predict", "--model", str(tmp_path), "text"],
     }[command]
     for options in (["--compile-cache", "off"], []):
-        status, _, stderr = _run([*argv, *options])  # no data or no model: found after the cache is set
+        status, _, stderr = _run([*argv, *options])  # no data, or a folder without a model: found after the cache is set
         assert status == 2 and "Traceback" not in stderr
     assert calls == [("off", True), (None, False)]
 
@@ -234,43 +233,111 @@ def _python(code: str, **options) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120, **options)
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["study", "--help"], ["train", "--help"], ["train", "--epochs", "four"], ["predict"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"], ["--version"], ["study", "--help"], ["train", "--help"], ["train", "--epochs", "four"], ["predict"],
+        # Values argparse accepts and the command refuses: checked before JAX is imported, also
+        # by the commands that can run over several processes (joining one imports JAX).
+        ["train", "--epochs", "-1"], ["train", "--dropout", "1.5"], ["train", "--ngrams", "0"], ["train", "--resume"],
+        ["study", "units", "--seeds", "0"], ["study", "--epochs", "-1"], ["study", "units", "--min-count", "0"],
+        ["tune", "--validation", "0"], ["data", "--held-out", "-1"], ["data", "--num-words", "0"],
+        ["predict", "--model", "tests/conftest.py", "text"], ["evaluate", "--model", "no-such-folder"],
+    ],
+)
 def test_help_and_option_errors_do_not_import_jax(argv):
     code = (
         "import sys\n"
         "from imdb_jax.cli import main\n"
         "try:\n"
-        f"    main({argv!r})\n"
+        f"    status = main({argv!r})\n"
         "except SystemExit as exit:\n"
         "    status = exit.code\n"
         "print('STATUS', status, 'JAX', 'jax' in sys.modules, [name for name in ('flax', 'optax', 'matplotlib') if name in sys.modules])\n"
     )
     result = _python(code)
-    assert result.stdout.splitlines()[-1] == f"STATUS {0 if '--help' in argv else 2} JAX False []", result.stderr
+    helpful = "--help" in argv or "--version" in argv
+    assert result.stdout.splitlines()[-1] == f"STATUS {0 if helpful else 2} JAX False []", result.stderr
+    if not helpful:
+        assert ": error: " in result.stderr.splitlines()[-1] and "Traceback" not in result.stderr, result.stderr
 
 
-def _interrupt(argv: list[str], cwd: Path, wait_for: bytes | None, delay: float) -> subprocess.Popen:
-    """Starts `python -m imdb_jax ARGV`, waits for `wait_for` on its stderr (if given), then
-    `delay` seconds, then sends SIGINT as Ctrl-C would; the process, with `.stderr_bytes`."""
-    process = subprocess.Popen([sys.executable, "-m", "imdb_jax", *argv], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def test_version_names_the_package_version():
+    from imdb_jax import __version__
+
+    status, stdout, _ = _run(["--version"])
+    assert status == 0 and stdout == f"imdb-jax {__version__}\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# A closed standard output (`imdb-jax predict ... | head -1`) ends the command quietly.
+
+
+def _with_stdout_closed(argv: list[str]) -> subprocess.CompletedProcess:
+    """`python -m imdb_jax ARGV` writing into a pipe whose reader is already gone."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run([sys.executable, "-m", "imdb_jax", *argv], stdout=write, stderr=subprocess.PIPE, text=True,
+                              cwd=REPO, timeout=300)
+    finally:
+        os.close(write)
+
+
+@pytest.mark.parametrize("json_output", [False, True], ids=["text", "json"])
+def test_predict_into_a_closed_pipe_ends_quietly(tiny_model, json_output):
+    done = _with_stdout_closed(["predict", "--model", str(tiny_model), "--compile-cache", "off", "great film", "awful plot",
+                                *(["--json"] if json_output else [])])
+    assert done.stderr == "" and done.returncode == 141  # 128 + SIGPIPE, as a shell reports `yes | head -1`
+
+
+def test_train_into_a_closed_pipe_ends_quietly_with_its_model_saved(fake_aclimdb, tmp_path):
+    done = _with_stdout_closed(["train", "--data-dir", str(fake_aclimdb), "--cache-dir", str(tmp_path / "cache"), "--compile-cache", "off",
+                                "--epochs", "1", "--batch-size", "2", "--hidden-units", "4", "--output", str(tmp_path / "run"), "--no-progress"])
+    assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr, done.stderr
+    assert done.returncode == 141
+    assert (tmp_path / "run" / "model.json").is_file()
+
+
+# `imdb-jax ARGV` as the program runs it, saying "guarded" on stderr once its Ctrl-C handling is in
+# place: before that (Python starting, under load that can take seconds) Ctrl-C is Python's own.
+GUARDED = """
+import sys
+from imdb_jax.cli import _interrupt, main
+enter = _interrupt.Guard.__enter__
+def announced(self):
+    entered = enter(self)
+    sys.stderr.write("guarded\\n")
+    sys.stderr.flush()
+    return entered
+_interrupt.Guard.__enter__ = announced
+sys.exit(main())
+"""
+
+
+def _interrupt(argv: list[str], cwd: Path, wait_for: bytes, delay: float) -> tuple[subprocess.Popen, threading.Thread, bytearray]:
+    """Starts `imdb-jax ARGV` (`GUARDED`), waits for `wait_for` on its stderr, then `delay`
+    seconds, then sends SIGINT as Ctrl-C would; (the process, the thread reading its stderr,
+    the stderr bytes so far)."""
+    process = subprocess.Popen([sys.executable, "-c", GUARDED, *argv], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    stream = process.stderr
+    assert stream is not None
     seen = bytearray()
     ready = threading.Event()
 
     def read():
-        for chunk in iter(lambda: process.stderr.read1(4096), b""):
+        for chunk in iter(lambda: os.read(stream.fileno(), 4096), b""):
             seen.extend(chunk)
-            if wait_for is None or wait_for in seen:
+            if wait_for in seen:
                 ready.set()
         ready.set()
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    process.reader, process.stderr_bytes = reader, seen
-    if wait_for is not None:
-        assert ready.wait(timeout=180), bytes(seen)
+    assert ready.wait(timeout=180), bytes(seen)
     time.sleep(delay)
     process.send_signal(signal.SIGINT)
-    return process
+    return process, reader, seen
 
 
 def test_ctrl_c_exits_130_with_one_line_at_any_moment(fake_aclimdb, tmp_path):
@@ -279,14 +346,14 @@ def test_ctrl_c_exits_130_with_one_line_at_any_moment(fake_aclimdb, tmp_path):
     env_argv = ["train", "--data-dir", str(fake_aclimdb), "--cache-dir", str(tmp_path / "cache"), "--compile-cache", "off",
                 "--epochs", "1000000", "--batch-size", "2", "--hidden-units", "4"]
     processes = [
-        _interrupt([*env_argv, "--output", str(tmp_path / "early"), "--no-progress"], tmp_path, None, 1.0),
+        _interrupt([*env_argv, "--output", str(tmp_path / "early"), "--no-progress"], tmp_path, b"guarded\n", 0.5),
         _interrupt([*env_argv, "--output", str(tmp_path / "training-a")], tmp_path, b"fit", 0.3),
         _interrupt([*env_argv, "--output", str(tmp_path / "training-b")], tmp_path, b"fit", 1.5),
     ]
-    for process, name in zip(processes, ("early", "training-a", "training-b")):
+    for (process, reader, seen), name in zip(processes, ("early", "training-a", "training-b")):
         status = process.wait(timeout=120)
-        process.reader.join(timeout=10)
-        stderr = bytes(process.stderr_bytes).decode("utf-8", errors="replace")
+        reader.join(timeout=10)
+        stderr = bytes(seen).decode("utf-8", errors="replace")
         assert status == 130, (name, status, stderr)
         assert "Segmentation fault" not in stderr and "Traceback" not in stderr, stderr
         last = [line for line in stderr.replace("\r", "\n").splitlines() if line.strip()][-1]
@@ -294,7 +361,7 @@ def test_ctrl_c_exits_130_with_one_line_at_any_moment(fake_aclimdb, tmp_path):
         # Nothing but what --resume continues from: no half-written files.
         left = sorted(path.name for path in (tmp_path / name).iterdir()) if (tmp_path / name).exists() else []
         assert left in ([], ["checkpoint"]), left
-    assert processes[0].stderr_bytes == b"imdb-jax train: interrupted\n"
+    assert processes[0][2] == b"guarded\nimdb-jax train: interrupted\n"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from imdb_jax.cli import main
 from imdb_jax.data.text import Vocabulary
 from imdb_jax.plots import plot_curves, plot_history
-from imdb_jax.saved.loading import load_model
+from imdb_jax.saved.model_folder import load_single_model as load_model
 from imdb_jax.saved.model_folder import save_model
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -47,7 +47,7 @@ def _run(argv: list[str]) -> tuple[int, str, str]:
         try:
             status = main(argv)
         except SystemExit as exit:  # argparse's own errors
-            status = exit.code
+            status = exit.code if isinstance(exit.code, int) else 2
     return status, stdout.getvalue(), stderr.getvalue()
 
 
@@ -74,6 +74,8 @@ def test_train_json_prints_one_line_and_saves_model_and_plots(trained):
     lines = trained["stdout"].splitlines()
     assert len(lines) == 1
     report = json.loads(lines[0])
+    assert report["learned"] is True and report["problems"] == [] and report["exit_status"] == 0
+    assert "warning" not in trained["stderr"]
     assert report["output"] == str(trained["output"])
     assert report["epochs"] == 12 and report["num_train"] == 16 and report["num_validation"] == 8
     assert set(report["history"]) == {"loss", "accuracy", "val_loss", "val_accuracy", "diverged"}
@@ -89,6 +91,7 @@ def test_train_json_prints_one_line_and_saves_model_and_plots(trained):
         assert Path(plot).parent == trained["output"] and Path(plot).read_bytes().startswith(PNG_SIGNATURE)
     assert sorted(Path(plot).name for plot in report["plots"]) == ["history_accuracy.png", "history_loss.png"]
     model = load_model(trained["output"])
+    assert model.metrics is not None and model.history is not None
     assert model.metrics["test_accuracy"] == report["test_accuracy"]
     assert model.history["val_loss"] == report["history"]["val_loss"]
 
@@ -197,10 +200,16 @@ def test_validation_larger_than_the_training_set_is_refused(corpus, tmp_path):
 @pytest.mark.parametrize("command", ["predict", "evaluate"])
 def test_a_folder_that_is_not_a_model_is_refused(command, tmp_path):
     (tmp_path / "empty").mkdir()
-    for folder in (tmp_path / "empty", tmp_path / "absent"):
+    (tmp_path / "afile").write_text("not a model")
+
+    def refused(folder: Path) -> str:
         status, stdout, stderr = _run([command, "--model", str(folder), "some text"] if command == "predict" else [command, "--model", str(folder)])
-        assert status == 2 and stdout == ""
-        assert stderr.startswith(f"imdb-jax {command}: error: {folder} is not a model folder") and len(stderr.splitlines()) == 1
+        assert status == 2 and stdout == "" and len(stderr.splitlines()) == 1, stderr
+        return stderr.strip()
+
+    assert refused(tmp_path / "empty").startswith(f"imdb-jax {command}: error: {tmp_path / 'empty'} is not a model folder: model.json is missing")
+    assert refused(tmp_path / "absent") == f"imdb-jax {command}: error: {tmp_path / 'absent'} is not a model folder (no such folder)"
+    assert refused(tmp_path / "afile").startswith(f"imdb-jax {command}: error: {tmp_path / 'afile'} is a file, not a model folder")
 
 
 def test_plot_curves_draws_named_curves_and_plot_history_without_validation(tmp_path):
@@ -210,7 +219,9 @@ def test_plot_curves_draws_named_curves_and_plot_history_without_validation(tmp_
     assert [line.get_label() for line in lines] == ["16-16", "512"]
     np.testing.assert_array_equal(lines[1].get_xdata(), [1, 2, 3])
     np.testing.assert_array_equal(lines[1].get_ydata(), [0.5, 0.3, 0.6])
-    assert axes.get_ylabel() == "validation loss" and [text.get_text() for text in axes.get_legend().get_texts()] == ["16-16", "512"]
+    legend = axes.get_legend()
+    assert legend is not None and axes.get_ylabel() == "validation loss"
+    assert [text.get_text() for text in legend.get_texts()] == ["16-16", "512"]
 
     paths = plot_history({"loss": [0.5, 0.3], "accuracy": [0.8, 0.9], "diverged": [False, False]}, tmp_path / "sub" / "run")
     assert [path.name for path in paths] == ["run_loss.png", "run_accuracy.png"]
@@ -242,7 +253,7 @@ def test_the_default_train_run_on_the_real_data(imdb_data, real_data_dir, imdb_c
     assert output.name.startswith("train-") and f"model saved to {Path('runs') / output.name}" in stdout
     assert (output / "history_loss.png").exists() and (output / "history_accuracy.png").exists()
     model = load_model(output)
-    assert model.vocabulary.words == imdb_data.vocabulary.words
+    assert model.vocabulary.words == imdb_data.vocabulary.words and model.metrics is not None
     assert model.metrics["test_accuracy"] == pytest.approx(test_accuracy, abs=1e-4)
     positive, negative = model.predict_texts(
         ["One of the best films I have seen: a wonderful, moving story and brilliant acting.",
@@ -296,3 +307,47 @@ def test_a_train_run_without_validation_killed_after_an_epoch_resumes_to_the_uni
         assert sorted(got_params.files) == sorted(want_params.files)
         assert all(np.array_equal(got_params[name], want_params[name]) for name in want_params.files)
     assert not (killed / "checkpoint").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# A run that did not learn says so.
+
+
+def test_a_run_that_blew_up_but_stayed_finite_warns_and_exits_3(corpus, tmp_path):
+    """--learning-rate 1e6 keeps the loss finite but huge: the run must not pass as a success."""
+    options = ["train", "--data-dir", corpus["data_dir"], "--cache-dir", corpus["cache_dir"], "--epochs", "3", "--batch-size", "8",
+               "--learning-rate", "1e6", "--no-progress", "--compile-cache", "off"]
+    status, stdout, stderr = _run([*options, "--output", str(tmp_path / "text")])
+    assert status == 3, stderr
+    warnings = [line for line in stderr.splitlines() if line.startswith("imdb-jax train: warning: the model did not learn: ")]
+    assert warnings and "times a constant guess" in " ".join(warnings), stderr
+    table = stdout.splitlines()[2:6]  # header and three epochs, every column in its place
+    assert table[0].split() == ["epoch", "loss", "accuracy"] and len({len(line) for line in table}) == 1, table
+    assert "3 epochs" in stdout and (tmp_path / "text" / "model.json").is_file()  # saved all the same, to look at
+
+    status, stdout, stderr = _run([*options, "--output", str(tmp_path / "json"), "--json"])
+    report = json.loads(stdout)
+    assert status == 3 and report["exit_status"] == 3 and report["learned"] is False
+    assert report["problems"] and all(problem in stderr for problem in report["problems"])
+
+
+def test_learning_problems_name_each_way_a_run_fails():
+    from imdb_jax.cli.train import learning_problems
+
+    labels = np.array([1, 0, 0, 0], np.float32)  # a constant guess: accuracy 0.75, loss 0.5623
+    fine = {"loss": [0.6, 0.3], "accuracy": [0.75, 0.9], "diverged": [False, False]}
+    assert learning_problems(fine, labels) == []
+    chance = {"loss": [0.6, 0.55], "accuracy": [0.75, 0.75], "diverged": [False, False]}
+    assert learning_problems(chance, labels) == ["its final training accuracy 0.7500 is no better than always answering the majority label (0.7500)"]
+    grew = {"loss": [0.05, 30.0], "accuracy": [1.0, 1.0], "diverged": [False, False]}  # 600 times its lowest epoch
+    assert learning_problems(grew, labels) == ["its final training loss 30 is 600 times its lowest (0.0500)"]
+    nan = {"loss": [0.6, float("nan")], "accuracy": [0.8, float("nan")], "diverged": [False, True]}
+    assert learning_problems(nan, labels) == ["the training loss became NaN or infinite (the run diverged)"]
+
+
+def test_one_epoch_is_not_one_epochs(corpus, tmp_path):
+    status, stdout, stderr = _run(["train", "--data-dir", corpus["data_dir"], "--cache-dir", corpus["cache_dir"], "--epochs", "1",
+                                   "--batch-size", "8", "--learning-rate", "0.01", "--no-progress", "--compile-cache", "off",
+                                   "--output", str(tmp_path / "one")])
+    assert status in (0, 3), stderr
+    assert ", 1 epoch, batch 8" in stdout and "1 epochs" not in stdout

@@ -45,6 +45,24 @@ def load_data(args: argparse.Namespace, num_words: int) -> Any:
     )
 
 
+def check_data_options(args: argparse.Namespace) -> None:
+    """The data options' values (`add_data_options`), each refused naming the option typed,
+    before anything is loaded or imported."""
+    from imdb_jax.data.features import MAX_NGRAMS
+
+    if getattr(args, "num_words", None) is not None:
+        positive("--num-words", args.num_words)
+    ngrams = getattr(args, "ngrams", 1)
+    if not 1 <= ngrams <= MAX_NGRAMS:
+        raise ImdbJaxError(f"--ngrams must be from 1 to {MAX_NGRAMS}, got {ngrams}")
+    positive("--min-count", getattr(args, "min_count", 1))
+
+
+def plural(count: int, noun: str) -> str:
+    """"1 epoch", "4 epochs"."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def positive(name: str, value: int) -> int:
     """`value`, or an `ImdbJaxError` naming the option when it is not a positive integer."""
     if value <= 0:

@@ -17,7 +17,8 @@ import functools
 import os
 import sys
 import tempfile
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
 from imdb_jax.errors import ImdbJaxError
 
@@ -37,17 +38,17 @@ def add_distributed_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--process-id", type=int, metavar="I", help="this process's number, 0 to N-1 (0 writes the output)")
 
 
-def distributed_command(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Wraps a command's `run(args)`: joins the run first, keeps the other processes quiet
-    and their files out of the output folder, and makes every process leave with the same
-    exit status."""
+def distributed_command(run: Callable[..., int]) -> Callable[..., int]:
+    """Wraps a command's `run(args, *checked)`: joins the run first, keeps the other processes
+    quiet and their files out of the output folder, and makes every process leave with the same
+    exit status. Joining imports JAX: check the options before calling the wrapped function."""
 
     @functools.wraps(run)
-    def wrapped(args: argparse.Namespace) -> int:
+    def wrapped(args: argparse.Namespace, *checked: Any) -> int:
         from imdb_jax.train import distributed
 
         if not distributed.initialize(args.coordinator, args.num_processes, args.process_id):
-            return run(args)
+            return run(args, *checked)
         import jax
 
         main = jax.process_index() == 0
@@ -58,7 +59,7 @@ def distributed_command(run: Callable[[argparse.Namespace], int]) -> Callable[[a
                 args.no_progress = True
                 stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w", encoding="utf-8"))))
             try:
-                status = int(run(args) or 0)
+                status = int(run(args, *checked) or 0)
             except distributed.LostProcess as error:
                 # The run is over and JAX's shutdown barrier would wait for the lost process
                 # until its heartbeat times out: say why and leave now.

@@ -58,7 +58,7 @@ class Guard:
                 pass
             os._exit(INTERRUPTED)
 
-    def __enter__(self) -> "Guard":
+    def __enter__(self) -> Guard:
         if not self.hard:
             return self
         self._previous_hook, sys.unraisablehook = sys.unraisablehook, self._unraisable
@@ -100,4 +100,5 @@ class Guard:
     def _unraisable(self, unraisable: Any) -> None:
         if isinstance(unraisable.exc_value, KeyboardInterrupt):
             self.interrupted()
-        self._previous_hook(unraisable)
+        if self._previous_hook is not None:
+            self._previous_hook(unraisable)

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from imdb_jax.cli._common import add_data_options
+from imdb_jax.cli._common import add_data_options, check_data_options
 from imdb_jax.data.sources import SOURCES
 from imdb_jax.errors import ImdbJaxError
 
@@ -15,7 +15,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "data",
         help="load the IMDb reviews (building the cache if needed) and summarise them",
-        description=__doc__.splitlines()[0].split(": ", 1)[1],
+        description=(__doc__ or "").splitlines()[0].split(": ", 1)[1],
     )
     add_data_options(parser)
     parser.add_argument("--held-out", type=int, default=0, metavar="N", help="fit the features without the first N training reviews (default: 0)")
@@ -48,10 +48,11 @@ def summarise(data: Any) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_data_options(args)
+    if args.held_out < 0:
+        raise ImdbJaxError(f"--held-out must be 0 (none) or a number of training reviews, got {args.held_out}")
     from imdb_jax.data.imdb import load_imdb
 
-    if args.num_words <= 0:
-        raise ImdbJaxError(f"--num-words must be a positive integer, got {args.num_words}")
     data = load_imdb(
         num_words=args.num_words,
         ngrams=args.ngrams,
@@ -71,14 +72,15 @@ def run(args: argparse.Namespace) -> int:
     if summary["cache_path"] is None:
         cache_note = "tokenised, no cache"
     print(f"source:        {summary['source']}")
-    unit = "words" if data.features.plain else "features"
+    plain = data.features is None or data.features.plain
+    unit = "words" if plain else "features"
     for name in ("train", "test"):
         print(
             f"{name + ':':<14} {summary[f'{name}_reviews']:>6} reviews  "
             f"({summary[f'{name}_positive']} positive, {summary[f'{name}_negative']} negative), "
             f"{summary[f'{name}_mean_unique_words']:.1f} unique {unit} per review on average"
         )
-    if data.features.plain:
+    if plain:
         print(f"vocabulary:    {summary['num_words']} words (most frequent in train)")
     else:
         print(

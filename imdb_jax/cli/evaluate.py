@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 from imdb_jax.cli import _checks as checks
 from imdb_jax.cli._common import add_data_options, load_data, print_json
@@ -13,7 +14,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate",
         help="loss and accuracy of a saved model on the test reviews",
-        description=__doc__.splitlines()[0].split(": ", 1)[1],
+        description=(__doc__ or "").splitlines()[0].split(": ", 1)[1],
         usage="%(prog)s --model DIR [options]",
     )
     parser.add_argument("--model", required=True, help="model folder written by `imdb-jax train` or `imdb-jax tune`")
@@ -24,7 +25,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def scoring_split(model, args: argparse.Namespace):
+def scoring_split(model: Any, args: argparse.Namespace) -> tuple[Any, str]:
     """The test reviews vectorised with the model's own vocabulary, and how they were obtained.
 
     The cached matrices of `load_imdb(num_words=model's)` are used when their vocabulary is the
@@ -52,6 +53,7 @@ def scoring_split(model, args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     checks.batch_size(args.batch_size)
+    checks.model_folder(args.model)
     checks.enable_compile_cache(args)
     from imdb_jax.saved.ensemble import EnsembleModel
     from imdb_jax.saved.loading import load_model

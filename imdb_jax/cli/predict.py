@@ -19,7 +19,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "predict",
         help="probability and label (positive/negative) of raw reviews",
-        description=__doc__.splitlines()[0].split(": ", 1)[1],
+        description=(__doc__ or "").splitlines()[0].split(": ", 1)[1],
         usage="%(prog)s --model DIR [--json] [--explain [--top K]] [TEXT ...]",
     )
     parser.add_argument("--model", required=True, help="model folder written by `imdb-jax train` or `imdb-jax tune`")
@@ -106,6 +106,7 @@ def _reasons(entry: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     if args.explain:
         positive("--top", args.top)
+    checks.model_folder(args.model)
     checks.enable_compile_cache(args)
     from imdb_jax.saved.loading import load_model
 

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from imdb_jax.cli import _checks as checks
-from imdb_jax.cli._common import add_data_options, default_output, load_data, positive, print_json
+from imdb_jax.cli._common import (
+    add_data_options,
+    check_data_options,
+    default_output,
+    load_data,
+    plural,
+    positive,
+    print_json,
+)
 from imdb_jax.cli._distributed import add_distributed_options, distributed_command
 from imdb_jax.errors import ImdbJaxError
 
@@ -18,7 +25,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "study",
         help="train the seed's study (units, layers, epochs, regularization, dropout) as vmapped runs",
-        description=__doc__.splitlines()[0].split(": ", 1)[1],
+        description=(__doc__ or "").splitlines()[0].split(": ", 1)[1],
     )
     parser.add_argument("experiments", nargs="*", metavar="EXPERIMENT", help=f"one or more of: {names}")
     parser.add_argument("--spec", metavar="FILE", help="a JSON or TOML list of variant specs to study (experiment 'custom')")
@@ -47,6 +54,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="continue the killed study in --output from its last finished epoch (same command otherwise); the result is the uninterrupted one",
     )
+    checks.add_overwrite_option(parser)
     add_data_options(parser)
     add_distributed_options(parser)
     checks.add_compile_cache_option(parser)
@@ -55,29 +63,38 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 
-@distributed_command
 def run(args: argparse.Namespace) -> int:
+    # Every value is checked before JAX is imported (joining a multi-process run imports it),
+    # and the output folder claimed before the data is loaded or anything compiles.
+    return _run(args, _checked_variants(args))
+
+
+def _checked_variants(args: argparse.Namespace) -> list:
+    """The experiments and specs to study, once every option's value has been checked."""
     from imdb_jax.specs import load_specs
     from imdb_jax.study import select_experiments
 
-    # Every option is checked, and the output folder made and proved writable, before the data
-    # is loaded or anything compiles.
     positive("--epochs", args.epochs)
     checks.batch_size(args.batch_size)
     positive("--validation", args.validation)
     positive("--seeds", args.seeds)
-    positive("--num-words", args.num_words)
+    check_data_options(args)
     if args.resume and not args.output:
         raise ImdbJaxError("--resume needs --output: the folder of the study to continue")
     if not args.experiments and not args.spec:
         raise ImdbJaxError("name at least one experiment (units, layers, epochs, regularization, dropout or all) or pass --spec FILE")
     chosen = list(args.experiments) + (load_specs(args.spec) if args.spec else [])
     select_experiments(chosen)
-    with checks.output_folder(args.output or default_output("study")) as output:
+    return chosen
+
+
+@distributed_command
+def _run(args: argparse.Namespace, chosen: list) -> int:
+    with checks.output_folder(args.output or default_output("study"), resume=args.resume, overwrite=args.overwrite) as output:
         return _study(args, chosen, output)
 
 
-def _study(args: argparse.Namespace, chosen: list, output: Path) -> int:
+def _study(args: argparse.Namespace, chosen: list, output: checks.Output) -> int:
     checks.enable_compile_cache(args)
     from imdb_jax.study import run_study
 
@@ -86,7 +103,7 @@ def _study(args: argparse.Namespace, chosen: list, output: Path) -> int:
     result = run_study(
         chosen,
         data,
-        output_dir=output,
+        output_dir=output.work,
         validation=args.validation,
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -100,12 +117,15 @@ def _study(args: argparse.Namespace, chosen: list, output: Path) -> int:
         log_dir=args.logdir,
     )
     summary = result.summary
+    if output.replacing:
+        _name_final_paths(summary, output)
+    output.commit()
     best = next((variant for variant in summary["variants"] if variant["name"] == summary["best_variant"]), None)
     retrain = summary["retrain"]
     if args.json:
         print_json(
             {
-                "output": str(output),
+                "output": str(output.path),
                 "experiments": {name: [summary["variants"][index]["name"] for index in indices] for name, indices in summary["experiments"].items()},
                 "variants": len(summary["variants"]),
                 "epochs": args.epochs,
@@ -121,7 +141,7 @@ def _study(args: argparse.Namespace, chosen: list, output: Path) -> int:
         return 0
 
     print(
-        f"{len(summary['variants'])} variants x {args.seeds} seeds, {args.epochs} epochs; {summary['settings']['train_reviews']} "
+        f"{plural(len(summary['variants']), 'variant')} x {plural(args.seeds, 'seed')}, {plural(args.epochs, 'epoch')}; {summary['settings']['train_reviews']} "
         f"training reviews, first {summary['settings']['validation_reviews']} held out; figures are means ± sd over seeds"
     )
     print(f"{'variant':<24} {'best epoch':>10} {'min val loss':>17} {'val acc':>17}  experiments")
@@ -133,9 +153,21 @@ def _study(args: argparse.Namespace, chosen: list, output: Path) -> int:
     for record in summary["runs"]:
         print(f"run {record['label']}: {record['wall_s']:.1f} s ({record['compile_s']:.1f} s compiling), first layer {record['first_layer']}")
     if retrain is not None:
-        print(f"retrained {retrain['variant']} for {retrain['epochs']} epochs on {retrain['train_reviews']} reviews: test loss {retrain['test_loss']:.4f}, test accuracy {retrain['test_accuracy']:.4f}")
-    print(f"wall time {summary['wall_s']:.1f} s; wrote {output / 'study.json'}, {output / 'report.md'} and {len(summary['figures'])} figures")
+        print(f"retrained {retrain['variant']} for {plural(retrain['epochs'], 'epoch')} on {retrain['train_reviews']} reviews: test loss {retrain['test_loss']:.4f}, test accuracy {retrain['test_accuracy']:.4f}")
+    print(f"wall time {summary['wall_s']:.1f} s; wrote {output.path / 'study.json'}, {output.path / 'report.md'} and {plural(len(summary['figures']), 'figure')}")
     return 0
+
+
+def _name_final_paths(summary: dict, output: checks.Output) -> None:
+    """study.json as written in the staging folder names the retrained model's folder there:
+    name it where it will be once the staging folder takes the output folder's place."""
+    from imdb_jax.atomic import write_json
+    from imdb_jax.study.runner import STUDY_FILE
+
+    retrain = summary.get("retrain")
+    if retrain and retrain.get("model_dir"):
+        retrain["model_dir"] = str(output.final(retrain["model_dir"]))
+        write_json(output.work / STUDY_FILE, summary)
 
 
 def _pm(stats: dict) -> str:

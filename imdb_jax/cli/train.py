@@ -6,18 +6,20 @@ import argparse
 import dataclasses
 import math
 import shutil
+import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from imdb_jax.cli import _checks as checks
 from imdb_jax.cli._common import (
     add_data_options,
+    check_data_options,
     default_output,
     device_names,
     label_of,
     load_data,
     parse_hidden_units,
+    plural,
     positive,
     print_json,
 )
@@ -28,12 +30,19 @@ CHECKPOINT = "checkpoint"  # inside --output while training: what --resume conti
 
 SAMPLE_PREDICTIONS = 10
 
+# Exit status of a run that finished but did not learn (`learning_problems`); the model is saved
+# all the same, for a look at what went wrong.
+DID_NOT_LEARN = 3
+# A final training loss this many times a constant guess's (or the run's own lowest) is one that
+# grew by orders of magnitude: a learning rate far too high, typically.
+LOSS_GROWTH = 100.0
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
         help="train a model, score it on the test reviews and save it",
-        description=__doc__.splitlines()[0].split(": ", 1)[1],
+        description=(__doc__ or "").splitlines()[0].split(": ", 1)[1],
         usage="%(prog)s [options]",
     )
     parser.add_argument("--hidden-units", default="16,16", help="hidden layer widths, first to last (default: 16,16)")
@@ -69,6 +78,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="continue the killed run in --output from its last finished epoch (same command otherwise); the result is the uninterrupted one",
     )
+    checks.add_overwrite_option(parser)
     add_data_options(parser)
     add_distributed_options(parser)
     checks.add_compile_cache_option(parser)
@@ -92,15 +102,19 @@ def best_epochs(history: dict[str, list]) -> dict[str, Any]:
     }
 
 
-@distributed_command
 def run(args: argparse.Namespace) -> int:
+    # Every value is checked before JAX is imported (joining a multi-process run imports it),
+    # and the output folder claimed before the data is loaded or anything compiles.
+    return _run(args, _checked_config(args))
+
+
+def _checked_config(args: argparse.Namespace) -> Any:
+    """The model's `ModelConfig` from the options, once every option's value has been checked."""
     from imdb_jax.config import ModelConfig
 
-    # Every option is checked, and the output folder made and proved writable, before the data
-    # is loaded or anything compiles.
     positive("--epochs", args.epochs)
     checks.batch_size(args.batch_size)
-    positive("--num-words", args.num_words)
+    check_data_options(args)
     if args.validation < 0:
         raise ImdbJaxError(f"--validation must be 0 (none) or a number of reviews to hold out, got {args.validation}")
     if args.restore_best and not args.validation:
@@ -117,11 +131,51 @@ def run(args: argparse.Namespace) -> int:
             weight_decay=args.weight_decay,
             learning_rate=args.learning_rate,
         )
-    with checks.output_folder(args.output or default_output("train")) as output:
+    return config
+
+
+def learning_problems(history: dict[str, list], labels: Any) -> list[str]:
+    """Why a finished run did not learn, one sentence each; empty when it did.
+
+    A run did not learn when its last epoch diverged (NaN), when its final training accuracy is no
+    better than always answering the training reviews' majority label, or when its final training
+    loss is `LOSS_GROWTH` times (or more) the loss of a constant guess of the positive rate, or of
+    the run's own lowest epoch. A learning rate of 1e6, say, stays finite but does all three.
+
+    Args:
+      history: `fit`'s history ("loss", "accuracy", "diverged": one value per epoch).
+      labels: float32[reviews] the training labels (0/1).
+    """
+    if history["diverged"][-1]:
+        return ["the training loss became NaN or infinite (the run diverged)"]
+    positive_rate = float(labels.sum()) / max(len(labels), 1)
+    majority = max(positive_rate, 1.0 - positive_rate)
+    accuracy, losses = history["accuracy"][-1], history["loss"]
+    problems = []
+    if accuracy <= majority:
+        problems.append(f"its final training accuracy {accuracy:.4f} is no better than always answering the majority label ({majority:.4f})")
+    guess = -sum(rate * math.log(rate) for rate in (positive_rate, 1.0 - positive_rate) if rate > 0)
+    reference = min([guess, *(loss for loss in losses if math.isfinite(loss))])
+    if reference > 0 and losses[-1] >= LOSS_GROWTH * reference:
+        problems.append(f"its final training loss {losses[-1]:.4g} is {losses[-1] / reference:.3g} times {'a constant guess' if reference == guess else 'its lowest'} ({reference:.4f})")
+    return problems
+
+
+def _cell(value: float) -> str:
+    """A number in a 12-character column: 4 decimals, or 4 significant digits when that is too wide."""
+    text = f"{value:>12.4f}"
+    return text if len(text) <= 12 else f"{value:>12.4g}"
+
+
+@distributed_command
+def _run(args: argparse.Namespace, config: Any) -> int:
+    with checks.output_folder(args.output or default_output("train"), resume=args.resume, overwrite=args.overwrite) as output:
+        if args.resume and not (output.work / CHECKPOINT).exists() and (output.work / "model.json").exists():
+            raise ImdbJaxError(f"the run in {output.path} is already finished (a saved model, no checkpoint): nothing to resume")
         return _train(args, config, output)
 
 
-def _train(args: argparse.Namespace, config: Any, output: Path) -> int:
+def _train(args: argparse.Namespace, config: Any, output: checks.Output) -> int:
     checks.enable_compile_cache(args)
     from imdb_jax.plots import plot_history
     from imdb_jax.saved.model_folder import save_model
@@ -154,7 +208,7 @@ def _train(args: argparse.Namespace, config: Any, output: Path) -> int:
         first_layer=args.first_layer,
         progress=not args.no_progress,
         restore_best=args.restore_best,
-        checkpoint_dir=output / CHECKPOINT,
+        checkpoint_dir=output.work / CHECKPOINT,
         resume=args.resume,
     )
     if board is not None:  # `fit` has no per-epoch hook: the finished curves are written at once
@@ -175,9 +229,10 @@ def _train(args: argparse.Namespace, config: Any, output: Path) -> int:
         "num_train": len(train),
         "num_validation": 0 if validation is None else len(validation),
     }
-    save_model(output, state, config, data.vocabulary, history, metrics)
-    shutil.rmtree(output / CHECKPOINT, ignore_errors=True)  # the model is saved: nothing to resume
-    plots = plot_history(history, output / "history")
+    save_model(output.work, state, config, data.vocabulary, history, metrics)
+    shutil.rmtree(output.work / CHECKPOINT, ignore_errors=True)  # the model is saved: nothing to resume
+    plots = [output.final(path) for path in plot_history(history, output.work / "history")]
+    output.commit()
     seconds = {
         "load_data": loaded - started,
         "fit": trained - loaded,
@@ -185,6 +240,10 @@ def _train(args: argparse.Namespace, config: Any, output: Path) -> int:
         "total": time.perf_counter() - started,
     }
     best = best_epochs(history) if validation is not None else {}
+    problems = learning_problems(history, train.y)
+    for problem in problems:
+        print(f"imdb-jax train: warning: the model did not learn: {problem}", file=sys.stderr, flush=True)
+    status = DID_NOT_LEARN if problems else 0
 
     if args.json:
         print_json(
@@ -192,28 +251,31 @@ def _train(args: argparse.Namespace, config: Any, output: Path) -> int:
                 **metrics,
                 **best,
                 "history": history,
-                "output": str(output),
+                "output": str(output.path),
                 "plots": [str(path) for path in plots],
                 "config": config.to_dict(),
                 "seconds": seconds,
                 # Includes compilation, which the first epoch pays.
                 "fit_seconds_per_epoch": seconds["fit"] / args.epochs,
                 "devices": device_names(),
+                "learned": not problems,
+                "problems": problems,
+                "exit_status": status,
             }
         )
-        return 0
+        return status
 
     held_out = f", first {len(validation)} held out for validation" if validation is not None else ""
     print(f"data: {len(train)} training reviews{held_out}; {len(data.test)} test reviews; {data.num_words} words ({data.source})")
     print(
-        f"model: hidden {'-'.join(map(str, config.hidden_units))}, {args.epochs} epochs, batch {args.batch_size}, "
+        f"model: hidden {'-'.join(map(str, config.hidden_units))}, {plural(args.epochs, 'epoch')}, batch {args.batch_size}, "
         f"seed {args.seed}; trained in {seconds['fit']:.1f} s ({seconds['fit'] / args.epochs:.2f} s/epoch "
         f"including compilation) on {', '.join(device_names())}"
     )
     columns = ["loss", "accuracy"] + (["val_loss", "val_accuracy"] if validation is not None else [])
     print("epoch  " + "  ".join(f"{name:>12}" for name in columns))
     for epoch in range(args.epochs):
-        print(f"{epoch + 1:>5}  " + "  ".join(f"{history[name][epoch]:>12.4f}" for name in columns))
+        print(f"{epoch + 1:>5}  " + "  ".join(_cell(history[name][epoch]) for name in columns))
     if best:
         print(
             f"best validation loss {best['best_val_loss']:.4f} at epoch {best['best_val_loss_epoch']} "
@@ -224,5 +286,5 @@ def _train(args: argparse.Namespace, config: Any, output: Path) -> int:
     print(f"predictions on the first {sample} test reviews:")
     for probability, label in zip(probabilities, data.test.y[:sample]):
         print(f"  {probability:.4f}  {label_of(probability):<8}  (label: {label_of(label)})")
-    print(f"model saved to {output}; plots: {', '.join(str(path) for path in plots)}")
-    return 0
+    print(f"model saved to {output.path}; plots: {', '.join(str(path) for path in plots)}")
+    return status
