@@ -195,13 +195,21 @@ def test_bad_arguments(fake_aclimdb, kwargs, match):
 # ---------------------------------------------------------------- cache
 
 
-def test_second_load_comes_from_the_cache(tmp_path, fake_aclimdb):
+def test_second_load_comes_from_the_cache(tmp_path, fake_aclimdb, monkeypatch):
+    import imdb_jax.data.imdb
+
     cold = load_imdb(num_words=8, data_dir=fake_aclimdb, cache_dir=tmp_path / "c", progress=False)
     assert not cold.from_cache and cold.cache_path.is_file()
     assert cold.cache_path.parent == tmp_path / "c"
+
+    def no_tokenising(*args, **kwargs):
+        raise AssertionError("a warm load read and tokenised the reviews again")
+
+    # What makes a warm load fast, checked as what it does rather than in seconds (which depend
+    # on the machine and its load): it reads no review.
+    monkeypatch.setattr(imdb_jax.data.imdb, "_tokenised", no_tokenising)
     warm = load_imdb(num_words=8, data_dir=fake_aclimdb, cache_dir=tmp_path / "c", progress=False)
     assert warm.from_cache and warm.cache_path == cold.cache_path
-    assert warm.load_seconds < 1.0
     assert_same_data(cold, warm)
     assert [p.name for p in (tmp_path / "c").iterdir()] == [cold.cache_path.name]  # no temp files left
 
@@ -512,14 +520,19 @@ def test_real_vocabulary_is_the_top_training_words(imdb_data, real_data_dir):
     assert imdb_data.vocab == expected  # counted over train only: test words would change the ranks
 
 
-def test_real_warm_load_is_fast_and_identical(imdb_data, real_data_dir, imdb_cache_dir):
+def test_real_warm_load_is_fast_and_identical(imdb_data, real_data_dir, imdb_cache_dir, monkeypatch):
+    import imdb_jax.data.imdb
+
     assert imdb_data.cache_path is not None and imdb_data.cache_path.parent == imdb_cache_dir
     size_mb = imdb_data.cache_path.stat().st_size / 1e6
+    monkeypatch.setattr(imdb_jax.data.imdb, "_tokenised", lambda *args, **kwargs: pytest.fail("the warm load tokenised the reviews"))
     start = time.perf_counter()
     warm = load_imdb(num_words=10000, data_dir=real_data_dir, cache_dir=imdb_cache_dir, source="tfds", progress=False)
     seconds = time.perf_counter() - start
     print(f"cold {imdb_data.load_seconds:.1f} s (from cache: {imdb_data.from_cache}), warm {seconds:.2f} s, "
           f"cache {size_mb:.1f} MB")
-    assert warm.from_cache and seconds < 1.0
+    assert warm.from_cache
+    if not imdb_data.from_cache:  # measured against the cold load of the same session, on the same machine
+        assert seconds < imdb_data.load_seconds / 5
     assert size_mb < 40
     assert_same_data(imdb_data, warm)

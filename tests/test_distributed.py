@@ -149,7 +149,9 @@ def test_an_unreachable_coordinator_is_a_clear_error(tmp_path, compile_cache):
                      "--num-processes", 2, "--process-id", 1], tmp_path / "cache", compile_cache, devices=1,
                     initialization_timeout=2)
     status, _, err = finish(process, timeout=60)
-    assert status == 2 and time.monotonic() - started < 30
+    # Its own 2 s timeout, not JAX's default of 300 s (the rest is starting Python and JAX, which
+    # takes longer on a loaded machine).
+    assert status == 2 and time.monotonic() - started < 150
     assert "cannot reach the coordinator at 127.0.0.1:" in err and "initialization_timeout=2 s" in err
     assert not (tmp_path / "out").exists()
 

@@ -307,7 +307,16 @@ def test_ensemble_folder_round_trip(two_models, tmp_path, write_aclimdb):
                                    str(tmp_path / "cache"), "--no-progress", "--json"])
     assert status == 0, stderr
     scored = json.loads(stdout)
-    assert scored["num_test"] == 4 and 0 <= scored["test_accuracy"] <= 1 and math.isfinite(scored["test_loss"])
+    # The test reviews written above, scored by the ensemble's own predictions (metrics are means:
+    # their order does not matter).
+    from conftest import FAKE_REVIEWS
+
+    test_texts = [text.decode() for label in ("pos", "neg") for text in FAKE_REVIEWS[("test", label)].values()]
+    test_labels = np.array([1.0, 1.0, 0.0, 0.0], np.float32)
+    wanted = binary_metrics(0.75 * two_models[0].predict_texts(test_texts) + 0.25 * two_models[1].predict_texts(test_texts), test_labels)
+    assert scored["num_test"] == 4 and math.isfinite(scored["test_loss"])
+    assert scored["test_accuracy"] == pytest.approx(wanted["accuracy"], abs=1e-9)
+    assert scored["test_loss"] == pytest.approx(wanted["loss"], rel=1e-5)
 
 
 def test_bad_ensembles(two_models, tmp_path):

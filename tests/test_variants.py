@@ -150,7 +150,11 @@ def test_numeric_settings_do_not_recompile(together):
     result = run(changed)
     assert (train_epoch._cache_size(), sum_over_batches._cache_size()) == compiled
     assert result.layout == together.layout
-    assert all(result.histories[i]["loss"] != together.histories[i]["loss"] for i in range(len(SPECS)))
+    # The reused programs took the new numbers (not the first run's, compiled in): each variant
+    # is bitwise what `fit` gives it alone.
+    for index, spec in enumerate(changed):
+        alone = fit(spec.config(NUM_WORDS), TRAIN, VALIDATION, epochs=EPOCHS, batch_size=BATCH, seed=spec.seed, shuffle_seed=0, progress=False)
+        assert_bitwise(result, index, *alone)
 
 
 @pytest.fixture(scope="module")
@@ -290,11 +294,13 @@ def test_variant_axis_shards_over_four_devices(with_exploding):
     found = json.loads(done.stdout.strip().splitlines()[-1])
     assert found["mesh_devices"] == 4 and "variants" in found["spec"]
     assert found["stacked_rows"] == 4 and found["shard_rows"] == [1]  # one shard of the fused kernel per device
-    assert len(jax.devices()) == 1
-    expected = json.loads(json.dumps({"histories": with_exploding.histories}))["histories"]
+    reference = with_exploding
+    if jax.default_backend() != "cpu" or len(jax.devices()) != 1:  # this process has other devices: train on one CPU
+        reference = run(SPECS + [EXPLODING], devices=jax.devices("cpu")[:1])
+    expected = json.loads(json.dumps({"histories": reference.histories}))["histories"]
     for index, (history, params) in enumerate(zip(found["histories"], found["params"])):
         assert history == expected[index]
-        for sharded, single in zip(params, leaves(with_exploding.state(index))):
+        for sharded, single in zip(params, leaves(reference.state(index))):
             assert np.array_equal(np.asarray(sharded, np.float32), single)
     assert any(found["histories"][len(SPECS)]["diverged"])
 
