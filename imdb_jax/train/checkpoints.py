@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -142,6 +143,31 @@ def save(folder: str | Path, state: FusedState, records: list[dict[str, Any]], m
     _fault("description written")
 
 
+def _read_on_process_0(file: Path) -> bytes | OSError | None:
+    """The checkpoint's bytes as process 0 reads them (None: there is none), in every process.
+
+    Only process 0 writes checkpoints (the others may have no access to its folder): across
+    processes it reads the file and broadcasts it, so that every process resumes from the same
+    state (or all start afresh, or all fail alike).
+    """
+    data: bytes | OSError | None = None
+    if jax.process_index() == 0 and file.exists():
+        try:
+            data = file.read_bytes()
+        except OSError as error:
+            data = error
+    if jax.process_count() == 1:
+        return data
+    from jax.experimental import multihost_utils
+
+    size = -1 if data is None else -2 if isinstance(data, OSError) else len(data)
+    size = int(multihost_utils.broadcast_one_to_all(np.asarray(size, np.int32)))
+    if size < 0:
+        return data if jax.process_index() == 0 else None if size == -1 else OSError(f"process 0 cannot read {file}")
+    buffer = np.frombuffer(data, np.uint8) if isinstance(data, bytes) else np.zeros(size, np.uint8)
+    return np.asarray(multihost_utils.broadcast_one_to_all(buffer)).tobytes()
+
+
 def load(
     folder: str | Path, template: FusedState, meta: dict[str, Any], *, force: bool = False
 ) -> tuple[FusedState, list[dict[str, Any]]] | None:
@@ -160,10 +186,13 @@ def load(
         shuffle seed or devices), was written under another JAX (unless `force`), or is damaged.
     """
     folder = Path(folder)
-    if not (folder / ARRAYS).exists():
+    data = _read_on_process_0(folder / ARRAYS)
+    if data is None:
         return None
     try:
-        with np.load(folder / ARRAYS) as archive:
+        if isinstance(data, OSError):
+            raise data
+        with np.load(io.BytesIO(data)) as archive:
             arrays = {name: archive[name] for name in archive.files}
         if DESCRIPTION in arrays:
             saved_meta = json.loads(str(arrays.pop(DESCRIPTION)))
