@@ -218,6 +218,17 @@ def test_predict_json_keeps_every_line_and_marks_the_unscorable(tiny_model, monk
     assert all(ord(char) < 128 for char in stdout)  # JSON escapes everything else
 
 
+def test_predict_explain_follows_each_scored_line_with_one_why_line(tiny_model, monkeypatch):
+    """README: one line per input line, and with --explain one `why:` line after each scored one."""
+    _stdin(monkeypatch, b"great film\n\nzzz unknown\nawful plot fun\n")
+    status, stdout, stderr = _run(["predict", "--model", str(tiny_model), "--explain", "--top", "2"])
+    assert status == 0, stderr
+    lines = stdout.splitlines()
+    assert [line.split()[0] == "why:" for line in lines] == [False, True, False, False, False, True]
+    assert lines[0].endswith("great film") and "(empty review)" in lines[2] and "(no known words)" in lines[3]
+    assert lines[4].endswith("awful plot fun") and len(lines[5].split(", ")) <= 2
+
+
 def test_predict_arguments_get_the_same_treatment(tiny_model):
     status, stdout, _ = _run(["predict", "--model", str(tiny_model), "", "great\x1b[2J", "nothing known"])
     assert status == 0

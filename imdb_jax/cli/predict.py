@@ -25,7 +25,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", required=True, help="model folder written by `imdb-jax train` or `imdb-jax tune`")
     parser.add_argument(
         "texts", nargs="*", metavar="TEXT",
-        help="reviews; without any, one review per line of standard input (every line, blank ones too, gets one output line)",
+        help="reviews; without any, one review per line of standard input (every line, blank ones too, gets one output line; with --explain a 'why:' line follows each scored one)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON line")
     parser.add_argument(

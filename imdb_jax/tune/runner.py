@@ -50,11 +50,13 @@ The search space (``SearchSpace``; ``BUDGETS`` names three sizes) and why:
 Every choice above is made from validation figures; the test reviews are vectorised with the
 final features and scored once, after the choice is fixed.
 
-Measured (``benchmarks/bench_tune.py``, the shared 2-core CPU at load average 4): the default
-budget trains 42 variants and keeps an ensemble of naive-Bayes 1-3-gram and tf-idf 1-3-gram
-models, validation accuracy 0.9178 (best single 0.9165), **test accuracy 0.9229**, in 164 s from
-nothing (empty feature and compilation caches) and 93 s with both cached; scikit-learn's
-naive-Bayes 1-3-gram LogisticRegression, C chosen the same way, tests at 0.9170 in 25 s.
+Measured (``benchmarks/bench_tune.py``, the figures README.md quotes; one machine: the project's
+shared 2-core x86-64 Intel Xeon VM, no accelerator, other jobs beside it; machines of this kind differ
+by 3-5x): the default budget trains 42 variants and keeps an ensemble of naive-Bayes 1-3-gram and
+tf-idf 1-3-gram models, validation accuracy 0.9178 (best single 0.9165), **test accuracy 0.9229**,
+in 140 s from nothing (empty feature and compilation caches) and 65 s with both cached;
+scikit-learn's naive-Bayes 1-3-gram LogisticRegression, C chosen the same way, tests at 0.9170 in
+19 s, in the same run.
 """
 
 from __future__ import annotations
