@@ -264,13 +264,21 @@ def test_help_and_option_errors_do_not_import_jax(argv):
         f"    status = main({argv!r})\n"
         "except SystemExit as exit:\n"
         "    status = exit.code\n"
-        "print('STATUS', status, 'JAX', 'jax' in sys.modules, [name for name in ('flax', 'optax', 'matplotlib') if name in sys.modules])\n"
+        "print('STATUS', status, 'JAX', 'jax' in sys.modules, [name for name in ('flax', 'optax', 'matplotlib', 'scipy') if name in sys.modules])\n"
     )
     result = _python(code)
     helpful = "--help" in argv or "--version" in argv
     assert result.stdout.splitlines()[-1] == f"STATUS {0 if helpful else 2} JAX False []", result.stderr
     if not helpful:
         assert ": error: " in result.stderr.splitlines()[-1] and "Traceback" not in result.stderr, result.stderr
+
+
+def test_the_cli_restates_the_feature_settings_it_checks():
+    """The options are checked without importing `imdb_jax.data.features` (it imports SciPy)."""
+    from imdb_jax.cli import _common
+    from imdb_jax.data import features
+
+    assert (_common.WEIGHTINGS, _common.MAX_NGRAMS) == (features.WEIGHTINGS, features.MAX_NGRAMS)
 
 
 def test_version_names_the_package_version():

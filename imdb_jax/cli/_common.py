@@ -10,14 +10,17 @@ from typing import Any
 
 from imdb_jax.errors import ImdbJaxError
 
+# `imdb_jax.data.features`' WEIGHTINGS and MAX_NGRAMS, restated: importing that module imports
+# SciPy, which would double the time an option error takes (tests check they agree).
+WEIGHTINGS = ("binary", "tfidf", "nb")
+MAX_NGRAMS = 8
+
 
 def add_data_options(parser: argparse.ArgumentParser, *, num_words: bool = True) -> None:
     """--data-dir, --cache-dir, [--num-words, --ngrams, --weighting, --min-count,] --no-progress."""
     parser.add_argument("--data-dir", help="TFDS data_dir, aclImdb folder or aclImdb_v1.tar.gz (default: $TFDS_DATA_DIR)")
     parser.add_argument("--cache-dir", help="cache folder (default: $IMDB_JAX_CACHE_DIR or ~/.cache/imdb_jax)")
     if num_words:
-        from imdb_jax.data.features import WEIGHTINGS
-
         parser.add_argument("--num-words", type=int, default=10000, help="features kept, the most frequent (default: 10000)")
         parser.add_argument("--ngrams", type=int, default=1, metavar="N", help="word n-grams up to N as features (default: 1, words)")
         parser.add_argument("--weighting", choices=WEIGHTINGS, default="binary", help="feature values: binary, tf-idf or naive-Bayes ratios (default: binary)")
@@ -48,8 +51,6 @@ def load_data(args: argparse.Namespace, num_words: int) -> Any:
 def check_data_options(args: argparse.Namespace) -> None:
     """The data options' values (`add_data_options`), each refused naming the option typed,
     before anything is loaded or imported."""
-    from imdb_jax.data.features import MAX_NGRAMS
-
     if getattr(args, "num_words", None) is not None:
         positive("--num-words", args.num_words)
     ngrams = getattr(args, "ngrams", 1)
