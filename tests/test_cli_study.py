@@ -116,5 +116,8 @@ def test_short_study_on_the_real_reviews(imdb_data, imdb_cache_dir, tmp_path, ca
         assert f"The 16-16 model's mean validation loss is lowest at epoch 1 ({sixteen['history']['val_loss'][0]:.4f}) and turns up" in report
     else:
         assert "The 16-16 model's mean validation loss is still at its lowest at the last epoch (2)" in report
-    assert set(stored["figures"]) == {"val_loss_epochs.png", "val_loss_custom.png", "train_vs_val_loss.png"}
+    assert set(stored["figures"]) == {
+        "val_loss_epochs.png", "val_loss_custom.png", "val_accuracy_epochs.png", "val_accuracy_custom.png",
+        "train_vs_val_loss.png", "train_vs_val_accuracy.png",
+    }
     assert (output / "model" / "model.json").is_file()
