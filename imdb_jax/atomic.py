@@ -155,14 +155,14 @@ class FolderInUse(OSError):
 def lock_path(path: str | os.PathLike) -> Path:
     """The lock file of folder `path`: `.NAME.lock` beside it (so it covers the folder and its
     staging folder alike, and outlives neither a swap nor a removal of the folder)."""
-    path = Path(path)
+    path = Path(os.path.abspath(path))  # "." and "runs/a/.." have a name only once made absolute
     return path.parent / f".{path.name}.lock"
 
 
 def staging_folder(path: str | os.PathLike) -> Path:
     """Where a folder that is to replace `path` is written first: `.NAME.partial` beside it (same
     file system, so the final rename is atomic)."""
-    path = Path(path)
+    path = Path(os.path.abspath(path))
     return path.parent / f".{path.name}.partial"
 
 

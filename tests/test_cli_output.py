@@ -110,6 +110,15 @@ def test_files_imdb_jax_did_not_write_are_never_replaced(no_work, tmp_path):
     assert _snapshot(tmp_path / "mine") == {"notes.txt": b"my notes"}
 
 
+def test_the_current_folder_is_never_swapped_away(no_work, tmp_path, monkeypatch):
+    folder = _earlier_model(tmp_path / "a")
+    before = _snapshot(folder)
+    monkeypatch.chdir(folder)
+    status, _, stderr = _run(["train", "--output", ".", "--overwrite"])
+    assert status == 2 and "holds the current folder" in stderr, stderr
+    assert _snapshot(folder) == before and _leftovers(folder) == []
+
+
 def test_resume_and_overwrite_together_are_refused(no_work, tmp_path):
     status, _, stderr = _run(["train", "--output", str(tmp_path / "a"), "--resume", "--overwrite"])
     assert status == 2 and "--resume and --overwrite contradict each other" in stderr

@@ -166,6 +166,8 @@ def _claimed(path: Path, staging: Path, *, resume: bool, overwrite: bool) -> Ite
         held = [described for name, described in EARLIER_RUN.items() if (path / name).exists()]
         if not held:
             raise ImdbJaxError(f"--output {path} holds files that imdb-jax did not write; choose another folder (an empty or new one)")
+        if overwrite and _holds_working_directory(path):
+            raise ImdbJaxError(f"--output {path} holds the current folder, which --overwrite cannot replace; run from outside it")
         if not overwrite:
             again = ", --resume to continue it" if any(name.startswith("checkpoint") for name in EARLIER_RUN if (path / name).exists()) else ""
             raise ImdbJaxError(f"--output {path} already holds {held[0]}; choose another folder{again}, or pass --overwrite to replace it")
@@ -187,6 +189,11 @@ def _claimed(path: Path, staging: Path, *, resume: bool, overwrite: bool) -> Ite
                 work.rmdir()  # only when empty
         raise
     output.commit()
+
+
+def _holds_working_directory(folder: Path) -> bool:
+    cwd, target = Path.cwd().resolve(), folder.resolve()
+    return cwd == target or target in cwd.parents
 
 
 def model_folder(path: str | Path) -> Path:
