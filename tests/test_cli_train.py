@@ -351,3 +351,15 @@ def test_one_epoch_is_not_one_epochs(corpus, tmp_path):
                                    "--output", str(tmp_path / "one")])
     assert status in (0, 3), stderr
     assert ", 1 epoch, batch 8" in stdout and "1 epochs" not in stdout
+
+
+def test_load_model_says_a_file_is_a_file(tmp_path):
+    from imdb_jax import load_model as load_any_model
+    from imdb_jax.errors import ImdbJaxError
+
+    (tmp_path / "afile").write_text("not a model")
+    for load in (load_any_model, load_model):
+        with pytest.raises(ImdbJaxError, match=r"afile is a file, not a model folder$"):
+            load(tmp_path / "afile")
+        with pytest.raises(ImdbJaxError, match=r"absent is not a model folder \(no such folder\)$"):
+            load(tmp_path / "absent")

@@ -322,7 +322,7 @@ def load_single_model(path: str | os.PathLike) -> SavedModel:
     """
     folder = Path(path)
     if not folder.is_dir():
-        raise ImdbJaxError(f"{folder} is not a model folder (no such folder)")
+        raise ImdbJaxError(f"{folder} is a file, not a model folder" if folder.is_file() else f"{folder} is not a model folder (no such folder)")
     model = _read_json(folder / MODEL_FILE, folder)
     if not isinstance(model, dict) or model.get("format") != FORMAT:
         raise ImdbJaxError(f"{folder} is not a model folder: {MODEL_FILE} is not an imdb_jax model description")
