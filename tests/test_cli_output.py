@@ -251,3 +251,15 @@ def test_the_lock_is_exclusive_within_one_process_too(tmp_path):
     assert not lock.exists()
     with atomic.folder_lock(tmp_path / "a"):
         pass
+
+
+def test_one_seed_and_one_epoch_are_singular(fake_aclimdb, tmp_path):
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps([{"hidden_units": [4]}]))
+    status, stdout, stderr = _run(["study", "--spec", str(spec), "--epochs", "1", "--seeds", "1", "--validation", "2", "--batch-size", "2",
+                                   "--data-dir", str(fake_aclimdb), "--cache-dir", str(tmp_path / "cache"), "--compile-cache", "off",
+                                   "--output", str(tmp_path / "one")])
+    assert status == 0, stderr
+    assert "1 variant x 1 seed, 1 epoch;" in stdout and "for 1 epoch on" in stdout, stdout
+    assert "1 variant x 1 seed (1 model)" in stderr and "retrained" in stderr, stderr
+    assert not [word for word in ("1 seeds", "1 epochs", "1 variants", "1 models") if word in stdout + stderr]

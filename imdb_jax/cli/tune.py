@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 
 from imdb_jax.cli import _checks as checks
-from imdb_jax.cli._common import add_data_options, check_data_options, default_output, positive, print_json
+from imdb_jax.cli._common import add_data_options, check_data_options, default_output, plural, positive, print_json
 
 BUDGET_HELP = {
     "quick": "2 feature sets, about 1.5 minutes on 2 CPU cores",
@@ -57,9 +57,9 @@ def run(args: argparse.Namespace) -> int:
         })
         return 0
     kind = f"an ensemble of {len(members)}" if result.choice.ensemble else "a single model"
-    print(f"{len(result.candidates)} variants searched; chose {kind} (validation accuracy {result.validation_accuracy:.4f}):")
+    print(f"{plural(len(result.candidates), 'variant')} searched; chose {kind} (validation accuracy {result.validation_accuracy:.4f}):")
     for member in members:
-        print(f"  {member['weight']:.3f}  {member['name']}  ({member['epochs']} epochs on all training reviews)")
+        print(f"  {member['weight']:.3f}  {member['name']}  ({plural(member['epochs'], 'epoch')} on all training reviews)")
     print(f"test accuracy: {result.test_accuracy:.4f}  test loss: {result.test_loss:.4f}  (scored once, after the choice)")
     seconds = summary["seconds"]
     stages = ", ".join(f"{stage} {value:.1f} s" for stage, value in seconds.items() if stage != "total")

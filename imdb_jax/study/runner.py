@@ -129,6 +129,11 @@ def _blocks(result: Any, names: Sequence[str]) -> list[dict[str, Any]]:
     ]
 
 
+def _count(count: int, noun: str) -> str:
+    """"1 seed", "4 seeds"."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def _say(progress: bool, message: str) -> None:
     if progress:
         print(f"study: {message}", file=sys.stderr, flush=True)
@@ -289,7 +294,7 @@ def run_study(
                 first_layer=first_layer,
                 devices=devices,
                 progress=progress,
-                description=f"study {label} ({len(indices)} variants x {seeds} seeds)",
+                description=f"study {label} ({_count(len(indices), 'variant')} x {_count(seeds, 'seed')})",
                 checkpoint_dir=output_dir / CHECKPOINTS / label,
                 resume=resume,
                 on_epoch_end=epoch_done,
@@ -312,7 +317,7 @@ def run_study(
             }
         )
         shapes = " | ".join(f"{'-'.join(map(str, block['hidden_units']))} x{len(block['variants'])}" for block in blocks)
-        _say(progress, f"{label}: {len(indices)} variants x {seeds} seeds ({len(todo)} models) [{shapes}], {wall:.1f} s ({clock.seconds:.1f} s compiling)")
+        _say(progress, f"{label}: {_count(len(indices), 'variant')} x {_count(seeds, 'seed')} ({_count(len(todo), 'model')}) [{shapes}], {wall:.1f} s ({clock.seconds:.1f} s compiling)")
 
     if board is not None:
         board.close()
@@ -388,5 +393,5 @@ def _retrain(spec, leader, data, output_dir, batch_size, shuffle_seed, first_lay
         record["model_dir"] = str(save_model(output_dir / "model", state, config, data.vocabulary, history, metrics))
     record["wall_s"] = time.perf_counter() - started
     record["compile_s"] = clock.seconds
-    _say(progress, f"retrained {leader['name']} for {leader['best_epoch']} epochs: test accuracy {test['accuracy']:.4f} ({record['wall_s']:.1f} s)")
+    _say(progress, f"retrained {leader['name']} for {_count(leader['best_epoch'], 'epoch')}: test accuracy {test['accuracy']:.4f} ({record['wall_s']:.1f} s)")
     return state, record
