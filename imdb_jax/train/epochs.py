@@ -33,7 +33,7 @@ def _add(total, part):
 def _zero_sums(state: FusedState) -> dict[str, jax.Array]:
     shards, slots = state.alive.shape
     zeros = jnp.zeros((shards, slots), jnp.float32)
-    return {"loss_sum": zeros, "correct": zeros, "count": jnp.zeros((shards,), jnp.float32)}
+    return {"loss_sum": zeros, "cross_entropy_sum": zeros, "correct": zeros, "count": jnp.zeros((shards,), jnp.float32)}
 
 
 def keep_finite(before: FusedState, after: FusedState, loss_sum: jax.Array) -> FusedState:

@@ -243,8 +243,9 @@ def history_from_records(records: list[dict[str, Any]], shard: int, slot: int) -
     """Keras-style history (one value per epoch) of the variant at (`shard`, `slot`).
 
     Returns:
-      {"loss", "accuracy", ["val_loss", "val_accuracy"], "diverged"}; values of diverged epochs
-      are NaN. A variant stopped early has the epochs it trained only.
+      {"loss", "accuracy", ["val_loss", "val_accuracy", "val_cross_entropy" (val_loss without
+      the penalty)], "diverged"}; values of diverged epochs are NaN. A variant stopped early has
+      the epochs it trained only.
     """
     history: dict[str, list] = {key: [] for key in ("loss", "accuracy", "diverged")}
     has_val = bool(records) and records[0]["val"] is not None
@@ -260,6 +261,9 @@ def history_from_records(records: list[dict[str, Any]], shard: int, slot: int) -
             accuracy = float(_ratio(sums["correct"][shard, slot], sums["count"][shard]))
             history[prefix + "loss"].append(math.nan if diverged else loss)
             history[prefix + "accuracy"].append(math.nan if diverged else accuracy)
+            if prefix == "val_" and "cross_entropy_sum" in sums:  # the loss without the penalty
+                cross_entropy = float(_ratio(sums["cross_entropy_sum"][shard, slot], sums["count"][shard]))
+                history.setdefault("val_cross_entropy", []).append(math.nan if diverged else cross_entropy)
     return history
 
 

@@ -60,16 +60,20 @@ def loss_sums(logits: jax.Array, labels: jax.Array, weights: jax.Array, penalty:
       penalty: float32[variants], each variant's kernel penalty.
 
     Returns:
-      {"loss_sum": [variants], "correct": [variants], "count": []}; every sum is a fixed
+      {"loss_sum": [variants] (cross-entropy plus penalty, as Keras reports it),
+      "cross_entropy_sum": [variants] (without the penalty), "correct": [variants], "count": []};
+      every sum is a fixed
       `tree_sum`, so a variant's figures do not depend on the others.
     """
     per_example = optax.sigmoid_binary_cross_entropy(logits, labels[None, :])
     count = tree_sum(weights, axis=0)
     correct = ((logits > 0) == (labels > 0.5)[None, :]).astype(jnp.float32)
+    cross_entropy = tree_sum(per_example * weights[None, :], axis=1)
     return {
         # Keras reports the penalised loss averaged over examples: sum(bce) + n * penalty.
-        "loss_sum": tree_sum(per_example * weights, axis=1) + count * penalty,
-        "correct": tree_sum(correct * weights, axis=1),
+        "loss_sum": cross_entropy + count * penalty,
+        "cross_entropy_sum": cross_entropy,
+        "correct": tree_sum(correct * weights[None, :], axis=1),
         "count": count,
     }
 
@@ -177,7 +181,7 @@ def loss_and_metrics(params: Any, state: TrainState, batch: Batch, dropout_rng: 
     )
     penalty = kernel_penalty(params, state.hparams["l1"], state.hparams["l2"])
     sums = loss_sums(logits[None], batch["labels"], _weights(batch), penalty[None])
-    metrics = {"loss_sum": sums["loss_sum"][0], "correct": sums["correct"][0], "count": sums["count"]}
+    metrics = {name: value if name == "count" else value[0] for name, value in sums.items()}
     return mean_loss(sums), metrics
 
 
