@@ -16,6 +16,10 @@ from pathlib import Path
 
 import pytest
 
+# Silent broadcasting is a bug here (a [variants, batch] array times a [batch] one must say so):
+# set before JAX is imported, and inherited by the commands the tests run.
+os.environ.setdefault("JAX_NUMPY_RANK_PROMOTION", "raise")
+
 REPO = Path(__file__).resolve().parents[1]
 _SHARED_DATA = REPO.parent / "shared" / "tensorflow_datasets"
 if "TFDS_DATA_DIR" not in os.environ and _SHARED_DATA.is_dir():
