@@ -41,7 +41,7 @@ from imdb_jax.train.loop import (
     run_epochs,
     stopped_epoch,
 )
-from imdb_jax.train.optim import init_opt_state
+from imdb_jax.train.optim import OPTIMISER_HYPERPARAMS, RMSpropState
 from imdb_jax.train.steps import (
     HYPERPARAMS,
     MODEL_HYPERPARAMS,
@@ -49,7 +49,6 @@ from imdb_jax.train.steps import (
     TrainState,
     create_train_state,
     fused_model,
-    per_variant,
     train_state_from_params,
 )
 
@@ -103,6 +102,19 @@ def take_variant(fused: Any, layout: Layout, slot: int) -> dict[str, Any]:
     return jax.tree_util.tree_map(np.asarray, params)
 
 
+def _per_leaf_host(layout: Layout, values: np.ndarray, params: Any) -> Any:
+    """`steps.per_variant` of every shard at once, in NumPy: float32[shards, slots] broadcast to
+    each leaf of host params with a leading shard axis."""
+    per_column = values[:, layout.column_slots()]
+    tree = {"first": {"kernel": per_column[:, None, :], "bias": per_column}}
+    for index, block in enumerate(layout.blocks):
+        members = values[:, block.start : block.start + block.size]
+        tree[f"block_{index}"] = jax.tree_util.tree_map(
+            lambda leaf: members.reshape(members.shape + (1,) * (leaf.ndim - 2)), params[f"block_{index}"]
+        )
+    return tree
+
+
 def initial_state(
     specs: Sequence[VariantSpec], layout: Layout, members: Sequence[int], shards: int, keep_best: bool = False
 ) -> FusedState:
@@ -128,24 +140,26 @@ def initial_state(
             keys.append(dropout_key)
         per_shard.append(fused)
         dropout_keys.append(jnp.stack(keys))
-    params = jax.tree_util.tree_map(lambda *leaves: jnp.asarray(np.stack(leaves)), *per_shard)
-    numbers = {name: jnp.asarray(values) for name, values in hyperparams.items()}
-    optimiser = jax.vmap(
-        lambda shard_params, learning_rate, weight_decay: init_opt_state(
-            shard_params,
-            per_variant(layout, learning_rate, shard_params),
-            per_variant(layout, weight_decay, shard_params),
-        )
+    # Built on the host and put on the device whole: eager device ops would each be a program of
+    # their own to trace (a warm start's time).
+    host = jax.tree_util.tree_map(lambda *leaves: np.stack(leaves), *per_shard)
+    params = jax.device_put(host)
+    zeros = jax.tree_util.tree_map(np.zeros_like, host)
+    opt_state = RMSpropState(
+        count=jax.device_put(np.zeros((shards,), np.int32)),
+        nu=jax.device_put(zeros),
+        hyperparams={name: jax.device_put(_per_leaf_host(layout, hyperparams[name], host)) for name in OPTIMISER_HYPERPARAMS},
     )
+    numbers = {name: jax.device_put(values) for name, values in hyperparams.items()}
     return FusedState(
         params=params,
-        opt_state=optimiser(params, numbers["learning_rate"], numbers["weight_decay"]),
+        opt_state=opt_state,
         step=jnp.zeros((shards,), jnp.int32),
         hyperparams={name: numbers[name] for name in MODEL_HYPERPARAMS},
         dropout_keys=jnp.stack(dropout_keys),
         alive=jnp.ones((shards, slots), bool),
         training=jnp.ones((shards, slots), bool),
-        best_params=jax.tree_util.tree_map(jnp.copy, params) if keep_best else None,
+        best_params=jax.device_put(host) if keep_best else None,
         layout=layout,
     )
 
@@ -240,11 +254,11 @@ class VariantsResult:
             raise ImdbJaxError("best weights are kept only when training had validation data")
         check_batch_size(batch_size)
         check_columns(as_xy(split)[0], self.num_words, "the variants")
-        reviews = as_xy(split)[0].shape[0]
+        reviews = as_xy(split)[0].shape[0]  # pyright: ignore[reportOptionalSubscript]
         data = to_device(split, self.dense_words)
         plan = EpochPlan(data, batch_size, shuffle=False)
-        fused = self.fused if weights == "last" else self.fused.replace(params=self.fused.best_params)
-        logits = np.asarray(fetch(logits_epoch(fused, data, plan.rows, capacity=plan.capacity)))
+        fused = self.fused if weights == "last" else self.fused.replace(params=self.fused.best_params)  # pyright: ignore[reportAttributeAccessIssue]
+        logits = np.asarray(fetch(logits_epoch(fused, data, plan.rows, capacity=plan.capacity)))  # pyright: ignore[reportArgumentType]
         logits = np.moveaxis(logits, 0, 2).reshape(logits.shape[1], logits.shape[2], -1)[..., :reviews]
         return np.stack([logits[shard, slot] for shard, slot in map(self._where, range(len(self.specs)))])
 
@@ -257,7 +271,7 @@ class VariantsResult:
         return int(np.nanargmin(losses)) + 1
 
 
-def variant_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh | None:
+def variant_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh | None:  # pyright: ignore[reportInvalidTypeForm]
     """A 1-D mesh over the devices to spread the variants on, or None for one device."""
     devices = list(jax.devices() if devices is None else devices)
     return Mesh(np.array(devices), (VARIANT_AXIS,)) if len(devices) > 1 else None
@@ -316,7 +330,7 @@ def fit_variants(
     batch_size: int = 512,
     shuffle_seed: int = 0,
     first_layer: str | int = "auto",
-    devices: Sequence[jax.Device] | None = None,
+    devices: Sequence[jax.Device] | None = None,  # pyright: ignore[reportInvalidTypeForm]
     progress: bool = True,
     description: str = "variants",
     on_epoch_end: Callable[[int, list[dict[str, list]]], None] | None = None,
@@ -370,7 +384,7 @@ def fit_variants(
         raise ImdbJaxError("no variants to train")
     check_training_inputs(train, validation, checkpoint=checkpoint_dir is not None)
     train_x = as_xy(train)[0]
-    num_words = train_x.shape[1]
+    num_words = train_x.shape[1]  # pyright: ignore[reportOptionalSubscript]
     early_stopping = None
     if patience is not None:
         if validation is None:
@@ -403,7 +417,7 @@ def fit_variants(
     def epoch_done(epochs_done: int, state: FusedState, record: dict[str, Any]) -> None:
         records.append(record)
         if checkpoint_dir is not None:
-            checkpoints.save(checkpoint_dir, state, records, meta)
+            checkpoints.save(checkpoint_dir, state, records, meta)  # pyright: ignore[reportArgumentType]
         if on_epoch_end is not None or logger is not None:
             current = histories()
             if logger is not None:
