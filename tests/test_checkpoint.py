@@ -64,8 +64,8 @@ def test_save_then_load_gives_identical_predictions(state, saved):
     x = _column_rows([["great", "film"], ["bad", "awful", "boring"], [], list(WORDS)])
     np.testing.assert_array_equal(predict(loaded.state, x), predict(state, x))
     # The history survives, NaN (diverged) epochs included.
-    assert loaded.history["loss"] == HISTORY["loss"] and loaded.history["diverged"] == [False, True]
-    assert loaded.history["val_loss"][0] == 0.65 and math.isnan(loaded.history["val_loss"][1])
+    assert loaded.history["loss"] == HISTORY["loss"] and loaded.history["diverged"] == [False, True]  # pyright: ignore[reportOptionalSubscript]
+    assert loaded.history["val_loss"][0] == 0.65 and math.isnan(loaded.history["val_loss"][1])  # pyright: ignore[reportOptionalSubscript]
 
 
 def test_saved_files_are_plain_numpy_and_json(state, saved):
@@ -178,8 +178,8 @@ def test_saving_again_replaces_the_model(state, tmp_path):
     moved = state.replace(params=jax.tree_util.tree_map(lambda leaf: leaf * 2, state.params))
     save_model(folder, moved, CONFIG, Vocabulary(WORDS))
     loaded = load_model(folder)
-    np.testing.assert_array_equal(np.asarray(loaded.state.params["output"]["kernel"]), np.asarray(moved.params["output"]["kernel"]))
-    assert loaded.history is None and loaded.metrics is None
+    np.testing.assert_array_equal(np.asarray(loaded.state.params["output"]["kernel"]), np.asarray(moved.params["output"]["kernel"]))  # pyright: ignore[reportAttributeAccessIssue]
+    assert loaded.history is None and loaded.metrics is None  # pyright: ignore[reportAttributeAccessIssue]
     assert not [path for path in folder.iterdir() if path.name.startswith(".")]
 
 
@@ -250,11 +250,11 @@ def test_a_save_killed_with_sigkill_at_a_random_moment_leaves_a_loadable_model(t
     saves = []
     for attempt in range(3):
         process = subprocess.Popen([sys.executable, "-c", _SAVE_FOREVER, str(folder)], stdout=subprocess.PIPE, text=True)
-        assert process.stdout.readline() == "ready\n"
+        assert process.stdout.readline() == "ready\n"  # pyright: ignore[reportOptionalMemberAccess]
         time.sleep(chances.uniform(0.2, 0.6))
         process.send_signal(signal.SIGKILL)
         process.wait()
-        saves.append(load_model(folder).metrics["save"])  # whichever save won, it is whole
+        saves.append(load_model(folder).metrics["save"])  # pyright: ignore[reportOptionalSubscript]  # whichever save won, it is whole
     assert all(isinstance(save, int) for save in saves)
 
 
@@ -264,7 +264,7 @@ def test_loading_a_model_compiles_nothing(tmp_path):
     import sys
 
     state = create_train_state(jax.random.key(0), ModelConfig(num_words=30, hidden_units=(4, 3)))
-    save_model(tmp_path / "m", state, ModelConfig(num_words=30, hidden_units=(4, 3)), Vocabulary([f"w{i}" for i in range(30)]))
+    save_model(tmp_path / "m", state, ModelConfig(num_words=30, hidden_units=(4, 3)), Vocabulary([f"w{i}" for i in range(30)]))  # pyright: ignore[reportArgumentType]
     script = (
         "import sys, jax, jax.monitoring\n"
         "compiles = []\n"

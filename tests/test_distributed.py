@@ -57,7 +57,7 @@ def study_args(tmp_path, fake_aclimdb) -> list[str]:
             "--data-dir", str(fake_aclimdb), "--no-progress"]
 
 
-def start(args: list[str], cache: Path, compile_cache: Path, devices: int, initialization_timeout: int = 60) -> subprocess.Popen:
+def start(args: list, cache: Path, compile_cache: Path, devices: int, initialization_timeout: int = 60) -> subprocess.Popen:
     env = {
         **os.environ,
         "JAX_PLATFORMS": "cpu",

@@ -100,7 +100,7 @@ def test_start_from_epoch_and_min_delta_follow_keras(stopped):
             SPECS[:1], TRAIN, VALIDATION, epochs=EPOCHS, batch_size=BATCH, progress=False, patience=1, **settings
         )
         stops.append(result.stopped_epoch(0))
-        assert stops[-1] == keras_stopped_epoch(full.histories[0]["val_loss"], 1, **settings)
+        assert stops[-1] == keras_stopped_epoch(full.histories[0]["val_loss"], 1, **settings)  # pyright: ignore[reportArgumentType]
     assert None not in stops and stops[0] < stops[1]  # monitoring later stops later
 
 

@@ -110,7 +110,7 @@ def _run(argv: list[str]) -> tuple[int, str, str]:
             status = main(argv)
         except SystemExit as exit:
             status = exit.code
-    return status, stdout.getvalue(), stderr.getvalue()
+    return status, stdout.getvalue(), stderr.getvalue()  # pyright: ignore[reportReturnType]
 
 
 def test_predict_explain(nb_model, tmp_path):

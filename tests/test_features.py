@@ -52,7 +52,7 @@ def reference(texts, labels, ngrams, num_words, min_count, weighting):
 
 
 def assert_canonical(x: sp.csr_matrix, width: int) -> None:
-    assert sp.isspmatrix_csr(x) and x.dtype == np.float32 and x.shape[1] == width
+    assert sp.isspmatrix_csr(x) and x.dtype == np.float32 and x.shape[1] == width  # pyright: ignore[reportOptionalSubscript]
     assert x.has_canonical_format  # sorted indices, no duplicate columns within a row
     assert x.indices.dtype == np.int32 and x.indptr.dtype == np.int32
 
@@ -122,11 +122,11 @@ def test_hand_computed_naive_bayes_ratios_and_tfidf():
     assert nb.terms == ("good", "film", "bad")  # good 3, film 2, bad 1
     # p = 1 + [2, 1, 0] (reviews holding each term among the positive), q = 1 + [0, 1, 1].
     p, q = np.array([3.0, 2.0, 1.0]), np.array([1.0, 2.0, 2.0])
-    np.testing.assert_allclose(nb.weights, np.log(p / 6) - np.log(q / 5), rtol=1e-6)
-    np.testing.assert_allclose(nb.transform(["good good film"]).toarray(), [[nb.weights[0], nb.weights[1], 0]])
+    np.testing.assert_allclose(nb.weights, np.log(p / 6) - np.log(q / 5), rtol=1e-6)  # pyright: ignore[reportArgumentType, reportCallIssue]
+    np.testing.assert_allclose(nb.transform(["good good film"]).toarray(), [[nb.weights[0], nb.weights[1], 0]])  # pyright: ignore[reportOptionalSubscript]
     tfidf = FeatureSpec.fit(texts, weighting="tfidf")
     idf = np.log(4 / (1 + np.array([2.0, 2.0, 1.0]))) + 1
-    np.testing.assert_allclose(tfidf.weights, idf, rtol=1e-6)
+    np.testing.assert_allclose(tfidf.weights, idf, rtol=1e-6)  # pyright: ignore[reportArgumentType, reportCallIssue]
     row = np.array([(1 + np.log(2)) * idf[0], idf[1], 0])
     np.testing.assert_allclose(tfidf.transform(["good good film"]).toarray(), [row / np.linalg.norm(row)], rtol=1e-6)
 
@@ -171,13 +171,13 @@ def test_saved_and_loaded_specs_transform_alike():
         spec, x = FeatureSpec.fit_transform(texts, labels, ngrams=2, weighting=weighting)
         from_json = FeatureSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
         buffer = io.BytesIO()
-        np.savez(buffer, **spec.to_arrays())
+        np.savez(buffer, **spec.to_arrays())  # pyright: ignore[reportArgumentType]
         buffer.seek(0)
         with np.load(buffer, allow_pickle=False) as npz:
             from_npz = FeatureSpec.from_arrays(dict(npz))
         for loaded in (from_json, from_npz, vectorizer_from_dict(spec.to_dict())):
             assert loaded == spec
-            assert loaded.weights is None if weighting == "binary" else loaded.weights.dtype == np.float32
+            assert loaded.weights is None if weighting == "binary" else loaded.weights.dtype == np.float32  # pyright: ignore[reportAttributeAccessIssue, reportOptionalMemberAccess]
             y = loaded.transform(texts)
             for name in ("indptr", "indices", "data"):
                 np.testing.assert_array_equal(getattr(y, name), getattr(x, name))
@@ -238,10 +238,10 @@ def test_real_reviews_give_sensible_ratios(real_data_dir):
         raw.train_texts[:5000], raw.train_labels[:5000], ngrams=2, min_count=3, weighting="nb"
     )
     assert_canonical(x, len(spec))
-    ratio = dict(zip(spec.terms, spec.weights.tolist()))
+    ratio = dict(zip(spec.terms, spec.weights.tolist()))  # pyright: ignore[reportOptionalMemberAccess]
     assert ratio["excellent"] > 1 and ratio["worst"] < -1.5 and ratio["waste of"] < -2
     assert abs(ratio["the"]) < 0.1 and spec.terms[:3] == ("the", "and", "a")
-    assert x.nnz / x.shape[0] > 200  # words and pairs: about twice the words' 129 a review
+    assert x.nnz / x.shape[0] > 200  # pyright: ignore[reportOptionalSubscript]  # words and pairs: about twice the words' 129 a review
 
 
 def test_the_features_benchmark_runs_and_reports_json_lines(fake_aclimdb):

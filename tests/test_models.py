@@ -30,7 +30,7 @@ def test_default_model_shapes_and_parameter_count(default_params):
     assert param_count(default_params) == 10000 * 16 + 16 + 16 * 16 + 16 + 16 + 1 == 160_305
     inputs = jnp.zeros((3, 10000), jnp.float32).at[:, :5].set(1.0)
     logits = MLP(num_words=10000, hidden_units=(16, 16)).apply({"params": default_params}, inputs)
-    assert logits.shape == (3,) and logits.dtype == jnp.float32
+    assert logits.shape == (3,) and logits.dtype == jnp.float32  # pyright: ignore[reportAttributeAccessIssue]
 
 
 def test_kernels_are_glorot_uniform_and_biases_zero(default_params):

@@ -106,6 +106,6 @@ def test_kernel_penalty_covers_hidden_kernels_only():
     expected = 0.01 * sum(np.abs(k).sum() for k in hidden) + 0.002 * sum((k**2).sum() for k in hidden)
     assert float(kernel_penalty(params, 0.01, 0.002)) == pytest.approx(expected, rel=1e-6)
     # Neither the output kernel nor any bias is penalised.
-    changed = {**params, "output": {"kernel": params["output"]["kernel"] * 100, "bias": params["output"]["bias"] + 5}}
-    changed["hidden_0"] = {**params["hidden_0"], "bias": params["hidden_0"]["bias"] + 5}
+    changed = {**params, "output": {"kernel": params["output"]["kernel"] * 100, "bias": params["output"]["bias"] + 5}}  # pyright: ignore[reportOperatorIssue]
+    changed["hidden_0"] = {**params["hidden_0"], "bias": params["hidden_0"]["bias"] + 5}  # pyright: ignore[reportOperatorIssue]
     assert float(kernel_penalty(changed, 0.01, 0.002)) == pytest.approx(expected, rel=1e-6)

@@ -128,7 +128,7 @@ def test_a_train_run_killed_at_a_random_epoch_resumes_to_the_uninterrupted_resul
     assert whole.returncode == 0, whole.stderr[-3000:]
     got, want = (strip_timings(json.loads(done.stdout.splitlines()[-1])) for done in (resumed, whole))
     for summary in (got, want):
-        summary.pop("plots", None)
+        summary.pop("plots", None)  # pyright: ignore[reportCallIssue]
     assert got == want
     with np.load(killed / "params.npz") as got_params, np.load(root / "whole-train" / "params.npz") as want_params:
         assert all(np.array_equal(got_params[name], want_params[name]) for name in want_params.files)

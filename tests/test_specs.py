@@ -48,7 +48,7 @@ def test_a_spec_file_with_a_string_for_a_number_is_an_error_naming_the_file(tmp_
 def test_numbers_are_normalised_so_equal_settings_are_one_variant():
     assert VariantSpec((16,), l2=0) == VariantSpec((16,), l2=0.0)
     assert VariantSpec((16,), l2=0).to_dict() == VariantSpec((16,), l2=0.0).to_dict()
-    spec = VariantSpec([np.int64(8), 4], dropout_rate=np.float32(0.5), l1=1, seed=np.int64(3))
+    spec = VariantSpec([np.int64(8), 4], dropout_rate=np.float32(0.5), l1=1, seed=np.int64(3))  # pyright: ignore[reportArgumentType]
     assert spec.hidden_units == (8, 4) and type(spec.hidden_units[0]) is int
     assert type(spec.dropout_rate) is float and type(spec.l1) is float and type(spec.seed) is int
     assert spec.name == "8-4 dropout=0.5 l1=1 seed=3"
@@ -66,7 +66,7 @@ def test_the_study_union_merges_int_and_float_spellings(tmp_path):
 
 def test_model_config_refuses_strings_and_fractional_integers():
     with pytest.raises(ConfigError, match="num_words must be an integer"):
-        ModelConfig(num_words=100.5)
+        ModelConfig(num_words=100.5)  # pyright: ignore[reportArgumentType]
     with pytest.raises(ConfigError, match="weight_decay must be a number"):
-        ModelConfig(weight_decay="0")
-    assert ModelConfig(hidden_units=8).hidden_units == (8,)
+        ModelConfig(weight_decay="0")  # pyright: ignore[reportArgumentType]
+    assert ModelConfig(hidden_units=8).hidden_units == (8,)  # pyright: ignore[reportArgumentType]

@@ -19,7 +19,7 @@ def assert_multi_hot(x: sp.csr_matrix) -> None:
     assert x.has_sorted_indices
     assert x.has_canonical_format  # sorted and no duplicates
     assert np.all(x.data == 1.0)
-    for row in range(x.shape[0]):
+    for row in range(x.shape[0]):  # pyright: ignore[reportOptionalSubscript]
         columns = x.indices[x.indptr[row] : x.indptr[row + 1]]
         assert np.all(np.diff(columns) > 0)
 

@@ -33,11 +33,11 @@ def data():
 @pytest.fixture(scope="module")
 def two_fits(data):
     """The same run fitted twice, 2 then 4 epochs, with compilation counts around each."""
-    sizes = [(train_epoch._cache_size(), eval_epoch._cache_size())]
+    sizes = [(train_epoch._cache_size(), eval_epoch._cache_size())]  # pyright: ignore[reportAttributeAccessIssue]
     first = fit(CONFIG, data["train"], data["val"], epochs=2, batch_size=BATCH_SIZE, seed=7, progress=False)
-    sizes.append((train_epoch._cache_size(), eval_epoch._cache_size()))
+    sizes.append((train_epoch._cache_size(), eval_epoch._cache_size()))  # pyright: ignore[reportAttributeAccessIssue]
     second = fit(CONFIG, data["train"], data["val"], epochs=4, batch_size=BATCH_SIZE, seed=7, progress=False)
-    sizes.append((train_epoch._cache_size(), eval_epoch._cache_size()))
+    sizes.append((train_epoch._cache_size(), eval_epoch._cache_size()))  # pyright: ignore[reportAttributeAccessIssue]
     return {"first": first, "second": second, "sizes": sizes}
 
 
@@ -180,7 +180,7 @@ def test_weighted_features_and_repeated_columns_count_as_in_toarray():
     x = sp.csr_matrix(dense)
     # Each non-empty row's first entry stored twice (a CSR matrix keeps duplicates until summed).
     indices, values, indptr = [], [], [0]
-    for row in range(x.shape[0]):
+    for row in range(x.shape[0]):  # pyright: ignore[reportOptionalSubscript]
         start, end = x.indptr[row], x.indptr[row + 1]
         repeat = [start] if end > start else []
         indices.extend(x.indices[list(range(start, end)) + repeat])

@@ -72,7 +72,7 @@ def _run(argv: list[str]) -> tuple[int, str, str]:
             status = main(argv)
         except SystemExit as exit:
             status = exit.code
-    return status, stdout.getvalue(), stderr.getvalue()
+    return status, stdout.getvalue(), stderr.getvalue()  # pyright: ignore[reportReturnType]
 
 
 @pytest.fixture(scope="module")

@@ -146,9 +146,9 @@ def test_numeric_settings_do_not_recompile(together):
         VariantSpec((8, 8), dropout_rate=0.2, seed=13),
         VariantSpec((4,), dropout_rate=0.6, weight_decay=0.1, seed=14),
     ]
-    compiled = train_epoch._cache_size(), sum_over_batches._cache_size()
+    compiled = train_epoch._cache_size(), sum_over_batches._cache_size()  # pyright: ignore[reportAttributeAccessIssue]
     result = run(changed)
-    assert (train_epoch._cache_size(), sum_over_batches._cache_size()) == compiled
+    assert (train_epoch._cache_size(), sum_over_batches._cache_size()) == compiled  # pyright: ignore[reportAttributeAccessIssue]
     assert result.layout == together.layout
     # The reused programs took the new numbers (not the first run's, compiled in): each variant
     # is bitwise what `fit` gives it alone.

@@ -60,7 +60,7 @@ def save_arrays(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any])
     """
     buffer = io.BytesIO()
     meta_bytes = np.frombuffer(json.dumps(meta, sort_keys=True).encode("utf-8"), dtype=np.uint8)
-    np.savez(buffer, **arrays, **{_META: meta_bytes})
+    np.savez(buffer, **arrays, **{_META: meta_bytes})  # pyright: ignore[reportArgumentType]
     payload = buffer.getbuffer()
     header = MAGIC + len(payload).to_bytes(8, "little") + hashlib.sha256(payload).digest()
     path.parent.mkdir(parents=True, exist_ok=True)

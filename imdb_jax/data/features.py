@@ -191,7 +191,7 @@ class FeatureSpec:
             other.terms, other.ngrams, other.weighting, other.tokenizer
         ) and same_weights
 
-    __hash__ = None  # equal specs may hold different (unhashable) weight arrays
+    __hash__ = None  # pyright: ignore[reportAssignmentType]  # equal specs may hold different (unhashable) weight arrays
 
     @classmethod
     def from_vocabulary(cls, vocabulary: Vocabulary) -> FeatureSpec:
@@ -295,8 +295,8 @@ class FeatureSpec:
         if weighting == "tfidf":
             weights = np.log((1.0 + len(tokens)) / (1.0 + holds)) + 1.0
         else:
-            rows = np.repeat(np.arange(x.shape[0]), np.diff(x.indptr))
-            positive = NB_ALPHA + np.bincount(x.indices, weights=labels[rows].astype(np.float64), minlength=len(terms))
+            rows = np.repeat(np.arange(x.shape[0]), np.diff(x.indptr))  # pyright: ignore[reportOptionalSubscript]
+            positive = NB_ALPHA + np.bincount(x.indices, weights=labels[rows].astype(np.float64), minlength=len(terms))  # pyright: ignore[reportOptionalSubscript]
             negative = NB_ALPHA + holds - (positive - NB_ALPHA)
             weights = np.log(positive / positive.sum()) - np.log(negative / negative.sum())
         spec = cls(binary.terms, ngrams=int(ngrams), weighting=weighting, weights=weights.astype(np.float32))
@@ -374,8 +374,8 @@ class FeatureSpec:
         if self.weighting == "binary":
             return np.ones(len(columns), np.float32)
         if self.weighting == "nb":
-            return self.weights[columns]
-        values = (1.0 + np.log(counts)) * self.weights[columns].astype(np.float64)
+            return self.weights[columns]  # pyright: ignore[reportOptionalSubscript]
+        values = (1.0 + np.log(counts)) * self.weights[columns].astype(np.float64)  # pyright: ignore[reportOptionalSubscript]
         norms = np.sqrt(np.bincount(rows, weights=values * values, minlength=num_rows))
         return (values / norms[rows]).astype(np.float32)
 
@@ -540,7 +540,7 @@ def _count_terms(
         if not len(table):
             break
         starts = np.flatnonzero(node >= 0)
-        starts = starts[starts + k - 1 < ends[starts]]
+        starts = starts[starts + k - 1 < ends[starts]]  # pyright: ignore[reportOptionalSubscript]
         last = ids[starts + k - 1]
         starts, last = starts[last >= 0], last[last >= 0]
         keys = node[starts] * num_words + last
@@ -572,7 +572,7 @@ def _select_terms(tokens: TokenIds, ngrams: int, num_words: int | None, min_coun
     ends = _token_ends(tokens.lengths) if ngrams > 1 else None
     for k in range(2, ngrams + 1):
         starts = np.flatnonzero(node >= 0)
-        starts = starts[starts + k - 1 < ends[starts]]
+        starts = starts[starts + k - 1 < ends[starts]]  # pyright: ignore[reportOptionalSubscript]
         if not len(starts):
             break
         table, inverse = _unique_inverse(node[starts] * vocab_size + ids[starts + k - 1])

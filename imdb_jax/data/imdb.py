@@ -51,16 +51,16 @@ class Split:
     y: np.ndarray
 
     def __post_init__(self) -> None:
-        if self.x.shape[0] != len(self.y):
-            raise ValueError(f"Split has {self.x.shape[0]} rows but {len(self.y)} labels")
+        if self.x.shape[0] != len(self.y):  # pyright: ignore[reportOptionalSubscript]
+            raise ValueError(f"Split has {self.x.shape[0]} rows but {len(self.y)} labels")  # pyright: ignore[reportOptionalSubscript]
 
     def __len__(self) -> int:
-        return self.x.shape[0]
+        return self.x.shape[0]  # pyright: ignore[reportOptionalSubscript]
 
     @property
     def num_words(self) -> int:
         """Width of ``x``: the vocabulary size."""
-        return self.x.shape[1]
+        return self.x.shape[1]  # pyright: ignore[reportOptionalSubscript]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -149,9 +149,9 @@ class IMDbData:
             raise ImdbJaxError(
                 f"num_validation must be between 1 and {len(self.train) - 1}; got {num_validation!r}"
             )
-        if not self.features.plain and num_validation > self.held_out:
+        if not self.features.plain and num_validation > self.held_out:  # pyright: ignore[reportOptionalMemberAccess]
             raise ImdbJaxError(
-                f"these {self.features.ngrams}-gram {self.features.weighting} features were fitted on training "
+                f"these {self.features.ngrams}-gram {self.features.weighting} features were fitted on training "  # pyright: ignore[reportOptionalMemberAccess]
                 f"reviews {self.held_out}: onwards, so holding out the first {num_validation} for validation "
                 f"would leak them into model selection; load the data with held_out={num_validation}"
             )
@@ -357,7 +357,7 @@ def _split_from_arrays(arrays: dict[str, np.ndarray], name: str, num_columns: in
     if features.weighting == "binary":
         data = np.ones(len(indices), np.float32)
     elif features.weighting == "nb":
-        data = features.weights[indices]
+        data = features.weights[indices]  # pyright: ignore[reportOptionalSubscript]
     else:
         data = arrays[f"{name}_data"].astype(np.float32)
         if len(data) != len(indices):

@@ -252,7 +252,7 @@ def _open_tfds(data_dir: Path) -> dict[str, Any]:
     """The TFDS random-access splits; a seam the tests replace with in-memory splits."""
     import tensorflow_datasets as tfds
 
-    return tfds.data_source(f"{TFDS_NAME}/{TFDS_CONFIG}:{TFDS_VERSION}", data_dir=str(data_dir), download=False)
+    return tfds.data_source(f"{TFDS_NAME}/{TFDS_CONFIG}:{TFDS_VERSION}", data_dir=str(data_dir), download=False)  # pyright: ignore[reportReturnType]
 
 
 def _read_tfds(data_dir: Path, progress: bool = False) -> RawReviews:

@@ -201,12 +201,12 @@ class MultiHotDense(nn.Module):
             inputs = MultiHot(head=None, tail=inputs)
         if not isinstance(inputs, MultiHot):
             return add_bias(inputs @ kernel, bias)
-        batch_size = inputs.tail.batch_size if inputs.tail is not None else inputs.head.shape[0]
+        batch_size = inputs.tail.batch_size if inputs.tail is not None else inputs.head.shape[0]  # pyright: ignore[reportOptionalMemberAccess]
         summed = jnp.zeros((batch_size, self.features), kernel.dtype)
         if inputs.tail is not None:
             tail = inputs.tail
             chunk = bag_chunk(tail.word_ids.shape[0])
-            summed = summed + embedding_bag(kernel, tail.word_ids, tail.row_ids, tail.values, batch_size, chunk)
+            summed = summed + embedding_bag(kernel, tail.word_ids, tail.row_ids, tail.values, batch_size, chunk)  # pyright: ignore[reportOperatorIssue]
         if inputs.head is not None:
             summed = summed + inputs.head @ kernel[: inputs.head.shape[-1]]
         return add_bias(summed, bias)

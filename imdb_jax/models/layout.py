@@ -46,12 +46,12 @@ def plan_layout(specs: Sequence[Any], num_words: int, shards: int = 1) -> tuple[
     for shard in range(shards):
         slots = [None] * len(order)
         for position, slot in enumerate(order):
-            slots[slot] = shard_specs[shard][position]
+            slots[slot] = shard_specs[shard][position]  # pyright: ignore[reportArgumentType, reportCallIssue]
         members.extend(slots)
     slot_of = [None] * len(specs)
     for slot in reversed(range(len(members))):  # the first occurrence wins over padding copies
-        slot_of[members[slot]] = slot
-    return layout, members, slot_of
+        slot_of[members[slot]] = slot  # pyright: ignore[reportArgumentType, reportCallIssue]
+    return layout, members, slot_of  # pyright: ignore[reportReturnType]
 
 
 
@@ -122,9 +122,9 @@ def make_layout(num_words: int, members: Sequence[tuple[tuple[int, ...], bool, b
     for key in sorted(set(keyed)):
         indices = [i for i, member in enumerate(keyed) if member == key]
         for position, index in enumerate(indices):
-            slot_of[index] = start + position
+            slot_of[index] = start + position  # pyright: ignore[reportArgumentType, reportCallIssue]
         block = Block(key[0], len(indices), offset, start, key[1], key[2])
         blocks.append(block)
         offset += block.columns
         start += block.size
-    return Layout(num_words, tuple(blocks)), slot_of
+    return Layout(num_words, tuple(blocks)), slot_of  # pyright: ignore[reportReturnType]

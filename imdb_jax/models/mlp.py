@@ -133,7 +133,7 @@ class FusedMLP(nn.Module):
                 Tower,
                 variable_axes={"params": 0},
                 split_rngs={"params": True},
-                in_axes=(0, 0, 0),
+                in_axes=(0, 0, 0),  # pyright: ignore[reportArgumentType]
                 axis_size=block.size,
             )
             logits.append(towers(block.hidden_units, name=f"block_{index}")(h, rates, keys))

@@ -50,7 +50,7 @@ class EnsembleRows:
     @property
     def shape(self) -> tuple[int, int]:
         """(reviews, the widest feature set's columns)."""
-        return (self.matrices[0].shape[0], max(x.shape[1] for x in self.matrices))
+        return (self.matrices[0].shape[0], max(x.shape[1] for x in self.matrices))  # pyright: ignore[reportOptionalSubscript]
 
     @property
     def indptr(self) -> np.ndarray:

@@ -64,10 +64,10 @@ def input_gradients(state: TrainState, x: sp.csr_matrix) -> tuple[np.ndarray, np
     """(float32[reviews] logits, float32[nnz] d logit / d value of each non-zero of ``x``, in
     ``x.data``'s order), computed ``CHUNK_REVIEWS`` reviews at a time with bucketed shapes."""
     x = checked_csr(x)
-    logits = np.zeros(x.shape[0], np.float32)
+    logits = np.zeros(x.shape[0], np.float32)  # pyright: ignore[reportOptionalSubscript]
     gradients = np.zeros(x.nnz, np.float32)
-    for start in range(0, x.shape[0], CHUNK_REVIEWS):
-        stop = min(start + CHUNK_REVIEWS, x.shape[0])
+    for start in range(0, x.shape[0], CHUNK_REVIEWS):  # pyright: ignore[reportOptionalSubscript]
+        stop = min(start + CHUNK_REVIEWS, x.shape[0])  # pyright: ignore[reportOptionalSubscript]
         chunk = x[start:stop]
         rows = bucket(stop - start)
         capacity = bucket(max(chunk.nnz, 1))
@@ -122,7 +122,7 @@ def explain_rows(model: Any, rows: Any, *, top: int = DEFAULT_TOP) -> list[list[
         x = checked_csr(rows)
         _, gradients = input_gradients(model.state, x)
         parts = [(model.vocabulary.words, x, gradients.astype(np.float64) * x.data)]
-    return [_top_terms(parts, row, top) for row in range(parts[0][1].shape[0])]
+    return [_top_terms(parts, row, top) for row in range(parts[0][1].shape[0])]  # pyright: ignore[reportOptionalSubscript]
 
 
 def _top_terms(parts: list[tuple[Any, sp.csr_matrix, np.ndarray]], row: int, top: int) -> list[dict[str, Any]]:

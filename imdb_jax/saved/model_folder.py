@@ -146,7 +146,7 @@ def _flat_params(params: Any) -> dict[str, np.ndarray]:
 def _expected_shapes(config: ModelConfig) -> dict[str, tuple[tuple[int, ...], str]]:
     """{parameter path: (shape, dtype)} of a model with `config`, without computing weights."""
     shapes = jax.eval_shape(lambda: create_train_state(jax.random.key(0), config).params)  # traced, not run
-    return {name: (tuple(leaf.shape), str(leaf.dtype)) for name, leaf in traverse_util.flatten_dict(shapes, sep="/").items()}
+    return {name: (tuple(leaf.shape), str(leaf.dtype)) for name, leaf in traverse_util.flatten_dict(shapes, sep="/").items()}  # pyright: ignore[reportAttributeAccessIssue]
 
 
 def _shape_problems(flat: Mapping[str, np.ndarray], config: ModelConfig) -> list[str]:
@@ -194,18 +194,18 @@ def save_model(
     if problems:
         raise ImdbJaxError("the parameters do not fit the config: " + "; ".join(problems))
     buffer = io.BytesIO()
-    np.savez(buffer, **flat)
+    np.savez(buffer, **flat)  # pyright: ignore[reportArgumentType]
     params_bytes = buffer.getvalue()
     files = {PARAMS_FILE: params_bytes}
     described = vocabulary.to_dict() if not isinstance(vocabulary, FeatureSpec) or vocabulary.plain else None
     if described is None:
         buffer = io.BytesIO()
-        np.savez(buffer, **vocabulary.to_arrays())
+        np.savez(buffer, **vocabulary.to_arrays())  # pyright: ignore[reportArgumentType, reportAttributeAccessIssue]
         files[FEATURES_FILE] = buffer.getvalue()
         described = {
             "format": FEATURES_FORMAT, "file": FEATURES_FILE,
             "sha256": hashlib.sha256(files[FEATURES_FILE]).hexdigest(), "terms": len(vocabulary),
-            "ngrams": vocabulary.ngrams, "weighting": vocabulary.weighting,
+            "ngrams": vocabulary.ngrams, "weighting": vocabulary.weighting,  # pyright: ignore[reportAttributeAccessIssue]
         }
     model = {
         "format": FORMAT,

@@ -47,10 +47,10 @@ class CompileClock:
         jax.monitoring.register_event_duration_secs_listener(self._listen)
         return self
 
-    def _listen(self, event: str, duration: float, **kwargs) -> None:
+    def _listen(self, event: str, duration_secs: float, **kwargs) -> None:
         del kwargs
         if event.startswith(self.PREFIX):
-            self.seconds += duration
+            self.seconds += duration_secs
 
     def __exit__(self, *exc_info) -> None:
         import jax

@@ -70,7 +70,7 @@ def data_fingerprint(x: Any, y: Any) -> str:
 
 
 def _flatten(state: FusedState) -> dict[str, np.ndarray]:
-    host = state.replace(dropout_keys=jax.random.key_data(state.dropout_keys))
+    host = state.replace(dropout_keys=jax.random.key_data(state.dropout_keys))  # pyright: ignore[reportAttributeAccessIssue]
     leaves = jax.tree_util.tree_flatten_with_path(host)[0]
     return {"state" + jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
 
@@ -131,7 +131,7 @@ def save(folder: str | Path, state: FusedState, records: list[dict[str, Any]], m
     handle, temporary = tempfile.mkstemp(prefix=".run-", suffix=".npz", dir=folder)
     try:
         with os.fdopen(handle, "wb") as file:
-            np.savez(file, **arrays)
+            np.savez(file, **arrays)  # pyright: ignore[reportArgumentType]
         _fault("arrays written")
         os.replace(temporary, folder / ARRAYS)
     except BaseException:
@@ -218,7 +218,7 @@ def load(
             "use another output folder or remove it to start afresh"
         )
     leaves_with_paths, treedef = jax.tree_util.tree_flatten_with_path(
-        template.replace(dropout_keys=jax.random.key_data(template.dropout_keys))
+        template.replace(dropout_keys=jax.random.key_data(template.dropout_keys))  # pyright: ignore[reportAttributeAccessIssue]
     )
     leaves = []
     for path, leaf in leaves_with_paths:

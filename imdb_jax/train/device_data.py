@@ -80,7 +80,7 @@ class DeviceReviews:
 
 def _part(x: sp.csr_matrix, rows: int, nonzeros: int, binary: bool) -> CSRPart:
     indptr = np.full(rows + 1, x.indptr[-1], np.int32)
-    indptr[: x.shape[0] + 1] = x.indptr
+    indptr[: x.shape[0] + 1] = x.indptr  # pyright: ignore[reportOptionalSubscript]
     indices = np.zeros(nonzeros, np.int32)
     indices[: x.indices.size] = x.indices
     lengths = np.append(np.diff(indptr), 0).astype(np.int32)
@@ -104,13 +104,13 @@ def to_device(split: Any, dense_words: int = 0, *, bucket_sizes: int = 0) -> Dev
     """
     x, y = as_xy(split)
     x = checked_csr(x)
-    num_words = int(x.shape[1])
+    num_words = int(x.shape[1])  # pyright: ignore[reportOptionalSubscript]
     dense_words = int(min(max(dense_words, 0), num_words))
     if y is None:
-        labels = np.zeros(x.shape[0], np.float32)
+        labels = np.zeros(x.shape[0], np.float32)  # pyright: ignore[reportOptionalSubscript]
     else:
-        labels = checked_labels(y, x.shape[0])
-    rows = bucket(math.ceil(x.shape[0] / bucket_sizes)) * bucket_sizes if bucket_sizes else x.shape[0]
+        labels = checked_labels(y, x.shape[0])  # pyright: ignore[reportOptionalSubscript]
+    rows = bucket(math.ceil(x.shape[0] / bucket_sizes)) * bucket_sizes if bucket_sizes else x.shape[0]  # pyright: ignore[reportOptionalSubscript]
     in_head = x.indices < dense_words
     binary = is_binary(x)
     parts = []
@@ -123,7 +123,7 @@ def to_device(split: Any, dense_words: int = 0, *, bucket_sizes: int = 0) -> Dev
     return DeviceReviews(
         *parts,
         labels=jnp.asarray(padded_labels),
-        real_rows=jnp.asarray(x.shape[0], jnp.int32),
+        real_rows=jnp.asarray(x.shape[0], jnp.int32),  # pyright: ignore[reportOptionalSubscript]
         num_words=num_words,
         dense_words=dense_words,
     )
@@ -163,7 +163,7 @@ def _shuffled_rows(key: jax.Array, *, num_rows: int, batch_size: int) -> jax.Arr
 @jax.jit
 def max_batch_nonzeros(data: DeviceReviews, rows: jax.Array) -> tuple[jax.Array, jax.Array]:
     """The largest number of head and tail non-zeros in any batch of `rows`."""
-    return tuple(jnp.max(jnp.sum(part.lengths[rows], axis=1)) for part in (data.head, data.tail))
+    return tuple(jnp.max(jnp.sum(part.lengths[rows], axis=1)) for part in (data.head, data.tail))  # pyright: ignore[reportReturnType]
 
 
 def round_capacity(nonzeros: int) -> int:
@@ -172,7 +172,7 @@ def round_capacity(nonzeros: int) -> int:
 
 def exact_capacity(data: DeviceReviews, rows: jax.Array) -> tuple[int, int]:
     """Capacities for batches in a fixed order, bucketed so that similar inputs share them."""
-    return tuple(
+    return tuple(  # pyright: ignore[reportReturnType]
         bucket(round_capacity(int(count)) // CAPACITY_QUANTUM) * CAPACITY_QUANTUM
         for count in max_batch_nonzeros(data, rows)
     )

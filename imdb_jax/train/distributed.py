@@ -71,9 +71,9 @@ def timeout(kind: str, seconds: float | None = None) -> int:
     else `$IMDB_JAX_<KIND>_TIMEOUT`, else this module's default."""
     variable = f"IMDB_JAX_{kind.upper()}_TIMEOUT"
     if seconds is None:
-        seconds = os.environ.get(variable) or TIMEOUTS[kind]
+        seconds = os.environ.get(variable) or TIMEOUTS[kind]  # pyright: ignore[reportAssignmentType]
     try:
-        value = float(seconds)
+        value = float(seconds)  # pyright: ignore[reportArgumentType]
     except ValueError:
         raise ImdbJaxError(f"{variable} must be a number of seconds, got {seconds!r}") from None
     if not value > 0:
@@ -131,7 +131,7 @@ def initialize(
             return False
         where = f"the {cluster} launcher's settings"
     else:
-        _check_settings(coordinator, num_processes, process_id)
+        _check_settings(coordinator, num_processes, process_id)  # pyright: ignore[reportArgumentType]
         if num_processes == 1:
             return False
         where = f"the coordinator at {coordinator}"
@@ -141,7 +141,7 @@ def initialize(
     if any(given):
         # Plain socket checks first: JAX ends the process (no Python exception) when it cannot
         # connect, so the commonest mistakes get a clear message here.
-        host, port = coordinator.rsplit(":", 1)
+        host, port = coordinator.rsplit(":", 1)  # pyright: ignore[reportOptionalMemberAccess]
         if process_id == 0:
             _check_port_free(host, int(port))
         else:
@@ -231,7 +231,7 @@ def is_main() -> bool:
 
 
 def _is_key(leaf: Any) -> bool:
-    return isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+    return isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)  # pyright: ignore[reportPrivateImportUsage]
 
 
 def _gather_leaf(leaf: Any) -> Any:
@@ -331,7 +331,7 @@ def agree_status(status: int, wait: float | None = None) -> int:
     client = _client()
     me = jax.process_index()
     try:
-        client.key_value_set(f"{_STATUS_KEY}{me}", str(status))
+        client.key_value_set(f"{_STATUS_KEY}{me}", str(status))  # pyright: ignore[reportOptionalMemberAccess]
     except Exception:  # the coordinator is gone: the run has failed
         return status or 1
     if status:
@@ -340,7 +340,7 @@ def agree_status(status: int, wait: float | None = None) -> int:
         if other == me:
             continue
         try:
-            theirs = int(client.blocking_key_value_get(f"{_STATUS_KEY}{other}", wait * 1000))
+            theirs = int(client.blocking_key_value_get(f"{_STATUS_KEY}{other}", wait * 1000))  # pyright: ignore[reportOptionalMemberAccess]
         except Exception:
             return 1
         if theirs:

@@ -43,7 +43,7 @@ def keep_finite(before: FusedState, after: FusedState, loss_sum: jax.Array) -> F
     weights stay those it stopped with). Checked once per epoch, not per step."""
     finite = finite_slots(after, loss_sum)
     keep = before.alive & before.training & finite
-    return after.replace(
+    return after.replace(  # pyright: ignore[reportAttributeAccessIssue]
         params=select_slots(keep, after.params, before.params, after.layout),
         opt_state=after.opt_state._replace(nu=select_slots(keep, after.opt_state.nu, before.opt_state.nu, after.layout)),
         alive=before.alive & (finite | ~before.training),
@@ -74,7 +74,7 @@ def keep_best(state: FusedState, improved: jax.Array) -> FusedState:
     """`best_params` takes each variant's current weights where `improved` (bool[shards,
     slots]) says its validation loss is the lowest so far."""
     select = jax.vmap(lambda keep, new, old: select_slots(keep, new, old, state.layout))
-    return state.replace(best_params=select(improved, state.params, state.best_params))
+    return state.replace(best_params=select(improved, state.params, state.best_params))  # pyright: ignore[reportAttributeAccessIssue]
 
 
 # ---------------------------------------------------------------------------------------------

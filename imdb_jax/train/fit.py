@@ -75,7 +75,7 @@ def fit(
         raise ImdbJaxError("restore_best needs validation data")
     spec = VariantSpec.from_config(config, seed)
     check_training_inputs(train, validation, checkpoint=checkpoint_dir is not None)
-    columns = as_xy(train)[0].shape[1]
+    columns = as_xy(train)[0].shape[1]  # pyright: ignore[reportOptionalSubscript]
     if columns != config.num_words:
         raise ImdbJaxError(f"the data has {columns} word columns but the model expects num_words={config.num_words}")
     result = fit_variants(
@@ -106,7 +106,7 @@ def fit(
 
 def _scoring_data(state: TrainState, x: Any) -> sp.csr_matrix:
     x = checked_csr(x)
-    check_columns(x, state.params["hidden_0"]["kernel"].shape[-2])
+    check_columns(x, state.params["hidden_0"]["kernel"].shape[-2])  # pyright: ignore[reportAttributeAccessIssue]
     return x
 
 
@@ -120,7 +120,7 @@ def evaluate(state: TrainState, split: Any, *, batch_size: int = 512, first_laye
     x = _scoring_data(state, x)
     data = to_device((x, y), choose_dense_words(first_layer, x), bucket_sizes=batch_size)
     plan = EpochPlan(data, batch_size, shuffle=False)
-    sums = jax.device_get(score_epoch(state, data, plan.rows, capacity=plan.capacity))
+    sums = jax.device_get(score_epoch(state, data, plan.rows, capacity=plan.capacity))  # pyright: ignore[reportArgumentType]
     return {"loss": float(_ratio(sums["loss_sum"], sums["count"])), "accuracy": float(_ratio(sums["correct"], sums["count"]))}
 
 
@@ -131,5 +131,5 @@ def predict(state: TrainState, x: Any, *, batch_size: int = 512, first_layer: st
     x = _scoring_data(state, as_xy(x)[0])
     data = to_device(x, choose_dense_words(first_layer, x), bucket_sizes=batch_size)
     plan = EpochPlan(data, batch_size, shuffle=False)
-    logits = predict_epoch(state, data, plan.rows, capacity=plan.capacity)
+    logits = predict_epoch(state, data, plan.rows, capacity=plan.capacity)  # pyright: ignore[reportArgumentType]
     return np.asarray(jax.nn.sigmoid(logits.reshape(-1)[: x.shape[0]]), np.float32)

@@ -196,14 +196,14 @@ def run_epochs(
         record["train_s"] = time.perf_counter() - started
         if val_plan is not None:
             started = time.perf_counter()
-            record["val"] = fetch(eval_epoch(state, validation, val_plan.rows, capacity=val_plan.capacity))
+            record["val"] = fetch(eval_epoch(state, validation, val_plan.rows, capacity=val_plan.capacity))  # pyright: ignore[reportArgumentType]
             if state.best_params is not None:
                 previous, best_loss = best_loss, _lowest(best_loss, record)
                 state = keep_best(state, best_loss < (np.inf if previous is None else previous))
             record["val_s"] = time.perf_counter() - started
         if early_stopping is not None:
             record["training"] = early_stopping.training([*records, record])
-            state = state.replace(training=_like(state.training, record["training"]))
+            state = state.replace(training=_like(state.training, record["training"]))  # pyright: ignore[reportAttributeAccessIssue]
         records.append(record)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, state, record)

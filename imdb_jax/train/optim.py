@@ -75,7 +75,7 @@ def rmsprop() -> optax.GradientTransformation:
         updates = jax.tree_util.tree_map(
             lambda u, p, lr, wd: (-lr) * (u + wd * p), scaled, params, learning_rate, weight_decay
         )
-        return updates, state._replace(count=state.count + 1, nu=rms_state.nu)
+        return updates, state._replace(count=state.count + 1, nu=rms_state.nu)  # pyright: ignore[reportAttributeAccessIssue]
 
     return optax.GradientTransformation(init, update)  # type: ignore[arg-type]
 

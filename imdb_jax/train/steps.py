@@ -151,7 +151,7 @@ def train_state_from_params(params: Any, config: ModelConfig, *, nu: Any = None,
     zeros = jax.tree_util.tree_map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), params)
     step = jax.device_put(np.int32(step))
     opt_state = RMSpropState(
-        count=step,
+        count=step,  # pyright: ignore[reportArgumentType]
         nu=jax.device_put(zeros if nu is None else jax.tree_util.tree_map(np.asarray, nu)),
         hyperparams={name: jax.device_put(np.float32(getattr(config, name))) for name in OPTIMISER_HYPERPARAMS},
     )
@@ -293,7 +293,7 @@ def fused_loss(params: Any, state: FusedState, batch: Batch, training: bool):
         dropout = (state.hyperparams["dropout_rate"], keys)
     logits = fused_model(state.layout).apply({"params": params}, batch["inputs"], dropout)
     penalty = fused_penalties(params, state.layout, state.hyperparams["l1"], state.hyperparams["l2"])
-    sums = loss_sums(logits, batch["labels"], _weights(batch), penalty)
+    sums = loss_sums(logits, batch["labels"], _weights(batch), penalty)  # pyright: ignore[reportArgumentType]
     return mean_loss(sums), sums
 
 
@@ -313,7 +313,7 @@ def fused_train_step(state: FusedState, batch: Batch) -> tuple[FusedState, dict[
     grads, sums = jax.grad(fused_loss, has_aux=True)(state.params, state, batch, True)
     updates, opt_state = rmsprop().update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    return state.replace(params=params, opt_state=opt_state, step=state.step + 1), sums
+    return state.replace(params=params, opt_state=opt_state, step=state.step + 1), sums  # pyright: ignore[reportAttributeAccessIssue]
 
 
 def fused_eval_step(state: FusedState, batch: Batch) -> dict[str, jax.Array]:
@@ -323,7 +323,7 @@ def fused_eval_step(state: FusedState, batch: Batch) -> dict[str, jax.Array]:
 
 def fused_predict(state: FusedState, inputs: MultiHot) -> jax.Array:
     """float32[slots, batch] logits."""
-    return fused_model(state.layout).apply({"params": state.params}, inputs)
+    return fused_model(state.layout).apply({"params": state.params}, inputs)  # pyright: ignore[reportReturnType]
 
 
 def finite_slots(state: FusedState, loss_sum: jax.Array) -> jax.Array:

@@ -178,7 +178,7 @@ def tune(
         return data
 
     candidates, probabilities, labels = run_search(space, load, clock.book, log, progress)
-    choice = select(candidates, probabilities, labels, space)
+    choice = select(candidates, probabilities, labels, space)  # pyright: ignore[reportArgumentType]
     chosen = choice.members()
     log(f"tune: chose {'an ensemble of ' + str(len(chosen)) if choice.ensemble else 'a single model'}: "
         f"validation accuracy {(choice.ensemble_metrics if choice.ensemble else choice.single_metrics)['accuracy']:.4f} "
@@ -186,9 +186,9 @@ def tune(
 
     model, test_rows, test_labels, retrained = _retrain(space, candidates, chosen, load, clock, log, progress)
     started = time.perf_counter()
-    metrics = _score(model, test_rows, test_labels)  # the one look at the test reviews
+    metrics = _score(model, test_rows, test_labels)  # pyright: ignore[reportArgumentType]  # the one look at the test reviews
     clock.book("test", time.perf_counter() - started)
-    log(f"tune: test accuracy {metrics['accuracy']:.4f} (loss {metrics['loss']:.4f}) on {len(test_labels):,} reviews")
+    log(f"tune: test accuracy {metrics['accuracy']:.4f} (loss {metrics['loss']:.4f}) on {len(test_labels):,} reviews")  # pyright: ignore[reportArgumentType]
 
     picked = choice.ensemble_metrics if choice.ensemble else choice.single_metrics
     summary = _summary(space, candidates, choice, retrained, metrics, picked, loaded)
@@ -235,7 +235,7 @@ def _retrain(space: SearchSpace, candidates: Sequence[Candidate], chosen: list[t
     test_matrices, member_matrix, test_labels = [], [0] * len(chosen), None
     for features, positions in groups.items():
         data = load(features, 0)
-        epochs = int(math.ceil(np.median([candidates[chosen[position][0]].best_epoch for position in positions])))
+        epochs = int(math.ceil(np.median([candidates[chosen[position][0]].best_epoch for position in positions])))  # pyright: ignore[reportArgumentType, reportCallIssue]
         specs = [candidates[chosen[position][0]].spec for position in positions]
         started = time.perf_counter()
         result = fit_variants(
@@ -313,7 +313,7 @@ def _write_model(folder: Path, model: Any, retrained: list[dict[str, Any]], summ
             [{"state": member.state, "config": member.config, "vocabulary": member.vocabulary, "history": member.history,
               "metrics": {"search_candidate": record["name"], "epochs": record["epochs"], "weight": record["weight"]}}
              for member, record in zip(model.members, retrained)],
-            model.weights,
+            model.weights,  # pyright: ignore[reportArgumentType]
             metrics,
         )
     else:
