@@ -140,7 +140,8 @@ def learning_problems(history: dict[str, list], labels: Any) -> list[str]:
     A run did not learn when its last epoch diverged (NaN), when its final training accuracy is no
     better than always answering the training reviews' majority label, or when its final training
     loss is `LOSS_GROWTH` times (or more) the loss of a constant guess of the positive rate, or of
-    the run's own lowest epoch. A learning rate of 1e6, say, stays finite but does all three.
+    the run's own lowest epoch (`--learning-rate 1e6` stays finite, and its loss ends ~1e20 times
+    a constant guess's).
 
     Args:
       history: `fit`'s history ("loss", "accuracy", "diverged": one value per epoch).
