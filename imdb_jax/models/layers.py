@@ -171,6 +171,12 @@ def _bag_bwd(batch_size, chunk, residuals, grad):
 embedding_bag.defvjp(_bag_fwd, _bag_bwd)
 
 
+def matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """`x @ kernel` in full float32 (`Precision.HIGHEST`): an accelerator would otherwise be free
+    to multiply in TF32 or bfloat16 passes, and disagree with the CPU by far more than rounding."""
+    return jnp.matmul(x, kernel, precision=jax.lax.Precision.HIGHEST)
+
+
 # ---------------------------------------------------------------------------------------------
 # One variant's layers (Keras `Dense` initialisation: glorot-uniform kernels, zero biases; Flax's
 # own default is lecun-normal, so the initialiser is set explicitly).
@@ -200,7 +206,7 @@ class MultiHotDense(nn.Module):
         if isinstance(inputs, SparseMultiHot):
             inputs = MultiHot(head=None, tail=inputs)
         if not isinstance(inputs, MultiHot):
-            return add_bias(inputs @ kernel, bias)
+            return add_bias(matmul(inputs, kernel), bias)
         batch_size = inputs.tail.batch_size if inputs.tail is not None else inputs.head.shape[0]  # pyright: ignore[reportOptionalMemberAccess]
         summed = jnp.zeros((batch_size, self.features), kernel.dtype)
         if inputs.tail is not None:
@@ -208,7 +214,7 @@ class MultiHotDense(nn.Module):
             chunk = bag_chunk(tail.word_ids.shape[0])
             summed = summed + embedding_bag(kernel, tail.word_ids, tail.row_ids, tail.values, batch_size, chunk)  # pyright: ignore[reportOperatorIssue]
         if inputs.head is not None:
-            summed = summed + inputs.head @ kernel[: inputs.head.shape[-1]]
+            summed = summed + matmul(inputs.head, kernel[: inputs.head.shape[-1]])
         return add_bias(summed, bias)
 
 
@@ -222,7 +228,7 @@ class Dense(nn.Module):
     def __call__(self, h: jax.Array) -> jax.Array:
         kernel = self.param("kernel", glorot_uniform, (h.shape[-1], self.features), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
-        return add_bias(h @ kernel, bias)
+        return add_bias(matmul(h, kernel), bias)
 
 
 class Logit(nn.Module):
