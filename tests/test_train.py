@@ -9,7 +9,7 @@ import scipy.sparse as sp
 
 from imdb_jax.config import ModelConfig
 from imdb_jax.errors import ImdbJaxError
-from imdb_jax.train.epochs import eval_epoch, train_epoch
+from imdb_jax.train.epochs import sum_over_batches, train_epoch
 from imdb_jax.train.fit import evaluate, fit, predict
 
 NUM_WORDS = 64
@@ -33,11 +33,11 @@ def data():
 @pytest.fixture(scope="module")
 def two_fits(data):
     """The same run fitted twice, 2 then 4 epochs, with compilation counts around each."""
-    sizes = [(train_epoch._cache_size(), eval_epoch._cache_size())]  # pyright: ignore[reportAttributeAccessIssue]
+    sizes = [(train_epoch._cache_size(), sum_over_batches._cache_size())]  # pyright: ignore[reportAttributeAccessIssue]
     first = fit(CONFIG, data["train"], data["val"], epochs=2, batch_size=BATCH_SIZE, seed=7, progress=False)
-    sizes.append((train_epoch._cache_size(), eval_epoch._cache_size()))  # pyright: ignore[reportAttributeAccessIssue]
+    sizes.append((train_epoch._cache_size(), sum_over_batches._cache_size()))  # pyright: ignore[reportAttributeAccessIssue]
     second = fit(CONFIG, data["train"], data["val"], epochs=4, batch_size=BATCH_SIZE, seed=7, progress=False)
-    sizes.append((train_epoch._cache_size(), eval_epoch._cache_size()))  # pyright: ignore[reportAttributeAccessIssue]
+    sizes.append((train_epoch._cache_size(), sum_over_batches._cache_size()))  # pyright: ignore[reportAttributeAccessIssue]
     return {"first": first, "second": second, "sizes": sizes}
 
 
