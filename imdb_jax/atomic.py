@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's umask (read by setting and restoring it: there is no other way)."""
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
@@ -73,7 +74,7 @@ def atomic_write(path: str | os.PathLike, *chunks: bytes | bytearray | memoryvie
                 file.write(chunk)
             file.flush()
             os.fsync(file.fileno())
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; these are ordinary files
+        os.chmod(temporary, 0o666 & ~current_umask())  # mkstemp makes 0600; these are ordinary files
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -184,7 +185,7 @@ def folder_lock(path: str | os.PathLike) -> Iterator[Path]:
     target = lock_path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        fd = os.open(target, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        fd = os.open(target, os.O_RDWR | os.O_CREAT, 0o666 & ~current_umask())
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

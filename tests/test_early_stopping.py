@@ -122,3 +122,16 @@ def test_early_stopping_needs_validation_and_sane_settings():
     for settings in ({"patience": -1}, {"patience": 1, "min_delta": -0.1}, {"patience": 1, "start_from_epoch": 1.5}):
         with pytest.raises(ImdbJaxError):
             fit_variants(SPECS[:1], TRAIN, VALIDATION, epochs=2, batch_size=BATCH, progress=False, **settings)
+
+
+def test_the_command_line_refuses_patience_without_validation_before_importing_jax():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from imdb_jax.cli import main; status = main(['train', '--patience', '2']);"
+        "print(status, 'jax' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == ["2", "False"], result.stdout + result.stderr
+    assert "--patience needs" in result.stderr and "--validation" in result.stderr

@@ -11,11 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from imdb_jax.cli._common import positive
+from imdb_jax.config import MAX_BATCH_SIZE
 from imdb_jax.errors import ImdbJaxError
-
-# More than IMDb's largest split (25,000 reviews) in one batch; a larger batch only costs memory
-# (a dense first layer of 32,768 x 10,000 float32 is already 1.3 GB).
-MAX_BATCH_SIZE = 1 << 15
 
 # ModelConfig's setting names as the train command's options.
 OPTIONS = {

@@ -74,6 +74,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="keep the weights of the epoch with the lowest validation loss (needs --validation), like Keras' EarlyStopping(restore_best_weights=True)",
     )
     parser.add_argument(
+        "--patience",
+        type=int,
+        metavar="N",
+        help="stop after N epochs without a lower validation loss (needs --validation), like Keras' EarlyStopping",
+    )
+    parser.add_argument(
         "--resume",
         action="store_true",
         help="continue the killed run in --output from its last finished epoch (same command otherwise); the result is the uninterrupted one",
@@ -119,6 +125,8 @@ def _checked_config(args: argparse.Namespace) -> Any:
         raise ImdbJaxError(f"--validation must be 0 (none) or a number of reviews to hold out, got {args.validation}")
     if args.restore_best and not args.validation:
         raise ImdbJaxError("--restore-best needs --validation N: the best epoch is the one with the lowest validation loss")
+    if args.patience is not None and (args.patience < 0 or not args.validation):
+        raise ImdbJaxError("--patience needs a number >= 0 and --validation N: it watches the validation loss")
     if args.resume and not args.output:
         raise ImdbJaxError("--resume needs --output: the folder of the run to continue")
     with checks.options_named():
@@ -192,13 +200,6 @@ def _train(args: argparse.Namespace, config: Any, output: checks.Output) -> int:
         train, validation = data.train, None
     loaded = time.perf_counter()
 
-    board = None
-    if args.logdir:  # opened before training, so an unwritable DIR fails now
-        from imdb_jax.specs import VariantSpec
-        from imdb_jax.tensorboard import TensorBoardLogger
-
-        settings = {"epochs": args.epochs, "batch_size": args.batch_size, "num_words": config.num_words}
-        board = TensorBoardLogger(args.logdir, [VariantSpec.from_config(config, args.seed)], settings)
     state, history = fit(
         config,
         train,
@@ -211,10 +212,9 @@ def _train(args: argparse.Namespace, config: Any, output: checks.Output) -> int:
         restore_best=args.restore_best,
         checkpoint_dir=output.work / CHECKPOINT,
         resume=args.resume,
+        log_dir=args.logdir,
+        patience=args.patience,
     )
-    if board is not None:  # `fit` has no per-epoch hook: the finished curves are written at once
-        board.on_epoch_end(args.epochs, [history])
-        board.close()
     trained = time.perf_counter()
     test = evaluate(state, data.test, batch_size=args.batch_size, first_layer=args.first_layer)
     evaluated = time.perf_counter()

@@ -58,7 +58,7 @@ import numpy as np
 from flax import traverse_util
 
 from imdb_jax import __version__
-from imdb_jax.atomic import atomic_write, fsync_folder, json_bytes, to_json_value  # noqa: F401 (re-exported)
+from imdb_jax.atomic import atomic_write, current_umask, fsync_folder, json_bytes
 from imdb_jax.config import ModelConfig
 from imdb_jax.data.features import FORMAT as FEATURES_FORMAT
 from imdb_jax.data.features import FeatureSpec, vectorizer_from_dict
@@ -237,7 +237,7 @@ def _write_model_files(folder: Path, files: Mapping[str, bytes]) -> None:
         return
     beside = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.saving-"))
     try:
-        os.chmod(beside, 0o777 & ~_umask())  # mkdtemp makes 0700; a model folder is an ordinary folder
+        os.chmod(beside, 0o777 & ~current_umask())  # mkdtemp makes 0700; a model folder is an ordinary folder
         for name, data in files.items():
             atomic_write(beside / name, data)
     except BaseException:
@@ -254,12 +254,6 @@ def _write_model_files(folder: Path, files: Mapping[str, bytes]) -> None:
     for name in files:
         (old / name).unlink(missing_ok=True)
     os.rmdir(old)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def _holds_working_directory(folder: Path) -> bool:

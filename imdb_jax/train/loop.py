@@ -23,6 +23,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
+from imdb_jax.config import MAX_BATCH_SIZE
 from imdb_jax.data.csr import as_xy
 from imdb_jax.errors import ImdbJaxError
 from imdb_jax.models.dense_head import choose_dense_words
@@ -40,9 +41,6 @@ from imdb_jax.train.device_data import (
 from imdb_jax.train.distributed import gather
 from imdb_jax.train.epochs import eval_epoch, keep_best, train_epoch
 from imdb_jax.train.steps import FusedState
-
-# Largest batch accepted: beyond it a batch's dense activations alone outgrow any memory.
-MAX_BATCH_SIZE = 1 << 20
 
 
 @dataclasses.dataclass(frozen=True)

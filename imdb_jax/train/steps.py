@@ -25,7 +25,7 @@ import optax
 from flax import struct
 from flax.training import train_state
 
-from imdb_jax.config import ModelConfig
+from imdb_jax.config import HYPERPARAMS, ModelConfig
 from imdb_jax.models.inputs import MultiHot, SparseMultiHot
 from imdb_jax.models.layers import tree_sum
 from imdb_jax.models.layout import Layout
@@ -41,9 +41,8 @@ from imdb_jax.train.optim import (
 
 Batch = Mapping[str, Any]  # {"inputs": float32[B, V] | SparseMultiHot | MultiHot, "labels": float32[B], "weights"?: float32[B]}
 
-# The per-model numbers a variant may differ in without a new compiled program.
-HYPERPARAMS = ("learning_rate", "weight_decay", "l1", "l2", "dropout_rate")
-MODEL_HYPERPARAMS = ("dropout_rate", "l1", "l2")  # the rest sit in the optimiser's state
+# The model's own numbers; the learning rate and weight decay sit in the optimiser's state.
+MODEL_HYPERPARAMS = tuple(name for name in HYPERPARAMS if name not in OPTIMISER_HYPERPARAMS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,7 +130,7 @@ def _create_train_state(rng: jax.Array, numbers: dict[str, jax.Array], num_words
         params=params,
         tx=rmsprop(),
         opt_state=init_opt_state(params, numbers["learning_rate"], numbers["weight_decay"]),
-        hparams={name: numbers[name] for name in ("dropout_rate", "l1", "l2")},
+        hparams={name: numbers[name] for name in MODEL_HYPERPARAMS},
     )
 
 
@@ -162,7 +161,7 @@ def train_state_from_params(params: Any, config: ModelConfig, *, nu: Any = None,
         params=params,
         tx=rmsprop(),
         opt_state=opt_state,
-        hparams={name: jax.device_put(np.float32(getattr(config, name))) for name in ("dropout_rate", "l1", "l2")},
+        hparams={name: jax.device_put(np.float32(getattr(config, name))) for name in MODEL_HYPERPARAMS},
     )
 
 

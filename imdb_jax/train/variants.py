@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from imdb_jax.config import ModelConfig
+from imdb_jax.config import HYPERPARAMS, ModelConfig
 from imdb_jax.data.csr import as_xy, check_columns, check_training_inputs
 from imdb_jax.errors import ImdbJaxError
 from imdb_jax.models.inputs import MultiHot, SparseMultiHot
@@ -43,7 +43,6 @@ from imdb_jax.train.loop import (
 )
 from imdb_jax.train.optim import OPTIMISER_HYPERPARAMS, RMSpropState
 from imdb_jax.train.steps import (
-    HYPERPARAMS,
     MODEL_HYPERPARAMS,
     FusedState,
     TrainState,
