@@ -78,7 +78,7 @@ def test_train_json_prints_one_line_and_saves_model_and_plots(trained):
     assert "warning" not in trained["stderr"]
     assert report["output"] == str(trained["output"])
     assert report["epochs"] == 12 and report["num_train"] == 16 and report["num_validation"] == 8
-    assert set(report["history"]) == {"loss", "accuracy", "val_loss", "val_accuracy", "diverged"}
+    assert set(report["history"]) == {"loss", "accuracy", "val_loss", "val_accuracy", "val_cross_entropy", "diverged"}
     assert all(len(report["history"][key]) == 12 for key in report["history"])
     assert report["history"]["loss"][-1] < report["history"]["loss"][0]
     assert 1 <= report["best_val_loss_epoch"] <= 12

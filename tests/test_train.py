@@ -50,9 +50,10 @@ def _numpy_logits(params, x: np.ndarray) -> np.ndarray:
 
 def test_history_is_keras_shaped_and_learns(two_fits):
     _, history = two_fits["second"]
-    assert set(history) == {"loss", "accuracy", "val_loss", "val_accuracy", "diverged"}
+    assert set(history) == {"loss", "accuracy", "val_loss", "val_accuracy", "val_cross_entropy", "diverged"}
     assert all(len(values) == 4 for values in history.values())
     assert history["diverged"] == [False] * 4
+    assert history["val_cross_entropy"] == history["val_loss"]  # no penalty: the same sums
     assert history["loss"][-1] < history["loss"][0]
     assert history["val_accuracy"][-1] > 0.8  # the label is learnable from words 0-15
     assert all(0.0 <= value <= 1.0 for value in history["accuracy"] + history["val_accuracy"])
@@ -143,7 +144,7 @@ def test_scoring_handles_empty_reviews_anywhere_and_shares_compilations():
 
 
 def test_first_layer_choice_depends_on_data_and_backend_only_and_the_paths_agree(monkeypatch):
-    from imdb_jax import planning
+    from imdb_jax.models import dense_head
     from imdb_jax.models.dense_head import choose_dense_words
 
     rng = np.random.default_rng(1)
@@ -156,7 +157,7 @@ def test_first_layer_choice_depends_on_data_and_backend_only_and_the_paths_agree
     # "auto" is all-sparse (bitwise in any company) on a backend with no measured head...
     assert choose_dense_words("auto", x, "cpu") == 0
     # ...and on one with a head share, the columns held by more than that share of reviews.
-    monkeypatch.setitem(planning.HEAD_SHARE, "gpu", 0.1)
+    monkeypatch.setitem(dense_head.HEAD_SHARE, "gpu", 0.1)
     expected = int(np.argmax(np.append((np.bincount(x.indices, minlength=400) / 2000) <= 0.1, True)))
     assert 0 < choose_dense_words("auto", x, "gpu") == expected < 400
     with pytest.raises(ImdbJaxError):
