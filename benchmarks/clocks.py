@@ -11,7 +11,6 @@ windows end at `on_epoch_end`, the library's callback.
 from __future__ import annotations
 
 import atexit
-import math
 import os
 import shutil
 import statistics
@@ -19,6 +18,8 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from imdb_jax.train.compile_clock import CompileClock
 
 
 def summarize(samples: Sequence[float]) -> dict[str, Any]:
@@ -39,44 +40,6 @@ def summarize(samples: Sequence[float]) -> dict[str, Any]:
         "repeats": len(values),
         "samples_s": [round(value, 6) for value in samples],
     }
-
-
-class CompileClock:
-    """Records JAX's compile events (`/jax/core/compile/...`) as time spans while open.
-
-    Nested events (an inner function traced while its caller is) overlap; `seconds` counts the
-    union of the spans, so nothing is counted twice.
-    """
-
-    PREFIX = "/jax/core/compile/"
-
-    def __init__(self):
-        self.spans: list[tuple[float, float, str]] = []
-
-    def _listen(self, event: str, start_time: float, end_time: float, **kwargs: str | int) -> None:
-        if event.startswith(self.PREFIX):
-            self.spans.append((start_time, end_time, str(kwargs.get("fun_name", ""))))
-
-    def __enter__(self) -> CompileClock:
-        import jax.monitoring
-
-        jax.monitoring.register_event_time_span_listener(self._listen)
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        import jax.monitoring
-
-        jax.monitoring.unregister_event_time_span_listener(self._listen)
-
-    def seconds(self, begin: float = -math.inf, end: float = math.inf) -> float:
-        """Compile seconds within [begin, end] (`time.time()` clock), overlaps counted once."""
-        total, reach = 0.0, -math.inf
-        for start, stop, _ in sorted(self.spans):
-            start, stop = max(start, begin, reach), min(stop, end)
-            if stop > start:
-                total += stop - start
-            reach = max(reach, stop)
-        return total
 
 
 def path_name(dense_words: int, num_words: int) -> str:

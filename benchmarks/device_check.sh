@@ -211,8 +211,8 @@ bench roofline 45 roofline.py --machine-only "${common[@]}"
 bench single 75 bench_single.py --first-layer sparse,dense,auto --fit-repeats 1 --repeats 5 "${common[@]}"
 if [[ $QUICK == 1 ]]; then variants=1,4; else variants=1,64; fi
 bench variants 80 bench_variants.py --variants "$variants" --no-mixed --repeats 3 "${common[@]}"
-bench vmap 80 vmap_baseline.py --variants "${variants##*,}" --repeats 2 "${common[@]}"
 bench study 150 bench_study.py --commands train,study --repeats 1 --budget 120 "${common[@]}"
+bench vmap 80 vmap_baseline.py --variants "${variants##*,}" --repeats 2 "${common[@]}"
 
 # --- 6. The summary -------------------------------------------------------------------------------
 "$PY" benchmarks/device_summary.py --steps "$STEPS" --results "$RESULTS" --env "$OUT_DIR/env.json" \

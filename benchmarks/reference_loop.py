@@ -78,11 +78,14 @@ def reference_epoch_seconds(x, labels, *, epochs: int = 6, batch_size: int = 512
     def loss_fn(params, words, row_ids, labels, weights):
         first = params[0]
         rows = jnp.take(first["kernel"], words, axis=0)
-        h = jnp.zeros((batch_size, rows.shape[-1]), rows.dtype).at[row_ids].add(rows, mode="drop") + first["bias"]
+        h = (
+            jnp.zeros((batch_size, rows.shape[-1]), rows.dtype).at[row_ids].add(rows, mode="drop")
+            + first["bias"][None, :]
+        )
         h = jax.nn.relu(h)
         for layer in params[1:-1]:
-            h = jax.nn.relu(h @ layer["kernel"] + layer["bias"])
-        logits = (h @ params[-1]["kernel"] + params[-1]["bias"])[:, 0]
+            h = jax.nn.relu(h @ layer["kernel"] + layer["bias"][None, :])
+        logits = (h @ params[-1]["kernel"] + params[-1]["bias"][None, :])[:, 0]
         losses = optax.sigmoid_binary_cross_entropy(logits, labels) * weights
         return jnp.sum(losses) / jnp.sum(weights)
 

@@ -33,8 +33,12 @@ import cli_options  # noqa: E402
 import machine_info  # noqa: E402
 import reporting  # noqa: E402
 
-SCRIPTS = ("single", "variants", "study", "scaling", "roofline")
-FILES = {name: f"bench_{name}.py" for name in SCRIPTS} | {"roofline": "roofline.py"}
+SCRIPTS = ("single", "variants", "study", "scaling", "roofline", "floor", "vmap")
+FILES = {name: f"bench_{name}.py" for name in SCRIPTS} | {
+    "roofline": "roofline.py",
+    "floor": "floor.py",
+    "vmap": "vmap_baseline.py",
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

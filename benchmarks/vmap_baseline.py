@@ -131,11 +131,13 @@ def time_baseline(train: Any, count: int, epochs: int, batch_size: int, precisio
     """
     import jax
 
+    from imdb_jax.train.compile_clock import CompileClock
+
     init, step = make_baseline(train.x.shape[1], precision=precision)
     params, opt_state = init(jax.vmap(jax.random.key)(np.arange(count)))
     rng = np.random.default_rng(0)
     seconds, densified, losses = [], [], []
-    with clocks.CompileClock() as clock:
+    with CompileClock() as clock:
         first_start = time.time()
         first_end = first_start
         for epoch in range(epochs):

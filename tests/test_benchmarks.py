@@ -235,7 +235,9 @@ def test_missing_baselines_are_skipped_with_a_clear_note(runs):
 
 
 def test_compile_clock_counts_overlapping_spans_once():
-    clock = clocks.CompileClock()
+    from imdb_jax.train.compile_clock import CompileClock
+
+    clock = CompileClock()
     clock.spans = [(0.0, 2.0, "outer"), (1.0, 3.0, "inner"), (5.0, 6.0, "later")]
     assert math.isclose(clock.seconds(), 4.0)
     assert math.isclose(clock.seconds(1.5, 5.5), 1.5 + 0.5)
