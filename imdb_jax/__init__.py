@@ -39,6 +39,8 @@ _EXPORTS = {
     "save_model": "imdb_jax.saved.model_folder",
     "run_study": "imdb_jax.study",
     "tune": "imdb_jax.tune.runner",
+    "SparseMLPClassifier": "imdb_jax.estimator.classifier",
+    "FusedGridSearchCV": "imdb_jax.estimator.grid_search",
 }
 __all__ = ["__version__", *_EXPORTS]
 

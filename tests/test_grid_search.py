@@ -1,0 +1,146 @@
+"""`FusedGridSearchCV`: GridSearchCV's results, bitwise, from one fused run per fold and group."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+pytest.importorskip("sklearn")
+
+from sklearn.exceptions import FitFailedWarning  # noqa: E402
+from sklearn.model_selection import GridSearchCV, StratifiedKFold  # noqa: E402
+
+import imdb_jax  # noqa: E402
+from imdb_jax import FusedGridSearchCV, SparseMLPClassifier  # noqa: E402
+
+BASE = SparseMLPClassifier(hidden_units=(8,), epochs=3, batch_size=32, learning_rate=0.01, random_state=2)
+# Six candidates: widths, depths, a penalty, dropout and learning rates train together; the
+# one with another random_state needs (and gets) a run of its own, as would another batch size.
+GRID = [
+    {"hidden_units": [(8,), (4, 4)], "l2": [0.0, 1e-3]},
+    {"hidden_units": [(8,)], "dropout_rate": [0.5], "learning_rate": [0.02]},
+    {"hidden_units": [(8,)], "random_state": [7]},
+]
+TIMING = ("mean_fit_time", "std_fit_time", "mean_score_time", "std_score_time")
+
+
+def _words(rows: int = 200, columns: int = 30, per_row: int = 6) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Multi-hot rows of `per_row` words each, labelled by the sign of a fixed linear score.
+
+    Every row holding as many words makes folds of equal sizes equal in shape, so they share
+    compiled programs: the tests pay for compiling each architecture once, not once per fold.
+    """
+    rng = np.random.default_rng(1)
+    columns_of = np.stack([rng.choice(columns, per_row, replace=False) for _ in range(rows)])
+    x = sp.csr_matrix(
+        (np.ones(rows * per_row, np.float32), columns_of.ravel(), np.arange(rows + 1) * per_row), (rows, columns)
+    )
+    score = x @ rng.normal(size=columns)
+    return x, np.where(score > np.median(score), "good", "bad")
+
+
+def _assert_same_results(fused: dict, plain: dict) -> None:
+    assert set(fused) == set(plain)
+    for key in fused:
+        if key in TIMING or key.endswith("_time"):
+            continue
+        ours, theirs = fused[key], plain[key]
+        if key == "params":
+            assert ours == theirs
+        elif isinstance(theirs, np.ma.MaskedArray):  # param_*: masked where a candidate lacks the setting
+            np.testing.assert_array_equal(np.ma.getmaskarray(ours), np.ma.getmaskarray(theirs), err_msg=key)
+            assert list(ours.compressed()) == list(theirs.compressed()), key
+        else:
+            assert ours.dtype == theirs.dtype, key
+            np.testing.assert_array_equal(ours, theirs, err_msg=key)  # exact: no tolerance
+
+
+@pytest.fixture(scope="module")
+def searches():
+    x, y = _words()
+    cv = StratifiedKFold(n_splits=2, shuffle=True, random_state=0)
+    runs = []
+    original = imdb_jax.fit_variants
+
+    def counting(specs, *args, **kwargs):
+        runs.append(len(specs))
+        return original(specs, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(imdb_jax, "fit_variants", counting)  # the search imports it from the package when it runs
+        fused = FusedGridSearchCV(BASE, GRID, cv=cv, return_train_score=True).fit(x, y)
+    plain = GridSearchCV(BASE, GRID, cv=cv, return_train_score=True).fit(x, y)
+    return x, y, fused, plain, runs
+
+
+def test_cv_results_equal_grid_search_cv_bitwise(searches):
+    x, _, fused, plain, _ = searches
+    _assert_same_results(fused.cv_results_, plain.cv_results_)
+    assert fused.best_index_ == plain.best_index_ and fused.best_params_ == plain.best_params_
+    assert fused.best_score_ == plain.best_score_
+    np.testing.assert_array_equal(fused.predict_proba(x), plain.predict_proba(x))
+    assert fused.n_splits_ == 2 and fused.refit_time_ > 0 and list(fused.classes_) == ["bad", "good"]
+    assert np.unique(fused.cv_results_["split0_test_score"]).size > 1  # the candidates really differ
+
+
+def test_each_fold_trains_its_candidates_in_one_run_per_group(searches):
+    *_, runs = searches
+    assert runs == [5, 1, 5, 1]  # per fold: the five that share settings, then the other seed
+
+
+def test_multimetric_scoring_and_refit_by_name_match_grid_search_cv(searches):
+    x, y, *_ = searches
+    grid = {"hidden_units": [(8,), (4, 4)]}  # the programs the searches above compiled
+    scoring = ["accuracy", "neg_log_loss"]
+    cv = StratifiedKFold(n_splits=2, shuffle=True, random_state=0)
+    refit: Any = "neg_log_loss"  # (scikit-learn's inferred signature says bool)
+    fused = FusedGridSearchCV(BASE, grid, cv=cv, scoring=scoring, refit=refit).fit(x, y)
+    plain = GridSearchCV(BASE, grid, cv=cv, scoring=scoring, refit=refit).fit(x, y)
+    _assert_same_results(fused.cv_results_, plain.cv_results_)
+    assert fused.best_params_ == plain.best_params_ and fused.best_score_ == plain.best_score_
+    assert fused.multimetric_ and set(fused.scorer_) == set(scoring)
+
+
+def test_an_invalid_candidate_scores_error_score_and_the_others_train(searches):
+    x, y, *_ = searches
+    with pytest.warns(FitFailedWarning, match="2 fits failed"), pytest.warns(UserWarning, match="non-finite"):
+        search = FusedGridSearchCV(BASE, {"hidden_units": [(8,), (0,)]}, cv=2, refit=False).fit(x, y)
+    scores = search.cv_results_["mean_test_score"]
+    assert np.isfinite(scores[0]) and np.isnan(scores[1])
+    with pytest.raises(ValueError, match="hidden_units"):
+        FusedGridSearchCV(BASE, {"hidden_units": [(0,)]}, cv=2, error_score="raise").fit(x, y)
+
+
+def test_refuses_other_estimators():
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = _words(rows=40)
+    with pytest.raises(TypeError, match="SparseMLPClassifier"):
+        FusedGridSearchCV(LogisticRegression(), {"C": [1.0]}, cv=2).fit(x, y)
+
+
+def test_early_stopping_candidates_match_grid_search_cv(searches):
+    """Candidates that stop at different epochs in one fused run score as they do alone."""
+    x, y, *_ = searches
+    base = SparseMLPClassifier(
+        hidden_units=(8,), epochs=20, batch_size=16, learning_rate=0.05, early_stopping=True, patience=1, random_state=4
+    )
+    grid = {"learning_rate": [0.1, 0.03, 0.01]}  # one architecture: one program for both searches
+    stopped = []
+    original = imdb_jax.fit_variants
+
+    def recording(*args, **kwargs):
+        result = original(*args, **kwargs)
+        stopped.append([result.stopped_epoch(index) for index in range(len(result.specs))])
+        return result
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(imdb_jax, "fit_variants", recording)
+        fused = FusedGridSearchCV(base, grid, cv=2, refit=False).fit(x, y)
+    plain = GridSearchCV(base, grid, cv=2, refit=False).fit(x, y)
+    _assert_same_results(fused.cv_results_, plain.cv_results_)
+    assert len(stopped) == 2 and all(epoch is not None for epoch in stopped[0] + stopped[1])  # all stopped early
+    assert any(len(set(epochs)) > 1 for epochs in stopped)  # at different epochs within one run
