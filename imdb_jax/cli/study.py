@@ -54,6 +54,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="continue the killed study in --output from its last finished epoch (same command otherwise); the result is the uninterrupted one",
     )
+    parser.add_argument(
+        "--patience",
+        type=int,
+        metavar="N",
+        help="early stopping (Keras' rule): stop each variant and seed after N epochs without a lower validation loss",
+    )
     checks.add_overwrite_option(parser)
     add_data_options(parser)
     add_distributed_options(parser)
@@ -78,6 +84,8 @@ def _checked_variants(args: argparse.Namespace) -> list:
     checks.batch_size(args.batch_size)
     positive("--validation", args.validation)
     positive("--seeds", args.seeds)
+    if args.patience is not None and args.patience < 0:
+        raise ImdbJaxError("--patience needs a number >= 0: epochs without a lower validation loss before a variant stops")
     check_data_options(args)
     if args.resume and not args.output:
         raise ImdbJaxError("--resume needs --output: the folder of the study to continue")
@@ -115,6 +123,7 @@ def _study(args: argparse.Namespace, chosen: list, output: checks.Output) -> int
         retrain=not args.no_retrain,
         resume=args.resume,
         log_dir=args.logdir,
+        patience=args.patience,
     )
     summary = result.summary
     if output.replacing:

@@ -168,7 +168,9 @@ def overfitting(variant: Variant, baseline: Variant, curve: str) -> dict[str, An
       `compare` results (variant minus baseline), "baseline_rises": whether the baseline's curve
       climbed back at all after its minimum (else there is no overfitting to slow yet),
       "slowed": True (rise lower beyond the noise), False (not), None (unmeasured or no
-      overfitting yet)}.
+      overfitting yet), "last_epochs" / "baseline_last_epochs": the epoch each seed's history
+      ends at, "same_end": whether every seed of both ended at the same epoch (not so when early
+      stopping stopped some: "last" is then each seed's own last epoch, and "epochs" the latest)}.
     """
     last, rise = f"last_{curve}", f"{curve}_rise"
     rise_change = compare(variant, baseline, rise)
@@ -177,9 +179,14 @@ def overfitting(variant: Variant, baseline: Variant, curve: str) -> dict[str, An
     slowed = None
     if rises and rise_change is not None and rise_change["verdict"] != "unmeasured":
         slowed = rise_change["verdict"] == "lower"
+    ends = _last_epochs(variant)
+    baseline_ends = _last_epochs(baseline)
     return {
         "curve": curve,
-        "epochs": len(variant["history"].get("val_loss", [])),
+        "epochs": max(ends, default=len(variant["history"].get("val_loss", []))),
+        "last_epochs": ends,
+        "baseline_last_epochs": baseline_ends,
+        "same_end": len(set(ends + baseline_ends)) <= 1,
         "last": _figure(variant, last),
         "rise": _figure(variant, rise),
         "baseline_last": _figure(baseline, last),
@@ -189,6 +196,36 @@ def overfitting(variant: Variant, baseline: Variant, curve: str) -> dict[str, An
         "baseline_rises": rises,
         "slowed": slowed,
     }
+
+
+def _last_epochs(variant: Variant) -> list[int]:
+    """The epoch each seed's history ends at (they differ when early stopping stopped some)."""
+    return [len(history.get("val_loss", [])) for history in variant.get("histories") or []]
+
+
+def early_stopping(variants: Sequence[Variant]) -> dict[str, Any] | None:
+    """Where early stopping stopped each variant's seeds; None when it was off (no variant
+    records "stopped_epochs").
+
+    Returns:
+      {"variants": [{"name", "seeds", "stopped_epochs" (per seed, None: trained every epoch),
+      "mean_epochs" (where the mean curve ends: the first seed to stop)}], "stopped": seeds
+      stopped, "seeds": seeds in all}.
+    """
+    recorded = [variant for variant in variants if variant.get("stopped_epochs") is not None]
+    if not recorded:
+        return None
+    rows = [
+        {
+            "name": variant["name"],
+            "seeds": list(variant["seeds"]),
+            "stopped_epochs": list(variant["stopped_epochs"]),
+            "mean_epochs": variant.get("mean_epochs"),
+        }
+        for variant in recorded
+    ]
+    epochs = [epoch for row in rows for epoch in row["stopped_epochs"]]
+    return {"variants": rows, "stopped": sum(epoch is not None for epoch in epochs), "seeds": len(epochs)}
 
 
 def plain_recorded(variant: Variant) -> bool:
@@ -380,6 +417,9 @@ def conclusions(summary: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
             found[experiment] = comparison(variants, lambda variant: variant["name"])
         if experiment not in ("units", "layers", "regularization", "dropout"):
             found[experiment]["turns_up"] = {variant["name"]: turn(variant) for variant in trained(variants)}
+        stops = early_stopping(variants)
+        if stops is not None:
+            found[experiment]["early_stopping"] = stops
     if CAPACITY not in summary["experiments"]:
         overall = capacity(summary)
         if overall is not None:

@@ -7,6 +7,10 @@ training against validation loss and accuracy as the seed plots them (`CURVE_FIG
 best figures against depth (`DEPTH_FIGURE`, with a `layers` experiment). A penalised variant's
 validation loss includes its penalty (Keras' number); where the histories record the plain
 validation cross-entropy, the experiment's loss figure draws it too, dashed.
+
+With early stopping a variant's seeds can end at different epochs: its mean curve and band end
+where the first seed stopped (`statistics.mean_history`), each seed that went on is drawn alone
+beyond that, thin and dotted, and a cross marks the epoch each stopped seed stopped after.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from imdb_jax.study.statistics import PLAIN_VAL_LOSS, band, finite
 
 BAND = "band: min-max over seeds"
 DOT = "dot: best epoch (lowest mean val loss)"
+STOP = "x: a seed stopped early (dotted: a seed alone, past the mean)"
 CURVE_FIGURES = ("train_vs_val_loss.png", "train_vs_val_accuracy.png")
 DEPTH_FIGURE = "depth.png"
 
@@ -61,6 +66,27 @@ def _mark_best(ax: Any, lines: Sequence[Any], variants: Sequence[Mapping[str, An
     ax.legend(fontsize="small")
 
 
+def _mark_stops(ax: Any, lines: Sequence[Any], variants: Sequence[Mapping[str, Any]], key: str) -> None:
+    """Each seed's curve past its variant's mean curve (thin, dotted) and a cross at each seed's
+    stop epoch; nothing (no legend entry either) when no seed stopped early and every seed's
+    history is as long as the mean curve."""
+    marked = False
+    for line, variant in zip(lines, variants):
+        end = len(variant["history"].get(key, []))
+        stops = variant.get("stopped_epochs") or [None] * len(variant["histories"])
+        for history, stop in zip(variant["histories"], stops):
+            values = _curve(history.get(key, []))
+            if len(values) > end:  # from the mean's last epoch on, so the line joins the band
+                start = max(end - 1, 0)
+                ax.plot(range(start + 1, len(values) + 1), values[start:], ":", linewidth=1, color=line.get_color())
+                marked = True
+            if stop is not None and 0 < stop <= len(values):
+                ax.plot([stop], [values[stop - 1]], "x", color=line.get_color())
+                marked = True
+    if marked:
+        ax.plot([], [], "x:", color="0.3", label=STOP)
+
+
 def _experiment_figure(
     summary: Mapping[str, Any], experiment: str, variants: Sequence[Mapping[str, Any]], key: str, path: Path
 ) -> Path:
@@ -94,6 +120,7 @@ def _experiment_figure(
             ax.set_ylabel("validation loss (solid: with the penalty, dashed: without)")
         elif any(variant.get("penalised") for variant in variants):
             ax.set_ylabel("validation loss (L1/L2 variants: with the penalty)")
+    _mark_stops(ax, lines, variants, key)
     _mark_best(ax, lines, variants, key)
     return save_figure(figure, path)
 

@@ -179,8 +179,10 @@ def slowed_text(name: str, overfit: Mapping[str, Any], without: str, penalised: 
         return f"{without.capitalize()}, the {curve} did not climb back after its minimum within {epochs} epochs: no overfitting for {name} to slow yet."
     rise, last = overfit["rise"], overfit["last"]
     base_rise, base_last = overfit["baseline_rise"], overfit["baseline_last"]
+    # With early stopping the seeds end at different epochs: each "last" value is at its own.
+    at = f"at epoch {epochs}" if overfit.get("same_end", True) else "at each seed's last epoch"
     figures = (
-        f"its mean {rising} rose {_number(rise['mean'])} after its minimum, to {_number(last['mean'])} at epoch {epochs}, "
+        f"its mean {rising} rose {_number(rise['mean'])} after its minimum, to {_number(last['mean'])} {at}, "
         f"against {_number(base_rise['mean'])}, to {_number(base_last['mean'])}, {without}"
     )
     change = overfit["rise_change"]
@@ -195,7 +197,7 @@ def slowed_text(name: str, overfit: Mapping[str, Any], without: str, penalised: 
     at_end = overfit["last_change"]
     ending = ""
     if at_end is not None and at_end["verdict"] != "unmeasured":
-        ending = f"; at epoch {epochs} its {curve} is {_change(at_end['verdict'], 'lower', 'higher', 'indistinguishable from that')} ({_margin(at_end)})"
+        ending = f"; {at} its {curve} is {_change(at_end['verdict'], 'lower', 'higher', 'indistinguishable from that')} ({_margin(at_end)})"
     return _sentence(f"{verdict}: {figures} (rise after the minimum, {_margin(change)}){ending}.")
 
 
@@ -283,12 +285,39 @@ def capacity_text(found: Mapping[str, Any]) -> str:
     return text + f"it is indistinguishable from the seed's {found['against']} ({other}; {_margin(change)})."
 
 
+def _stops(epochs: Sequence[int | None]) -> str:
+    """ "5, 8, -" : each seed's stop epoch, "-" for a seed that trained every epoch."""
+    return ", ".join("-" if epoch is None else str(epoch) for epoch in epochs)
+
+
+def early_stopping_text(found: Mapping[str, Any], patience: Any) -> str:
+    """The sentence on where early stopping stopped an experiment's seeds."""
+    rule = "early stopping" if patience is None else f"early stopping (patience {patience})"
+    stopped = [row for row in found["variants"] if any(epoch is not None for epoch in row["stopped_epochs"])]
+    if not stopped:
+        return f"With {rule} on, no seed stopped early: every one trained every epoch."
+    parts = [
+        f"{row['name']} after epoch{'s' if len(row['stopped_epochs']) > 1 else ''} {_stops(row['stopped_epochs'])}"
+        for row in stopped
+    ]
+    return (
+        f"{_sentence(rule)} stopped {found['stopped']} of {found['seeds']} seeds (per seed, in seed order; - trained "
+        f"every epoch): {'; '.join(parts)}. A variant's mean curve and band end where its first seed stopped, and "
+        f"each seed's last validation loss is at its own last epoch."
+    )
+
+
 def _table(variants: Sequence[Mapping[str, Any]], plain: bool = False) -> list[str]:
-    """One row per variant; with `plain`, a column of the minimum plain validation cross-entropy."""
-    extra = " min val cross-entropy (no penalty) |" if plain else ""
+    """One row per variant; with `plain`, a column of the minimum plain validation cross-entropy;
+    with early stopping (variants recording "stopped_epochs"), a column of each seed's stop."""
+    stops = any(variant.get("stopped_epochs") is not None for variant in variants)
+    extra = (" min val cross-entropy (no penalty) |" if plain else "") + (" stopped after epoch |" if stops else "")
     lines = [
         f"| variant | seeds | best epoch | min val loss | val acc at best | max val acc | min train loss | last val loss |{extra} diverged |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if plain else "") + " --- |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        + (" ---: |" if plain else "")
+        + (" ---: |" if stops else "")
+        + " --- |",
     ]
     for variant in variants:
         stats = variant["stats"]
@@ -308,6 +337,8 @@ def _table(variants: Sequence[Mapping[str, Any]], plain: bool = False) -> list[s
         if plain:
             cross = stats.get("best_val_cross_entropy", {"mean": None, "sd": None})
             cells = f" {_pm(cross['mean'], cross['sd'])} |"
+        if stops:
+            cells += f" {_stops(variant.get('stopped_epochs') or [])} |"
         lines.append(
             f"| {variant['name']} | {stats['best_val_loss']['n']}/{len(variant['seeds'])} | {epoch} | "
             f"{_pm(stats['best_val_loss']['mean'], stats['best_val_loss']['sd'])} | "
@@ -385,6 +416,8 @@ def report_markdown(summary: Mapping[str, Any]) -> str:
             lines.append(turn_text(name, turn))
         if result["diverged"]:
             lines.append(f"Diverged (on at least one seed): {', '.join(map(str, result['diverged']))}.")
+        if result.get("early_stopping") is not None:
+            lines += ["", early_stopping_text(result["early_stopping"], settings.get("patience"))]
         figures = _embed(experiment_figures(experiment), written, _experiment_caption(experiment))
         if figures:
             lines += ["", *figures]

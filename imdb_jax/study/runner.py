@@ -166,6 +166,7 @@ def run_study(
     figures: bool = True,
     resume: bool = False,
     log_dir: str | Path | None = None,
+    patience: int | None = None,
 ) -> StudyResult:
     """Trains a study's variants with several seeds, writes study.json, report.md and figures,
     retrains the best.
@@ -197,6 +198,11 @@ def run_study(
       log_dir: also write TensorBoard logs there (`imdb_jax.tensorboard`): one run folder per
         trained copy (variant and seed) as it trains, and the retrained model's under
         `retrain/` once it is done.
+      patience: early stopping (Keras' rule on each copy's own validation loss, as in
+        `fit_variants`); None trains every epoch. A stopped copy's history ends at its stop
+        epoch, so the seeds of one variant can have histories of different lengths;
+        study.json records each seed's stop epoch ("stopped_epoch" in its "per_seed" entry,
+        None when it trained every epoch).
 
     Returns:
       The `StudyResult`; its `summary` is what study.json holds.
@@ -231,6 +237,7 @@ def run_study(
 
     membership = [[name for name, indices in members.items() if index in indices] for index in range(len(specs))]
     histories: list[dict[str, list]] = [{} for _ in replicas]
+    stopped: list[int | None] = [None for _ in replicas]  # per copy: the epoch early stopping stopped it after
     settings = {
         "epochs": epochs,
         "batch_size": batch_size,
@@ -241,13 +248,21 @@ def run_study(
         "num_words": int(train.x.shape[1]),
         "first_layer": first_layer,
         "runs": runs,
+        "patience": patience,
     }
     noise = {"varied_by_seeds": list(NOISE_SOURCES), "shared": list(SHARED), "rule": RULE}
     device_names = [str(device) for device in (devices if devices is not None else jax.devices())]
 
     def summarise(status: str, run_records: list[dict[str, Any]]) -> dict[str, Any]:
         variants = [
-            variant_summary(spec, name, [histories[copy] for copy in copies], experiment, [replicas[copy].seed for copy in copies])
+            variant_summary(
+                spec,
+                name,
+                [histories[copy] for copy in copies],
+                experiment,
+                [replicas[copy].seed for copy in copies],
+                [stopped[copy] for copy in copies] if patience is not None else None,
+            )
             for spec, name, copies, experiment in zip(specs, names, replica_of, membership)
         ]
         return {
@@ -298,10 +313,12 @@ def run_study(
                 checkpoint_dir=output_dir / CHECKPOINTS / label,
                 resume=resume,
                 on_epoch_end=epoch_done,
+                patience=patience,
             )
         wall = time.perf_counter() - run_started
         for position, copy in enumerate(todo):
             histories[copy] = result.histories[position]
+            stopped[copy] = result.stopped_epoch(position)
         results.append(result)
         blocks = _blocks(result, [replica_names[copy] for copy in todo])
         run_records.append(

@@ -15,6 +15,15 @@ trained (`spread`: mean, sample standard deviation, min, max, n). The variant's 
 mean curve over seeds, and its `best_epoch` the epoch where that mean validation loss is lowest:
 the epoch count a retrain uses.
 
+With early stopping (`run_study(patience=N)`) each seed's history ends at the epoch it stopped
+after ("stopped_epoch" in its `per_seed` entry), so the seeds of one variant can have histories
+of different lengths. Each seed's own figures use its whole history (its "last" epoch is the one
+it stopped after). The mean curve and the min-max band stop where the first seed stopped: every
+point of them is over the same seeds, so a bend in the mean curve is never a seed leaving the
+average (the seeds still training at later epochs are those whose validation loss was still
+falling, and averaging them alone would pull the curve down). The best epoch, hence the retrain's
+epoch count, is therefore one that every seed reached.
+
 The rule for "A is lower or higher than B": the difference exceeds `SEPARATION` (2) standard
 errors. Two variants of the same shape trained with the same seeds start from the same weights
 and draw the same dropout streams, so their seeds pair up: the test is then a paired t-test on
@@ -141,7 +150,8 @@ def spread(values: Sequence[float | None]) -> dict[str, Any]:
 
 
 def _stack(histories: Sequence[Mapping[str, list]], key: str) -> np.ndarray:
-    """float64[seeds, epochs] of one curve, cut to the shortest history."""
+    """float64[seeds, epochs] of one curve, cut to the shortest history (the first seed early
+    stopping stopped; see the module docstring)."""
     epochs = min((len(history.get(key, [])) for history in histories), default=0)
     return np.array([finite(history[key][:epochs]) for history in histories], np.float64).reshape(
         len(histories), epochs
@@ -150,7 +160,9 @@ def _stack(histories: Sequence[Mapping[str, list]], key: str) -> np.ndarray:
 
 def mean_history(histories: Sequence[Mapping[str, list]]) -> dict[str, list]:
     """Per epoch, the mean over seeds of each curve (seeds diverged at that epoch left out; NaN
-    where every seed diverged), and "diverged": whether any seed had diverged by then."""
+    where every seed diverged), and "diverged": whether any seed had diverged by then. Histories
+    of different lengths (early stopping) are cut to the shortest: every epoch's mean is over
+    every seed."""
     mean: dict[str, list] = {}
     for key in CURVES:
         if histories and all(key in history for history in histories):
@@ -176,6 +188,7 @@ def variant_summary(
     histories: Sequence[Mapping[str, list]],
     experiments: list[str],
     seeds: Sequence[int] | None = None,
+    stopped_epochs: Sequence[int | None] | None = None,
 ) -> dict[str, Any]:
     """One variant's entry in study.json, from the histories of its seeds.
 
@@ -185,6 +198,8 @@ def variant_summary(
       histories: one history per seed (a single history dict is taken as one seed).
       experiments: the experiments it belongs to.
       seeds: the seed of each history (default: spec.seed, spec.seed + 1, ...).
+      stopped_epochs: with early stopping, per seed the 1-based epoch it stopped after (None:
+        it trained every epoch); None when early stopping was off.
 
     Returns:
       {"name", "spec", "experiments", "seeds", "histories" (every seed's), "history" (the mean
@@ -192,7 +207,9 @@ def variant_summary(
       "best_epoch" (where the mean validation loss is lowest), "best_val_loss",
       "val_accuracy_at_best", "best_val_accuracy", "min_loss" (means over seeds), "best_val_loss_sd",
       "penalised" (its validation loss includes a penalty), "diverged", "diverged_epoch"
-      (earliest over seeds), "diverged_seeds"}.
+      (earliest over seeds), "diverged_seeds", and with `stopped_epochs` "stopped_epochs" (per
+      seed, also "stopped_epoch" in each `per_seed` entry) and "mean_epochs" (how far the mean
+      curve goes: the shortest history)}.
     """
     if isinstance(histories, Mapping):
         histories = [histories]
@@ -200,6 +217,12 @@ def variant_summary(
     seeds = list(seeds) if seeds is not None else [spec.seed + offset for offset in range(len(histories))]
     penalised = has_penalty(spec)
     per_seed = [{"seed": seed, **seed_figures(history, penalised)} for seed, history in zip(seeds, histories)]
+    if stopped_epochs is not None:
+        stopped_epochs = list(stopped_epochs)
+        if len(stopped_epochs) != len(histories):
+            raise ValueError(f"{len(stopped_epochs)} stop epochs for {len(histories)} seeds")
+        for figures, epoch in zip(per_seed, stopped_epochs):
+            figures["stopped_epoch"] = epoch
     stats = {key: spread([figures[key] for figures in per_seed]) for key in SEED_FIGURES}
     mean = mean_history(histories)
     mean_val_loss = finite(mean.get("val_loss", []))
@@ -207,6 +230,12 @@ def variant_summary(
     best_epoch = None
     if stats["best_val_loss"]["n"] and mean_val_loss.size and not np.all(np.isnan(mean_val_loss)):
         best_epoch = int(np.nanargmin(mean_val_loss)) + 1
+    early_stopping = {}
+    if stopped_epochs is not None:
+        early_stopping = {
+            "stopped_epochs": stopped_epochs,
+            "mean_epochs": min((len(history.get("val_loss", [])) for history in histories), default=0),
+        }
     return {
         "name": name,
         "spec": spec.to_dict(),
@@ -226,6 +255,7 @@ def variant_summary(
         "diverged": bool(diverged_epochs),
         "diverged_epoch": min(diverged_epochs) if diverged_epochs else None,
         "diverged_seeds": [figures["seed"] for figures in per_seed if figures["diverged"]],
+        **early_stopping,
     }
 
 
