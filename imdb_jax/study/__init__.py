@@ -24,7 +24,7 @@ from imdb_jax.study.experiments import (
 )
 from imdb_jax.study.figures import write_figures
 from imdb_jax.study.report import report_markdown
-from imdb_jax.study.runner import CompileClock, StudyResult, run_study
+from imdb_jax.study.runner import StudyResult, run_study
 from imdb_jax.study.statistics import RULE, SEPARATION, difference, spread, variant_summary
 
 __all__ = [
@@ -35,7 +35,6 @@ __all__ = [
     "RULE",
     "RUNS",
     "SEPARATION",
-    "CompileClock",
     "StudyResult",
     "conclusions",
     "difference",

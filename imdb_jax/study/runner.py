@@ -9,8 +9,9 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from imdb_jax.atomic import atomic_write, writable_folder, write_json
 from imdb_jax.errors import ImdbJaxError
@@ -29,33 +30,10 @@ from imdb_jax.study.experiments import (
 from imdb_jax.study.figures import write_figures
 from imdb_jax.study.report import report_markdown
 from imdb_jax.study.statistics import NOISE_SOURCES, RULE, SHARED, variant_summary
+from imdb_jax.train.compile_clock import CompileClock
 
 STUDY_FILE = "study.json"
 REPORT_FILE = "report.md"
-
-
-class CompileClock:
-    """Seconds JAX spends tracing, lowering and compiling while the context is open (from
-    `jax.monitoring`'s compile events), so a run's wall time splits into compile and training."""
-
-    PREFIX = "/jax/core/compile/"
-
-    def __enter__(self) -> "CompileClock":
-        import jax
-
-        self.seconds = 0.0
-        jax.monitoring.register_event_duration_secs_listener(self._listen)
-        return self
-
-    def _listen(self, event: str, duration_secs: float, **kwargs) -> None:
-        del kwargs
-        if event.startswith(self.PREFIX):
-            self.seconds += duration_secs
-
-    def __exit__(self, *exc_info) -> None:
-        import jax
-
-        jax.monitoring.unregister_event_duration_listener(self._listen)
 
 
 @dataclasses.dataclass
@@ -329,12 +307,12 @@ def run_study(
                 "blocks": blocks,
                 "first_layer": _first_layer_used(result),
                 "wall_s": wall,
-                "compile_s": clock.seconds,
-                "train_s": wall - clock.seconds,
+                "compile_s": clock.seconds(),
+                "train_s": wall - clock.seconds(),
             }
         )
         shapes = " | ".join(f"{'-'.join(map(str, block['hidden_units']))} x{len(block['variants'])}" for block in blocks)
-        _say(progress, f"{label}: {_count(len(indices), 'variant')} x {_count(seeds, 'seed')} ({_count(len(todo), 'model')}) [{shapes}], {wall:.1f} s ({clock.seconds:.1f} s compiling)")
+        _say(progress, f"{label}: {_count(len(indices), 'variant')} x {_count(seeds, 'seed')} ({_count(len(todo), 'model')}) [{shapes}], {wall:.1f} s ({clock.seconds():.1f} s compiling)")
 
     if board is not None:
         board.close()
@@ -409,6 +387,6 @@ def _retrain(spec, leader, data, output_dir, batch_size, shuffle_seed, first_lay
         metrics = {"test_loss": test["loss"], "test_accuracy": test["accuracy"], "epochs": leader["best_epoch"]}
         record["model_dir"] = str(save_model(output_dir / "model", state, config, data.vocabulary, history, metrics))
     record["wall_s"] = time.perf_counter() - started
-    record["compile_s"] = clock.seconds
+    record["compile_s"] = clock.seconds()
     _say(progress, f"retrained {leader['name']} for {_count(leader['best_epoch'], 'epoch')}: test accuracy {test['accuracy']:.4f} ({record['wall_s']:.1f} s)")
     return state, record
