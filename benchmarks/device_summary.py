@@ -134,7 +134,8 @@ def summarize(
             else ("reported" if target["met"] is None else ("met" if target["met"] else "NOT met"))
         )
         value = "" if target["value"] is None else f"{target['value']:.4g} "
-        lines.append(f"  target [{status}] {target['name']}: {value}({target['figure'] or target['why_not']})")
+        said = target["why_not"] if target["value"] is None else target["figure"]
+        lines.append(f"  target [{status}] {target['name']}: {value}({said})")
     return {
         "budget_s": budget,
         "elapsed_s": elapsed,
