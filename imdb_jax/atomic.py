@@ -108,7 +108,9 @@ def to_json_value(value: Any) -> Any:
 
 def json_bytes(value: Any, *, indent: int | None = None, sort_keys: bool = False) -> bytes:
     """`value` as UTF-8 strict JSON (see `to_json_value`) ending in a newline."""
-    return (json.dumps(to_json_value(value), indent=indent, sort_keys=sort_keys, allow_nan=False) + "\n").encode("utf-8")
+    return (json.dumps(to_json_value(value), indent=indent, sort_keys=sort_keys, allow_nan=False) + "\n").encode(
+        "utf-8"
+    )
 
 
 def write_json(path: str | os.PathLike, value: Any, *, indent: int | None = 1) -> Path:

@@ -76,11 +76,15 @@ class ModelConfig:
         if isinstance(units, numbers.Integral) and not isinstance(units, bool):
             units = (units,)
         if isinstance(units, (str, bytes)) or not hasattr(units, "__iter__"):
-            raise ConfigError(f"hidden_units must be a list of positive integers, got {self.hidden_units!r}", "hidden_units")
+            raise ConfigError(
+                f"hidden_units must be a list of positive integers, got {self.hidden_units!r}", "hidden_units"
+            )
         try:
             units = tuple(integer_setting("hidden_units", width) for width in units)
         except ConfigError:
-            raise ConfigError(f"hidden_units must be a list of positive integers, got {self.hidden_units!r}", "hidden_units") from None
+            raise ConfigError(
+                f"hidden_units must be a list of positive integers, got {self.hidden_units!r}", "hidden_units"
+            ) from None
         object.__setattr__(self, "hidden_units", units)
         if not units:
             raise ConfigError("hidden_units needs at least one hidden layer", "hidden_units")
@@ -109,7 +113,7 @@ class ModelConfig:
         return {**dataclasses.asdict(self), "hidden_units": list(self.hidden_units)}
 
     @classmethod
-    def from_dict(cls, values: dict) -> "ModelConfig":
+    def from_dict(cls, values: dict) -> ModelConfig:
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

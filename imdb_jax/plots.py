@@ -21,7 +21,10 @@ from matplotlib.ticker import MaxNLocator
 from imdb_jax.atomic import atomic_write
 
 # The seed's (Keras book) styles: training as blue dots, validation as a solid blue line.
-HISTORY_STYLES = {"training": {"linestyle": "none", "marker": "o", "color": "tab:blue"}, "validation": {"color": "tab:blue"}}
+HISTORY_STYLES = {
+    "training": {"linestyle": "none", "marker": "o", "color": "tab:blue"},
+    "validation": {"color": "tab:blue"},
+}
 
 
 def plot_curves(

@@ -46,7 +46,7 @@ class VariantSpec:
             object.__setattr__(self, "name", self.default_name())
 
     @classmethod
-    def from_config(cls, config: ModelConfig, seed: int = 0) -> "VariantSpec":
+    def from_config(cls, config: ModelConfig, seed: int = 0) -> VariantSpec:
         """The variant of a `ModelConfig`'s settings (its `num_words` belongs to the data)."""
         settings = {name: getattr(config, name) for name in ("hidden_units", *config.hyperparams)}
         return cls(**settings, seed=seed)
@@ -81,7 +81,7 @@ class VariantSpec:
         return {**dataclasses.asdict(self), "hidden_units": list(self.hidden_units)}
 
     @classmethod
-    def from_dict(cls, values: dict) -> "VariantSpec":
+    def from_dict(cls, values: dict) -> VariantSpec:
         if not isinstance(values, dict):
             raise ConfigError(f"a variant must be a table of settings, got {values!r}")
         known = {field.name for field in dataclasses.fields(cls)}
@@ -104,7 +104,9 @@ def load_specs(path: str | Path) -> list[VariantSpec]:
     try:
         document = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
     except (ValueError, tomllib.TOMLDecodeError) as error:
-        raise ImdbJaxError(f"{path} is not valid {'TOML' if path.suffix.lower() == '.toml' else 'JSON'}: {error}") from None
+        raise ImdbJaxError(
+            f"{path} is not valid {'TOML' if path.suffix.lower() == '.toml' else 'JSON'}: {error}"
+        ) from None
     entries = document.get("variants") if isinstance(document, dict) else document
     if not isinstance(entries, list) or not entries:
         raise ImdbJaxError(f"{path} must hold a non-empty list of variants (or a 'variants' list)")

@@ -125,8 +125,11 @@ def fake_aclimdb_archive(tmp_path: Path) -> Path:
     """The same reviews as ``fake_aclimdb`` in an ``aclImdb_v1.tar.gz`` (plus an ignored unsup/ file)."""
     archive = tmp_path / "aclImdb_v1.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
-        members = [(f"aclImdb/{split}/{label}/{name}", text) for (split, label), files in FAKE_REVIEWS.items()
-                   for name, text in files.items()]
+        members = [
+            (f"aclImdb/{split}/{label}/{name}", text)
+            for (split, label), files in FAKE_REVIEWS.items()
+            for name, text in files.items()
+        ]
         members.append(("aclImdb/train/unsup/0_0.txt", b"unlabelled review, never read"))
         members.append(("aclImdb/README", b"not a review"))
         for name, text in reversed(members):  # archive order must not matter

@@ -298,7 +298,7 @@ def test_growth_line_through_epoch_times():
     import bench_variants
 
     line = bench_variants.growth([(1, 0.5), (4, 0.8), (16, 2.0)])
-    assert math.isclose(line["fixed_s"], 0.4) and math.isclose(line["per_variant_s"], 0.1)
+    assert math.isclose(line["fixed_s"], 0.4) and math.isclose(line["per_variant_s"], 0.1)  # pyright: ignore[reportOptionalSubscript]
     assert bench_variants.growth([(1, 0.5)]) is None
 
 
@@ -307,9 +307,9 @@ def test_variant_counts_beyond_the_budget_are_skipped():
 
     args = types.SimpleNamespace(budget=60.0, repeats=3)
     points = [(1, 0.1), (4, 0.4), (16, 1.6)]  # 0.1 s per variant
-    assert bench_variants.repeats_for(64, points, args) == 3
-    assert bench_variants.repeats_for(256, points, args) == 2  # 25.6 s per epoch: fewer repeats
-    assert bench_variants.repeats_for(1024, points, args) == 0  # 102 s per epoch: not run
+    assert bench_variants.repeats_for(64, points, args) == 3  # pyright: ignore[reportArgumentType]
+    assert bench_variants.repeats_for(256, points, args) == 2  # 25.6 s per epoch: fewer repeats  # pyright: ignore[reportArgumentType]
+    assert bench_variants.repeats_for(1024, points, args) == 0  # 102 s per epoch: not run  # pyright: ignore[reportArgumentType]
 
 
 def test_baseline_availability_matches_what_is_installed():
@@ -318,7 +318,7 @@ def test_baseline_availability_matches_what_is_installed():
         installed = all(importlib.util.find_spec(name) is not None for name in ("keras", backend))
         assert (missing is None) == installed
     assert (baselines.sklearn_missing() is None) == (importlib.util.find_spec("sklearn") is not None)
-    assert baselines.keras_missing("torch").startswith("unknown Keras backend")
+    assert baselines.keras_missing("torch").startswith("unknown Keras backend")  # pyright: ignore[reportOptionalMemberAccess]
 
 
 def test_summary_statistics():
@@ -327,7 +327,7 @@ def test_summary_statistics():
     assert summary["samples_s"] == [3.0, 1.0, 2.0, 10.0]  # in the order measured
     assert clocks.summarize([0.5])["q1_s"] == clocks.summarize([0.5])["q3_s"] == 0.5
     figures = yardsticks.compare(0.1, 2.0)
-    assert math.isclose(figures["ratio"], 0.05) and math.isclose(figures["speedup"], 20.0)
+    assert math.isclose(figures["ratio"], 0.05) and math.isclose(figures["speedup"], 20.0)  # pyright: ignore[reportOptionalSubscript]
     assert yardsticks.compare(0.1, None) is None
 
 

@@ -22,7 +22,13 @@ from imdb_jax.train.steps import create_train_state
 
 WORDS = ("great", "bad", "film", "wonderful", "awful", "plot", "acting", "don't", "boring", "fun")
 CONFIG = ModelConfig(num_words=len(WORDS), hidden_units=(6, 4), dropout_rate=0.25, l2=0.001)
-HISTORY = {"loss": [0.7, 0.5], "accuracy": [0.5, 0.75], "val_loss": [0.65, math.nan], "val_accuracy": [0.6, math.nan], "diverged": [False, True]}
+HISTORY = {
+    "loss": [0.7, 0.5],
+    "accuracy": [0.5, 0.75],
+    "val_loss": [0.65, math.nan],
+    "val_accuracy": [0.6, math.nan],
+    "diverged": [False, True],
+}
 METRICS = {"test_loss": 0.31, "test_accuracy": 0.875}
 
 
@@ -38,8 +44,12 @@ def _column_rows(rows: list[list[str]]) -> sp.csr_matrix:
 def state():
     """An initial state with every weight moved, so predictions depend on all of them."""
     state = create_train_state(jax.random.key(0), CONFIG)
-    noise = jax.tree_util.tree_map(lambda leaf: 0.5 * np.random.default_rng(leaf.size).standard_normal(leaf.shape).astype(np.float32), state.params)
-    return state.replace(params=jax.tree_util.tree_map(lambda leaf, extra: leaf + extra, state.params, noise), step=np.int32(40))
+    noise = jax.tree_util.tree_map(
+        lambda leaf: 0.5 * np.random.default_rng(leaf.size).standard_normal(leaf.shape).astype(np.float32), state.params
+    )
+    return state.replace(
+        params=jax.tree_util.tree_map(lambda leaf, extra: leaf + extra, state.params, noise), step=np.int32(40)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -79,17 +89,30 @@ def test_saved_files_are_plain_numpy_and_json(state, saved):
     assert model["config"] == CONFIG.to_dict()
     assert model["vocabulary"] == {"tokenizer": Vocabulary(WORDS).tokenizer, "words": list(WORDS)}
     assert json.loads((saved / HISTORY_FILE).read_text())["val_loss"] == [0.65, None]  # strict JSON
-    assert sorted(path.name for path in saved.iterdir()) == sorted([PARAMS_FILE, MODEL_FILE, HISTORY_FILE])  # no temporaries
+    assert sorted(path.name for path in saved.iterdir()) == sorted(
+        [PARAMS_FILE, MODEL_FILE, HISTORY_FILE]
+    )  # no temporaries
 
 
 def test_predict_texts_vectorises_raw_text_with_the_saved_vocabulary(state, saved):
     loaded = load_model(saved)
-    texts = ["A GREAT film!<br />Great fun.", "bad, awful; boring plot", "zzz unknown words only", "", b"don't \xff miss: wonderful"]
-    expected = predict(state, _column_rows([["great", "film", "fun"], ["bad", "awful", "boring", "plot"], [], [], ["don't", "wonderful"]]))
+    texts = [
+        "A GREAT film!<br />Great fun.",
+        "bad, awful; boring plot",
+        "zzz unknown words only",
+        "",
+        b"don't \xff miss: wonderful",
+    ]
+    expected = predict(
+        state,
+        _column_rows([["great", "film", "fun"], ["bad", "awful", "boring", "plot"], [], [], ["don't", "wonderful"]]),
+    )
     np.testing.assert_allclose(loaded.predict_texts(texts), expected, rtol=1e-6)
     assert loaded.predict_texts("bad, awful; boring plot").shape == (1,)
     # A review with no known words may come last (device_data once failed on a trailing empty row).
-    np.testing.assert_allclose(loaded.predict_texts(["great film", "zzz"]), loaded.predict_texts(["", "great film"])[::-1], rtol=1e-6)
+    np.testing.assert_allclose(
+        loaded.predict_texts(["great film", "zzz"]), loaded.predict_texts(["", "great film"])[::-1], rtol=1e-6
+    )
     assert loaded.predict_texts([]).shape == (0,)
 
 
@@ -138,14 +161,32 @@ CORRUPTIONS = {
     "no model.json": (lambda folder: (folder / MODEL_FILE).unlink(), "model.json is missing"),
     "no params.npz": (lambda folder: (folder / PARAMS_FILE).unlink(), "params.npz is missing"),
     "model.json not JSON": (lambda folder: (folder / MODEL_FILE).write_text('{"format": '), "not valid JSON"),
-    "model.json of something else": (lambda folder: (folder / MODEL_FILE).write_text("[1, 2]"), "not an imdb_jax model"),
+    "model.json of something else": (
+        lambda folder: (folder / MODEL_FILE).write_text("[1, 2]"),
+        "not an imdb_jax model",
+    ),
     "newer format": (lambda folder: _rewrite_model_json(folder, lambda m: m.update(format_version=99)), "format 99"),
-    "bad config": (lambda folder: _rewrite_model_json(folder, lambda m: m["config"].update(dropout_rate=1.5)), "dropout_rate"),
-    "config without vocabulary": (lambda folder: _rewrite_model_json(folder, lambda m: m.pop("vocabulary")), "vocabulary"),
-    "vocabulary of another size": (lambda folder: _rewrite_model_json(folder, lambda m: m["vocabulary"]["words"].pop()), "9 words"),
-    "truncated params.npz": (lambda folder: (folder / PARAMS_FILE).write_bytes((folder / PARAMS_FILE).read_bytes()[:300]), "checksum"),
+    "bad config": (
+        lambda folder: _rewrite_model_json(folder, lambda m: m["config"].update(dropout_rate=1.5)),
+        "dropout_rate",
+    ),
+    "config without vocabulary": (
+        lambda folder: _rewrite_model_json(folder, lambda m: m.pop("vocabulary")),
+        "vocabulary",
+    ),
+    "vocabulary of another size": (
+        lambda folder: _rewrite_model_json(folder, lambda m: m["vocabulary"]["words"].pop()),
+        "9 words",
+    ),
+    "truncated params.npz": (
+        lambda folder: (folder / PARAMS_FILE).write_bytes((folder / PARAMS_FILE).read_bytes()[:300]),
+        "checksum",
+    ),
     "params.npz not an npz": (_not_npz, "not a readable .npz"),
-    "parameter of the wrong shape": (_wrong_shape, r"hidden_1/kernel is float32\[6, 5\], the config needs float32\[6, 4\]"),
+    "parameter of the wrong shape": (
+        _wrong_shape,
+        r"hidden_1/kernel is float32\[6, 5\], the config needs float32\[6, 4\]",
+    ),
     "parameter missing": (_missing_param, "missing parameter output/bias"),
     "history.json not JSON": (lambda folder: (folder / HISTORY_FILE).write_text("nan nan"), "history.json"),
 }
@@ -178,7 +219,10 @@ def test_saving_again_replaces_the_model(state, tmp_path):
     moved = state.replace(params=jax.tree_util.tree_map(lambda leaf: leaf * 2, state.params))
     save_model(folder, moved, CONFIG, Vocabulary(WORDS))
     loaded = load_model(folder)
-    np.testing.assert_array_equal(np.asarray(loaded.state.params["output"]["kernel"]), np.asarray(moved.params["output"]["kernel"]))  # pyright: ignore[reportAttributeAccessIssue]
+    np.testing.assert_array_equal(
+        np.asarray(loaded.state.params["output"]["kernel"]),  # pyright: ignore[reportAttributeAccessIssue]
+        np.asarray(moved.params["output"]["kernel"]),
+    )
     assert loaded.history is None and loaded.metrics is None  # pyright: ignore[reportAttributeAccessIssue]
     assert not [path for path in folder.iterdir() if path.name.startswith(".")]
 
@@ -189,7 +233,9 @@ def test_saving_over_a_model_keeps_the_other_files_in_its_folder(state, tmp_path
     (folder / "notes").mkdir()
     (folder / "notes" / "mine.txt").write_text("keep me")
     save_model(folder, state, CONFIG, Vocabulary(WORDS))
-    assert (folder / "history_loss.png").read_bytes() == b"figure" and (folder / "notes" / "mine.txt").read_text() == "keep me"
+    assert (folder / "history_loss.png").read_bytes() == b"figure" and (
+        folder / "notes" / "mine.txt"
+    ).read_text() == "keep me"
     assert load_model(folder).metrics is None
     assert sorted(path.name for path in tmp_path.iterdir()) == ["model"]  # nothing left beside it
 
@@ -197,7 +243,7 @@ def test_saving_over_a_model_keeps_the_other_files_in_its_folder(state, tmp_path
 @pytest.mark.parametrize("fail_at", ["params", "history", "model", "swap"])
 @pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two renames"])
 def test_a_save_killed_part_way_leaves_the_old_model_loadable(state, tmp_path, monkeypatch, fail_at, exchange):
-    import imdb_jax.checkpoint as checkpoint
+    import imdb_jax.saved.model_folder as checkpoint
 
     folder = save_model(tmp_path / "model", state, CONFIG, Vocabulary(WORDS), HISTORY, METRICS)
     if not exchange:
@@ -218,7 +264,12 @@ def test_a_save_killed_part_way_leaves_the_old_model_loadable(state, tmp_path, m
     if fail_at == "swap":
         monkeypatch.setattr(checkpoint, "_swap", dying_swap)
     with pytest.raises(KeyboardInterrupt):
-        save_model(folder, state.replace(params=jax.tree_util.tree_map(lambda leaf: leaf * 2, state.params)), CONFIG, Vocabulary(WORDS))
+        save_model(
+            folder,
+            state.replace(params=jax.tree_util.tree_map(lambda leaf: leaf * 2, state.params)),
+            CONFIG,
+            Vocabulary(WORDS),
+        )
     assert load_model(folder).metrics == METRICS  # the old model, whole
 
 
@@ -248,8 +299,10 @@ def test_a_save_killed_with_sigkill_at_a_random_moment_leaves_a_loadable_model(t
     folder = tmp_path / "model"
     chances = random.Random(0)
     saves = []
-    for attempt in range(3):
-        process = subprocess.Popen([sys.executable, "-c", _SAVE_FOREVER, str(folder)], stdout=subprocess.PIPE, text=True)
+    for _attempt in range(3):
+        process = subprocess.Popen(
+            [sys.executable, "-c", _SAVE_FOREVER, str(folder)], stdout=subprocess.PIPE, text=True
+        )
         assert process.stdout.readline() == "ready\n"  # pyright: ignore[reportOptionalMemberAccess]
         time.sleep(chances.uniform(0.2, 0.6))
         process.send_signal(signal.SIGKILL)
@@ -264,7 +317,12 @@ def test_loading_a_model_compiles_nothing(tmp_path):
     import sys
 
     state = create_train_state(jax.random.key(0), ModelConfig(num_words=30, hidden_units=(4, 3)))
-    save_model(tmp_path / "m", state, ModelConfig(num_words=30, hidden_units=(4, 3)), Vocabulary([f"w{i}" for i in range(30)]))  # pyright: ignore[reportArgumentType]
+    save_model(
+        tmp_path / "m",
+        state,
+        ModelConfig(num_words=30, hidden_units=(4, 3)),
+        Vocabulary([f"w{i}" for i in range(30)]),  # pyright: ignore[reportArgumentType]
+    )
     script = (
         "import sys, jax, jax.monitoring\n"
         "compiles = []\n"
@@ -276,6 +334,8 @@ def test_loading_a_model_compiles_nothing(tmp_path):
         "print(len(compiles))\n"
     )
     env = {**__import__("os").environ, "IMDB_JAX_COMPILE_CACHE": "off", "JAX_PLATFORMS": "cpu"}
-    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "m")], capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "m")], capture_output=True, text=True, env=env, timeout=120
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["0"]

@@ -71,7 +71,9 @@ def test_a_huge_batch_size_is_refused_naming_the_option(command, no_work, tmp_pa
         "evaluate": ["evaluate", "--model", str(tmp_path / "model")],
     }[command]
     line = _one_error_line([*argv, "--batch-size", "100000000"])
-    assert line.endswith("--batch-size must be at most 32768 (more than IMDb's 25,000 reviews in one batch), got 100000000")
+    assert line.endswith(
+        "--batch-size must be at most 32768 (more than IMDb's 25,000 reviews in one batch), got 100000000"
+    )
     assert not (tmp_path / "run").exists()
 
 
@@ -124,9 +126,24 @@ def test_model_settings_are_named_as_the_options_typed(options, message, no_work
 
 
 def test_validation_is_named_as_the_option_typed(fake_aclimdb, tmp_path):
-    line = _one_error_line(["study", "units", "--data-dir", str(fake_aclimdb), "--cache-dir", str(tmp_path / "cache"),
-                            "--validation", "6", "--output", str(tmp_path / "run"), "--no-progress"])
-    assert line == "imdb-jax study: error: --validation must be between 1 and 5 (the data has 6 training reviews), got 6"
+    line = _one_error_line(
+        [
+            "study",
+            "units",
+            "--data-dir",
+            str(fake_aclimdb),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--validation",
+            "6",
+            "--output",
+            str(tmp_path / "run"),
+            "--no-progress",
+        ]
+    )
+    assert (
+        line == "imdb-jax study: error: --validation must be between 1 and 5 (the data has 6 training reviews), got 6"
+    )
     assert "num_validation" not in line
     assert not (tmp_path / "run").exists()
 
@@ -144,7 +161,9 @@ def test_compile_cache_option_is_applied_before_anything_compiles(command, monke
         "predict": ["predict", "--model", str(tmp_path), "text"],
     }[command]
     for options in (["--compile-cache", "off"], []):
-        status, _, stderr = _run([*argv, *options])  # no data, or a folder without a model: found after the cache is set
+        status, _, stderr = _run(
+            [*argv, *options]
+        )  # no data, or a folder without a model: found after the cache is set
         assert status == 2 and "Traceback" not in stderr
     assert calls == [("off", True), (None, False)]
 
@@ -165,7 +184,12 @@ def tiny_model(tmp_path_factory):
 
     words = ("great", "awful", "film", "plot", "fun")
     config = ModelConfig(num_words=len(words), hidden_units=(4,))
-    return save_model(tmp_path_factory.mktemp("tiny") / "model", create_train_state(jax.random.key(0), config), config, Vocabulary(words))
+    return save_model(
+        tmp_path_factory.mktemp("tiny") / "model",
+        create_train_state(jax.random.key(0), config),
+        config,
+        Vocabulary(words),
+    )
 
 
 STDIN = (
@@ -199,7 +223,11 @@ def test_predict_gives_one_line_per_input_line_in_order(tiny_model, monkeypatch)
     assert "(empty review)" in lines[6]
     assert "(no known words)" in lines[7] and lines[7].endswith("last line without a newline")
     # Nothing reaches the terminal raw: no control, format or line-separator characters.
-    assert not [char for char in stdout.replace("\n", "") if unicodedata.category(char)[0] == "C" or unicodedata.category(char) in ("Zl", "Zp")]
+    assert not [
+        char
+        for char in stdout.replace("\n", "")
+        if unicodedata.category(char)[0] == "C" or unicodedata.category(char) in ("Zl", "Zp")
+    ]
 
 
 def test_predict_json_keeps_every_line_and_marks_the_unscorable(tiny_model, monkeypatch):
@@ -209,11 +237,26 @@ def test_predict_json_keeps_every_line_and_marks_the_unscorable(tiny_model, monk
     assert len(stdout.splitlines()) == 1
     found = json.loads(stdout)["predictions"]
     assert [entry["text"] for entry in found] == [
-        "great film", "", "awful\rplot\x0bfun\x0c\x1c\x85\u2028 film", "\x1b[31mred\x1b[0m", "\ufffd\ufffd great \ufffd",
-        "zzz unknown words", "   ", "last line without a newline",
+        "great film",
+        "",
+        "awful\rplot\x0bfun\x0c\x1c\x85\u2028 film",
+        "\x1b[31mred\x1b[0m",
+        "\ufffd\ufffd great \ufffd",
+        "zzz unknown words",
+        "   ",
+        "last line without a newline",
     ]
     assert [entry["known_words"] for entry in found] == [2, 0, 4, 0, 1, 0, 0, 0]
-    assert [entry["note"] for entry in found] == [None, "empty review", None, "no known words", None, "no known words", "empty review", "no known words"]
+    assert [entry["note"] for entry in found] == [
+        None,
+        "empty review",
+        None,
+        "no known words",
+        None,
+        "no known words",
+        "empty review",
+        "no known words",
+    ]
     assert all((entry["probability"] is None) == (entry["known_words"] == 0) for entry in found)
     assert all(ord(char) < 128 for char in stdout)  # JSON escapes everything else
 
@@ -233,7 +276,12 @@ def test_predict_arguments_get_the_same_treatment(tiny_model):
     status, stdout, _ = _run(["predict", "--model", str(tiny_model), "", "great\x1b[2J", "nothing known"])
     assert status == 0
     lines = stdout.splitlines()
-    assert len(lines) == 3 and "(empty review)" in lines[0] and lines[1].endswith(r"great\x1b[2J") and "(no known words)" in lines[2]
+    assert (
+        len(lines) == 3
+        and "(empty review)" in lines[0]
+        and lines[1].endswith(r"great\x1b[2J")
+        and "(no known words)" in lines[2]
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,19 +289,34 @@ def test_predict_arguments_get_the_same_treatment(tiny_model):
 
 
 def _python(code: str, **options) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120, **options)
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120, **options
+    )
 
 
 @pytest.mark.parametrize(
     "argv",
     [
-        ["--help"], ["--version"], ["study", "--help"], ["train", "--help"], ["train", "--epochs", "four"], ["predict"],
+        ["--help"],
+        ["--version"],
+        ["study", "--help"],
+        ["train", "--help"],
+        ["train", "--epochs", "four"],
+        ["predict"],
         # Values argparse accepts and the command refuses: checked before JAX is imported, also
         # by the commands that can run over several processes (joining one imports JAX).
-        ["train", "--epochs", "-1"], ["train", "--dropout", "1.5"], ["train", "--ngrams", "0"], ["train", "--resume"],
-        ["study", "units", "--seeds", "0"], ["study", "--epochs", "-1"], ["study", "units", "--min-count", "0"],
-        ["tune", "--validation", "0"], ["data", "--held-out", "-1"], ["data", "--num-words", "0"],
-        ["predict", "--model", "tests/conftest.py", "text"], ["evaluate", "--model", "no-such-folder"],
+        ["train", "--epochs", "-1"],
+        ["train", "--dropout", "1.5"],
+        ["train", "--ngrams", "0"],
+        ["train", "--resume"],
+        ["study", "units", "--seeds", "0"],
+        ["study", "--epochs", "-1"],
+        ["study", "units", "--min-count", "0"],
+        ["tune", "--validation", "0"],
+        ["data", "--held-out", "-1"],
+        ["data", "--num-words", "0"],
+        ["predict", "--model", "tests/conftest.py", "text"],
+        ["evaluate", "--model", "no-such-folder"],
     ],
 )
 def test_help_and_option_errors_do_not_import_jax(argv):
@@ -297,22 +360,56 @@ def _with_stdout_closed(argv: list[str]) -> subprocess.CompletedProcess:
     read, write = os.pipe()
     os.close(read)
     try:
-        return subprocess.run([sys.executable, "-m", "imdb_jax", *argv], stdout=write, stderr=subprocess.PIPE, text=True,
-                              cwd=REPO, timeout=300)
+        return subprocess.run(
+            [sys.executable, "-m", "imdb_jax", *argv],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+            timeout=300,
+        )
     finally:
         os.close(write)
 
 
 @pytest.mark.parametrize("json_output", [False, True], ids=["text", "json"])
 def test_predict_into_a_closed_pipe_ends_quietly(tiny_model, json_output):
-    done = _with_stdout_closed(["predict", "--model", str(tiny_model), "--compile-cache", "off", "great film", "awful plot",
-                                *(["--json"] if json_output else [])])
+    done = _with_stdout_closed(
+        [
+            "predict",
+            "--model",
+            str(tiny_model),
+            "--compile-cache",
+            "off",
+            "great film",
+            "awful plot",
+            *(["--json"] if json_output else []),
+        ]
+    )
     assert done.stderr == "" and done.returncode == 141  # 128 + SIGPIPE, as a shell reports `yes | head -1`
 
 
 def test_train_into_a_closed_pipe_ends_quietly_with_its_model_saved(fake_aclimdb, tmp_path):
-    done = _with_stdout_closed(["train", "--data-dir", str(fake_aclimdb), "--cache-dir", str(tmp_path / "cache"), "--compile-cache", "off",
-                                "--epochs", "1", "--batch-size", "2", "--hidden-units", "4", "--output", str(tmp_path / "run"), "--no-progress"])
+    done = _with_stdout_closed(
+        [
+            "train",
+            "--data-dir",
+            str(fake_aclimdb),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--compile-cache",
+            "off",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "2",
+            "--hidden-units",
+            "4",
+            "--output",
+            str(tmp_path / "run"),
+            "--no-progress",
+        ]
+    )
     assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr, done.stderr
     assert done.returncode == 141
     assert (tmp_path / "run" / "model.json").is_file()
@@ -334,11 +431,15 @@ sys.exit(main())
 """
 
 
-def _interrupt(argv: list[str], cwd: Path, wait_for: bytes, delay: float) -> tuple[subprocess.Popen, threading.Thread, bytearray]:
+def _interrupt(
+    argv: list[str], cwd: Path, wait_for: bytes, delay: float
+) -> tuple[subprocess.Popen, threading.Thread, bytearray]:
     """Starts `imdb-jax ARGV` (`GUARDED`), waits for `wait_for` on its stderr, then `delay`
     seconds, then sends SIGINT as Ctrl-C would; (the process, the thread reading its stderr,
     the stderr bytes so far)."""
-    process = subprocess.Popen([sys.executable, "-c", GUARDED, *argv], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, "-c", GUARDED, *argv], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     stream = process.stderr
     assert stream is not None
     seen = bytearray()
@@ -362,8 +463,21 @@ def _interrupt(argv: list[str], cwd: Path, wait_for: bytes, delay: float) -> tup
 def test_ctrl_c_exits_130_with_one_line_at_any_moment(fake_aclimdb, tmp_path):
     """Ctrl-C while JAX is imported and the data read, and twice during training: status 130,
     the last line "interrupted", never a segmentation fault or a traceback."""
-    env_argv = ["train", "--data-dir", str(fake_aclimdb), "--cache-dir", str(tmp_path / "cache"), "--compile-cache", "off",
-                "--epochs", "1000000", "--batch-size", "2", "--hidden-units", "4"]
+    env_argv = [
+        "train",
+        "--data-dir",
+        str(fake_aclimdb),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--compile-cache",
+        "off",
+        "--epochs",
+        "1000000",
+        "--batch-size",
+        "2",
+        "--hidden-units",
+        "4",
+    ]
     processes = [
         _interrupt([*env_argv, "--output", str(tmp_path / "early"), "--no-progress"], tmp_path, b"guarded\n", 0.5),
         _interrupt([*env_argv, "--output", str(tmp_path / "training-a")], tmp_path, b"fit", 0.3),
@@ -372,6 +486,8 @@ def test_ctrl_c_exits_130_with_one_line_at_any_moment(fake_aclimdb, tmp_path):
     for (process, reader, seen), name in zip(processes, ("early", "training-a", "training-b")):
         status = process.wait(timeout=120)
         reader.join(timeout=10)
+        if process.stderr is not None:  # read to its end by the reader: close it (no ResourceWarning)
+            process.stderr.close()
         stderr = bytes(seen).decode("utf-8", errors="replace")
         assert status == 130, (name, status, stderr)
         assert "Segmentation fault" not in stderr and "Traceback" not in stderr, stderr
@@ -390,8 +506,20 @@ def test_ctrl_c_exits_130_with_one_line_at_any_moment(fake_aclimdb, tmp_path):
 def test_real_data_tests_fail_not_skip_under_ci(tmp_path):
     env = {**os.environ, "CI": "true", "TFDS_DATA_DIR": str(tmp_path / "no-data-here")}
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cli_study.py::test_short_study_on_the_real_reviews"],
-        capture_output=True, text=True, cwd=REPO, env=env, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/test_cli_study.py::test_short_study_on_the_real_reviews",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=300,
     )
     assert result.returncode != 0 and "1 error" in result.stdout, result.stdout
     assert "real IMDb data not available" in result.stdout and "skipped" not in result.stdout

@@ -13,11 +13,18 @@ README = (REPO / "README.md").read_text(encoding="utf-8")
 BENCHMARKS_README = (REPO / "benchmarks" / "README.md").read_text(encoding="utf-8")
 
 # "the default of 3 seeds", "4 seeds is the default", "default 3 seeds", "with 4 seeds (`--seeds N`".
-DEFAULT_SEED_CLAIMS = re.compile(r"default of (\d+) seeds|(\d+) seeds is the default|default (\d+) seeds|with (\d+) seeds \(`--seeds N`")
+DEFAULT_SEED_CLAIMS = re.compile(
+    r"default of (\d+) seeds|(\d+) seeds is the default|default (\d+) seeds|with (\d+) seeds \(`--seeds N`"
+)
 
 
 def _claimed_defaults(text: str) -> set[int]:
-    return {int(number) for match in DEFAULT_SEED_CLAIMS.finditer(" ".join(text.split())) for number in match.groups() if number}
+    return {
+        int(number)
+        for match in DEFAULT_SEED_CLAIMS.finditer(" ".join(text.split()))
+        for number in match.groups()
+        if number
+    }
 
 
 def test_the_documents_give_the_default_seed_count():
@@ -28,7 +35,10 @@ def test_the_documents_give_the_default_seed_count():
 def test_the_tune_docstring_quotes_the_readme_measurement():
     """One measurement, quoted alike in both places, with its machine named."""
     readme = " ".join(README.split())
-    found = re.search(r"test accuracy (0\.\d+) in (\d+) s from nothing cached \((\d+) s with .*?\), against (0\.\d+) for .*? in (\d+) s", readme)
+    found = re.search(
+        r"test accuracy (0\.\d+) in (\d+) s from nothing cached \((\d+) s with .*?\), against (0\.\d+) for .*? in (\d+) s",
+        readme,
+    )
     assert found, "README's tune measurement moved: update this test"
     accuracy, cold, cached, baseline, baseline_s = found.groups()
     doc = " ".join((imdb_jax.tune.runner.__doc__ or "").split())

@@ -78,8 +78,21 @@ def no_work(monkeypatch):
 
 
 def _train_options(data: Path, tmp_path: Path) -> list[str]:
-    return ["--data-dir", str(data), "--cache-dir", str(tmp_path / "cache"), "--hidden-units", "4", "--epochs", "3",
-            "--batch-size", "2", "--no-progress", "--compile-cache", "off"]
+    return [
+        "--data-dir",
+        str(data),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--hidden-units",
+        "4",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "2",
+        "--no-progress",
+        "--compile-cache",
+        "off",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -136,17 +149,25 @@ def test_overwrite_replaces_the_whole_folder_only_once_the_new_run_is_complete(f
         return fit(*args, **kwargs)
 
     monkeypatch.setattr(imdb_jax.train.fit, "fit", fit_while_looking)
-    status, stdout, stderr = _run(["train", *_train_options(fake_aclimdb, tmp_path), "--output", str(folder), "--overwrite", "--json"])
+    status, stdout, stderr = _run(
+        ["train", *_train_options(fake_aclimdb, tmp_path), "--output", str(folder), "--overwrite", "--json"]
+    )
     assert status == 0, stderr
     # While training, the folder still held the earlier run, untouched; the new one grew beside it.
     assert seen == [(True, [".a.lock", ".a.partial"])]
     # Afterwards: the new run's files only (no old figure, report or model/), nothing left beside.
     assert sorted(path.name for path in folder.iterdir()) == [
-        "history.json", "history_accuracy.png", "history_loss.png", "model.json", "params.npz"
+        "history.json",
+        "history_accuracy.png",
+        "history_loss.png",
+        "model.json",
+        "params.npz",
     ]
     assert _leftovers(folder) == []
     report = json.loads(stdout)
-    assert report["output"] == str(folder) and all(Path(plot).parent == folder and Path(plot).is_file() for plot in report["plots"])
+    assert report["output"] == str(folder) and all(
+        Path(plot).parent == folder and Path(plot).is_file() for plot in report["plots"]
+    )
 
 
 def test_a_failed_replacement_leaves_the_earlier_run_whole(fake_aclimdb, tmp_path, monkeypatch):
@@ -189,7 +210,9 @@ def test_a_killed_replacement_resumes_beside_the_earlier_run_and_then_replaces_i
     status, stdout, stderr = _run(["train", *options, "--resume", "--json"])
     assert status == 0, stderr
     assert json.loads(stdout)["output"] == str(folder) and _leftovers(folder) == []
-    assert "history_val_loss.png" not in {path.name for path in folder.iterdir()} and not (folder / "checkpoint").exists()
+    assert (
+        "history_val_loss.png" not in {path.name for path in folder.iterdir()} and not (folder / "checkpoint").exists()
+    )
     history = load_single_model(folder).history
     assert history is not None and len(history["loss"]) == 3
 
@@ -200,9 +223,32 @@ def test_study_overwrite_names_the_retrained_model_where_it_ends_up(fake_aclimdb
     folder = _earlier_study(tmp_path / "runs" / "a")
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps([{"hidden_units": [4]}, {"hidden_units": [2]}]))
-    status, stdout, stderr = _run(["study", "--spec", str(spec), "--epochs", "2", "--seeds", "1", "--validation", "2", "--batch-size", "2",
-                                   "--data-dir", str(fake_aclimdb), "--cache-dir", str(tmp_path / "cache"), "--no-progress",
-                                   "--compile-cache", "off", "--output", str(folder), "--overwrite", "--json"])
+    status, stdout, stderr = _run(
+        [
+            "study",
+            "--spec",
+            str(spec),
+            "--epochs",
+            "2",
+            "--seeds",
+            "1",
+            "--validation",
+            "2",
+            "--batch-size",
+            "2",
+            "--data-dir",
+            str(fake_aclimdb),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--no-progress",
+            "--compile-cache",
+            "off",
+            "--output",
+            str(folder),
+            "--overwrite",
+            "--json",
+        ]
+    )
     assert status == 0, stderr
     names = {path.name for path in folder.iterdir()}
     assert "val_loss_units.png" not in names and {"study.json", "report.md", "model"} <= names
@@ -224,7 +270,9 @@ with folder_lock(sys.argv[1]):
 
 def test_a_second_writer_is_refused_and_a_killed_writer_blocks_nobody(no_work, tmp_path):
     folder = tmp_path / "a"
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_THE_LOCK, str(folder)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_THE_LOCK, str(folder)], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
     assert holder.stdout is not None
     try:
         assert holder.stdout.readline() == "held\n"
@@ -256,9 +304,29 @@ def test_the_lock_is_exclusive_within_one_process_too(tmp_path):
 def test_one_seed_and_one_epoch_are_singular(fake_aclimdb, tmp_path):
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps([{"hidden_units": [4]}]))
-    status, stdout, stderr = _run(["study", "--spec", str(spec), "--epochs", "1", "--seeds", "1", "--validation", "2", "--batch-size", "2",
-                                   "--data-dir", str(fake_aclimdb), "--cache-dir", str(tmp_path / "cache"), "--compile-cache", "off",
-                                   "--output", str(tmp_path / "one")])
+    status, stdout, stderr = _run(
+        [
+            "study",
+            "--spec",
+            str(spec),
+            "--epochs",
+            "1",
+            "--seeds",
+            "1",
+            "--validation",
+            "2",
+            "--batch-size",
+            "2",
+            "--data-dir",
+            str(fake_aclimdb),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--compile-cache",
+            "off",
+            "--output",
+            str(tmp_path / "one"),
+        ]
+    )
     assert status == 0, stderr
     assert "1 variant x 1 seed, 1 epoch;" in stdout and "for 1 epoch on" in stdout, stdout
     assert "1 variant x 1 seed (1 model)" in stderr and "retrained" in stderr, stderr

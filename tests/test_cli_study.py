@@ -75,7 +75,9 @@ def test_help_lists_the_experiments(capsys):
     with pytest.raises(SystemExit):
         main(["study", "--help"])
     out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
-    assert "units, layers, epochs, regularization, dropout, all" in out and "--spec FILE" in out and "--no-retrain" in out
+    assert (
+        "units, layers, epochs, regularization, dropout, all" in out and "--spec FILE" in out and "--no-retrain" in out
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -88,14 +90,31 @@ def test_short_study_on_the_real_reviews(imdb_data, imdb_cache_dir, tmp_path, ca
     spec = tmp_path / "l2.toml"
     spec.write_text("[[variants]]\nhidden_units = [16, 16]\nl2 = 0.001\n")
     output = tmp_path / "study"
-    argv = ["study", "epochs", "--spec", str(spec), "--epochs", "2", "--cache-dir", str(imdb_cache_dir), "--output", str(output), "--seeds", "2", "--no-progress", "--json"]
+    argv = [
+        "study",
+        "epochs",
+        "--spec",
+        str(spec),
+        "--epochs",
+        "2",
+        "--cache-dir",
+        str(imdb_cache_dir),
+        "--output",
+        str(output),
+        "--seeds",
+        "2",
+        "--no-progress",
+        "--json",
+    ]
     assert main(argv) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1
     summary = json.loads(lines[0])
     assert summary["experiments"] == {"epochs": ["16-16"], "custom": ["16-16 l2=0.001"]}
     blocks = [block for run in summary["runs"] for block in run["blocks"]]
-    assert {tuple(block["hidden_units"]) for block in blocks} == {(16, 16)} and sum(len(block["variants"]) for block in blocks) == 4
+    assert {tuple(block["hidden_units"]) for block in blocks} == {(16, 16)} and sum(
+        len(block["variants"]) for block in blocks
+    ) == 4
     assert summary["seeds"] == 2 and summary["runs"][0]["trained"] == 4  # 2 variants x 2 seeds, one run
 
     stored = json.loads((output / "study.json").read_text())
@@ -113,11 +132,18 @@ def test_short_study_on_the_real_reviews(imdb_data, imdb_cache_dir, tmp_path, ca
     report = (output / "report.md").read_text()
     sixteen = stored["variants"][0]
     if sixteen["best_epoch"] < 2:
-        assert f"The 16-16 model's mean validation loss is lowest at epoch 1 ({sixteen['history']['val_loss'][0]:.4f}) and turns up" in report
+        assert (
+            f"The 16-16 model's mean validation loss is lowest at epoch 1 ({sixteen['history']['val_loss'][0]:.4f}) and turns up"
+            in report
+        )
     else:
         assert "The 16-16 model's mean validation loss is still at its lowest at the last epoch (2)" in report
     assert set(stored["figures"]) == {
-        "val_loss_epochs.png", "val_loss_custom.png", "val_accuracy_epochs.png", "val_accuracy_custom.png",
-        "train_vs_val_loss.png", "train_vs_val_accuracy.png",
+        "val_loss_epochs.png",
+        "val_loss_custom.png",
+        "val_accuracy_epochs.png",
+        "val_accuracy_custom.png",
+        "train_vs_val_loss.png",
+        "train_vs_val_accuracy.png",
     }
     assert (output / "model" / "model.json").is_file()

@@ -36,7 +36,9 @@ def _write_corpus(folder: Path) -> Path:
             for index in range(count):
                 review = list(rng.choice(NEUTRAL, 6)) + list(rng.choice(words, 2))
                 rng.shuffle(review)
-                (folder / split / label / f"{index}_{7 if label == 'pos' else 2}.txt").write_text(" ".join(review) + ".<br />")
+                (folder / split / label / f"{index}_{7 if label == 'pos' else 2}.txt").write_text(
+                    " ".join(review) + ".<br />"
+                )
     return folder
 
 
@@ -62,9 +64,27 @@ def trained(corpus, tmp_path_factory):
     """One `train --json` run on the small corpus, with 8 reviews held out."""
     output = tmp_path_factory.mktemp("runs") / "model"
     status, stdout, stderr = _run(
-        ["train", "--data-dir", corpus["data_dir"], "--cache-dir", corpus["cache_dir"], "--output", str(output),
-         "--hidden-units", "8,8", "--epochs", "12", "--batch-size", "8", "--learning-rate", "0.01",
-         "--validation", "8", "--no-progress", "--json"]
+        [
+            "train",
+            "--data-dir",
+            corpus["data_dir"],
+            "--cache-dir",
+            corpus["cache_dir"],
+            "--output",
+            str(output),
+            "--hidden-units",
+            "8,8",
+            "--epochs",
+            "12",
+            "--batch-size",
+            "8",
+            "--learning-rate",
+            "0.01",
+            "--validation",
+            "8",
+            "--no-progress",
+            "--json",
+        ]
     )
     assert status == 0, stderr
     return {"output": output, "stdout": stdout, "stderr": stderr}
@@ -124,7 +144,12 @@ def test_predict_reads_reviews_from_stdin_and_survives_bad_bytes(trained, monkey
     assert status == 0, stderr
     predictions = json.loads(stdout)["predictions"]
     # One entry per line, blank lines too, with a note instead of a probability.
-    assert [(p["label"], p["note"]) for p in predictions] == [("positive", None), (None, "empty review"), (None, "empty review"), ("negative", None)]
+    assert [(p["label"], p["note"]) for p in predictions] == [
+        ("positive", None),
+        (None, "empty review"),
+        (None, "empty review"),
+        ("negative", None),
+    ]
     assert predictions[1]["probability"] is None and predictions[1]["known_words"] == 0
     assert "\ufffd" in predictions[3]["text"]
     monkeypatch.setattr(sys, "stdin", _stdin(b""))
@@ -134,7 +159,17 @@ def test_predict_reads_reviews_from_stdin_and_survives_bad_bytes(trained, monkey
 
 def test_evaluate_scores_the_saved_model_on_the_test_split(trained, corpus):
     status, stdout, stderr = _run(
-        ["evaluate", "--model", str(trained["output"]), "--data-dir", corpus["data_dir"], "--cache-dir", corpus["cache_dir"], "--no-progress", "--json"]
+        [
+            "evaluate",
+            "--model",
+            str(trained["output"]),
+            "--data-dir",
+            corpus["data_dir"],
+            "--cache-dir",
+            corpus["cache_dir"],
+            "--no-progress",
+            "--json",
+        ]
     )
     assert status == 0, stderr
     report, train_report = json.loads(stdout), json.loads(trained["stdout"])
@@ -154,7 +189,17 @@ def test_evaluate_vectorises_with_the_model_vocabulary_when_it_differs(trained, 
     params = {**model.state.params, "hidden_0": {**model.state.params["hidden_0"], "kernel": kernel}}
     save_model(tmp_path / "permuted", model.state.replace(params=params), model.config, Vocabulary(words))
     status, stdout, stderr = _run(
-        ["evaluate", "--model", str(tmp_path / "permuted"), "--data-dir", corpus["data_dir"], "--cache-dir", corpus["cache_dir"], "--no-progress", "--json"]
+        [
+            "evaluate",
+            "--model",
+            str(tmp_path / "permuted"),
+            "--data-dir",
+            corpus["data_dir"],
+            "--cache-dir",
+            corpus["cache_dir"],
+            "--no-progress",
+            "--json",
+        ]
     )
     assert status == 0, stderr
     report = json.loads(stdout)
@@ -183,7 +228,9 @@ BAD_TRAIN_OPTIONS = {
 @pytest.mark.parametrize("case", list(BAD_TRAIN_OPTIONS))
 def test_bad_train_options_end_with_a_message_not_a_traceback(case, tmp_path):
     options, message = BAD_TRAIN_OPTIONS[case]
-    status, stdout, stderr = _run(["train", "--output", str(tmp_path / "run"), "--data-dir", str(tmp_path / "nowhere"), *options])
+    status, stdout, stderr = _run(
+        ["train", "--output", str(tmp_path / "run"), "--data-dir", str(tmp_path / "nowhere"), *options]
+    )
     assert status == 2
     assert message in stderr and "error:" in stderr.splitlines()[-1]
     assert "Traceback" not in stderr and stdout == ""
@@ -191,9 +238,24 @@ def test_bad_train_options_end_with_a_message_not_a_traceback(case, tmp_path):
 
 
 def test_validation_larger_than_the_training_set_is_refused(corpus, tmp_path):
-    status, _, stderr = _run(["train", "--data-dir", corpus["data_dir"], "--cache-dir", corpus["cache_dir"], "--output", str(tmp_path / "run"), "--validation", "24", "--no-progress"])
+    status, _, stderr = _run(
+        [
+            "train",
+            "--data-dir",
+            corpus["data_dir"],
+            "--cache-dir",
+            corpus["cache_dir"],
+            "--output",
+            str(tmp_path / "run"),
+            "--validation",
+            "24",
+            "--no-progress",
+        ]
+    )
     assert status == 2 and "Traceback" not in stderr
-    assert stderr.splitlines() == ["imdb-jax train: error: --validation must be between 0 and 23 (the data has 24 training reviews), got 24"]
+    assert stderr.splitlines() == [
+        "imdb-jax train: error: --validation must be between 0 and 23 (the data has 24 training reviews), got 24"
+    ]
     assert not (tmp_path / "run").exists()  # the output folder made for the run is removed again
 
 
@@ -203,13 +265,24 @@ def test_a_folder_that_is_not_a_model_is_refused(command, tmp_path):
     (tmp_path / "afile").write_text("not a model")
 
     def refused(folder: Path) -> str:
-        status, stdout, stderr = _run([command, "--model", str(folder), "some text"] if command == "predict" else [command, "--model", str(folder)])
+        status, stdout, stderr = _run(
+            [command, "--model", str(folder), "some text"]
+            if command == "predict"
+            else [command, "--model", str(folder)]
+        )
         assert status == 2 and stdout == "" and len(stderr.splitlines()) == 1, stderr
         return stderr.strip()
 
-    assert refused(tmp_path / "empty").startswith(f"imdb-jax {command}: error: {tmp_path / 'empty'} is not a model folder: model.json is missing")
-    assert refused(tmp_path / "absent") == f"imdb-jax {command}: error: {tmp_path / 'absent'} is not a model folder (no such folder)"
-    assert refused(tmp_path / "afile").startswith(f"imdb-jax {command}: error: {tmp_path / 'afile'} is a file, not a model folder")
+    assert refused(tmp_path / "empty").startswith(
+        f"imdb-jax {command}: error: {tmp_path / 'empty'} is not a model folder: model.json is missing"
+    )
+    assert (
+        refused(tmp_path / "absent")
+        == f"imdb-jax {command}: error: {tmp_path / 'absent'} is not a model folder (no such folder)"
+    )
+    assert refused(tmp_path / "afile").startswith(
+        f"imdb-jax {command}: error: {tmp_path / 'afile'} is a file, not a model folder"
+    )
 
 
 def test_plot_curves_draws_named_curves_and_plot_history_without_validation(tmp_path):
@@ -223,7 +296,9 @@ def test_plot_curves_draws_named_curves_and_plot_history_without_validation(tmp_
     assert legend is not None and axes.get_ylabel() == "validation loss"
     assert [text.get_text() for text in legend.get_texts()] == ["16-16", "512"]
 
-    paths = plot_history({"loss": [0.5, 0.3], "accuracy": [0.8, 0.9], "diverged": [False, False]}, tmp_path / "sub" / "run")
+    paths = plot_history(
+        {"loss": [0.5, 0.3], "accuracy": [0.8, 0.9], "diverged": [False, False]}, tmp_path / "sub" / "run"
+    )
     assert [path.name for path in paths] == ["run_loss.png", "run_accuracy.png"]
     assert all(path.read_bytes().startswith(PNG_SIGNATURE) for path in paths)
 
@@ -232,7 +307,9 @@ def test_the_default_train_run_on_the_real_data(imdb_data, real_data_dir, imdb_c
     """The seed's final run: 16-16, 4 epochs on all 25,000 training reviews, batch 512, seed 0,
     with the plain report (test metrics, predictions beside labels) and the default output folder."""
     monkeypatch.chdir(tmp_path)
-    status, stdout, stderr = _run(["train", "--data-dir", str(real_data_dir), "--cache-dir", str(imdb_cache_dir), "--no-progress"])
+    status, stdout, stderr = _run(
+        ["train", "--data-dir", str(real_data_dir), "--cache-dir", str(imdb_cache_dir), "--no-progress"]
+    )
     assert status == 0, stderr
     assert "data: 25000 training reviews; 25000 test reviews; 10000 words" in stdout
     assert "hidden 16-16, 4 epochs, batch 512, seed 0" in stdout
@@ -256,8 +333,10 @@ def test_the_default_train_run_on_the_real_data(imdb_data, real_data_dir, imdb_c
     assert model.vocabulary.words == imdb_data.vocabulary.words and model.metrics is not None
     assert model.metrics["test_accuracy"] == pytest.approx(test_accuracy, abs=1e-4)
     positive, negative = model.predict_texts(
-        ["One of the best films I have seen: a wonderful, moving story and brilliant acting.",
-         "The worst movie ever. Boring, stupid and a complete waste of time."]
+        [
+            "One of the best films I have seen: a wonderful, moving story and brilliant acting.",
+            "The worst movie ever. Boring, stupid and a complete waste of time.",
+        ]
     )
     assert positive > 0.5 > negative
 
@@ -283,16 +362,36 @@ sys.exit(main(sys.argv[1:]))
 
 
 def _killed_after_epoch(argv: list[str], epoch: int) -> None:
-    done = subprocess.run([sys.executable, "-c", KILLED_AFTER_EPOCH, *argv], env={**os.environ, "KILL_AFTER_EPOCH": str(epoch)},
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", KILLED_AFTER_EPOCH, *argv],
+        env={**os.environ, "KILL_AFTER_EPOCH": str(epoch)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
 
 
 def test_a_train_run_without_validation_killed_after_an_epoch_resumes_to_the_uninterrupted_result(corpus, tmp_path):
     """The default `train` has no --validation: its resume must work too (it once crashed in
     the loop that replays the best validation loss; tests/test_resume.py kills runs with one)."""
-    options = ["--data-dir", corpus["data_dir"], "--cache-dir", corpus["cache_dir"], "--hidden-units", "8", "--epochs", "4",
-               "--batch-size", "8", "--learning-rate", "0.01", "--no-progress", "--compile-cache", "off"]
+    options = [
+        "--data-dir",
+        corpus["data_dir"],
+        "--cache-dir",
+        corpus["cache_dir"],
+        "--hidden-units",
+        "8",
+        "--epochs",
+        "4",
+        "--batch-size",
+        "8",
+        "--learning-rate",
+        "0.01",
+        "--no-progress",
+        "--compile-cache",
+        "off",
+    ]
     killed = tmp_path / "killed"
     _killed_after_epoch(["train", *options, "--output", str(killed)], epoch=2)
     assert json.loads((killed / "checkpoint" / "run.json").read_text())["epochs_done"] == 2
@@ -315,11 +414,27 @@ def test_a_train_run_without_validation_killed_after_an_epoch_resumes_to_the_uni
 
 def test_a_run_that_blew_up_but_stayed_finite_warns_and_exits_3(corpus, tmp_path):
     """--learning-rate 1e6 keeps the loss finite but huge: the run must not pass as a success."""
-    options = ["train", "--data-dir", corpus["data_dir"], "--cache-dir", corpus["cache_dir"], "--epochs", "3", "--batch-size", "8",
-               "--learning-rate", "1e6", "--no-progress", "--compile-cache", "off"]
+    options = [
+        "train",
+        "--data-dir",
+        corpus["data_dir"],
+        "--cache-dir",
+        corpus["cache_dir"],
+        "--epochs",
+        "3",
+        "--batch-size",
+        "8",
+        "--learning-rate",
+        "1e6",
+        "--no-progress",
+        "--compile-cache",
+        "off",
+    ]
     status, stdout, stderr = _run([*options, "--output", str(tmp_path / "text")])
     assert status == 3, stderr
-    warnings = [line for line in stderr.splitlines() if line.startswith("imdb-jax train: warning: the model did not learn: ")]
+    warnings = [
+        line for line in stderr.splitlines() if line.startswith("imdb-jax train: warning: the model did not learn: ")
+    ]
     assert warnings and "times a constant guess" in " ".join(warnings), stderr
     table = stdout.splitlines()[2:6]  # header and three epochs, every column in its place
     assert table[0].split() == ["epoch", "loss", "accuracy"] and len({len(line) for line in table}) == 1, table
@@ -338,7 +453,9 @@ def test_learning_problems_name_each_way_a_run_fails():
     fine = {"loss": [0.6, 0.3], "accuracy": [0.75, 0.9], "diverged": [False, False]}
     assert learning_problems(fine, labels) == []
     chance = {"loss": [0.6, 0.55], "accuracy": [0.75, 0.75], "diverged": [False, False]}
-    assert learning_problems(chance, labels) == ["its final training accuracy 0.7500 is no better than always answering the majority label (0.7500)"]
+    assert learning_problems(chance, labels) == [
+        "its final training accuracy 0.7500 is no better than always answering the majority label (0.7500)"
+    ]
     grew = {"loss": [0.05, 30.0], "accuracy": [1.0, 1.0], "diverged": [False, False]}  # 600 times its lowest epoch
     assert learning_problems(grew, labels) == ["its final training loss 30 is 600 times its lowest (0.0500)"]
     nan = {"loss": [0.6, float("nan")], "accuracy": [0.8, float("nan")], "diverged": [False, True]}
@@ -346,9 +463,26 @@ def test_learning_problems_name_each_way_a_run_fails():
 
 
 def test_one_epoch_is_not_one_epochs(corpus, tmp_path):
-    status, stdout, stderr = _run(["train", "--data-dir", corpus["data_dir"], "--cache-dir", corpus["cache_dir"], "--epochs", "1",
-                                   "--batch-size", "8", "--learning-rate", "0.01", "--no-progress", "--compile-cache", "off",
-                                   "--output", str(tmp_path / "one")])
+    status, stdout, stderr = _run(
+        [
+            "train",
+            "--data-dir",
+            corpus["data_dir"],
+            "--cache-dir",
+            corpus["cache_dir"],
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--learning-rate",
+            "0.01",
+            "--no-progress",
+            "--compile-cache",
+            "off",
+            "--output",
+            str(tmp_path / "one"),
+        ]
+    )
     assert status in (0, 3), stderr
     assert ", 1 epoch, batch 8" in stdout and "1 epochs" not in stdout
 

@@ -19,13 +19,17 @@ def test_the_device_count_balances_first_layer_columns():
     # One 512-wide variant outweighs everything else: spreading it would only compute copies.
     assert balanced_device_count(one_seed, 2) == 1
     assert balanced_device_count(four_seeds, 2) == 2 and balanced_device_count(four_seeds, 4) == 4
-    assert balanced_device_count([VariantSpec((16, 16), seed=s) for s in range(3)], 2) == 2  # 32 columns a device, not 48
+    assert (
+        balanced_device_count([VariantSpec((16, 16), seed=s) for s in range(3)], 2) == 2
+    )  # 32 columns a device, not 48
     assert balanced_device_count([VariantSpec((16,), seed=s) for s in range(64)], 2) == 2
 
 
 def _devices_seen(env: dict[str, str]) -> str:
     code = "from imdb_jax.train.cpu_devices import use_every_core; use_every_core(); import jax; print(jax.local_device_count())"
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True
+    )
     return result.stdout.strip()
 
 

@@ -76,7 +76,10 @@ def fake_tfds_dir(tmp_path, fake_reviews, monkeypatch) -> Path:
 
 def test_aclimdb_folder_reader_order_and_labels(fake_aclimdb, fake_reviews):
     raw = sources.resolve_source(fake_aclimdb).read()
-    for split, texts, labels in (("train", raw.train_texts, raw.train_labels), ("test", raw.test_texts, raw.test_labels)):
+    for split, texts, labels in (
+        ("train", raw.train_texts, raw.train_labels),
+        ("test", raw.test_texts, raw.test_labels),
+    ):
         assert list(zip(texts, labels.tolist())) == documented_order(fake_reviews, split)
     assert raw.train_labels.sum() == 3 and len(raw.train_labels) == 6
 
@@ -217,7 +220,9 @@ def test_second_load_comes_from_the_cache(tmp_path, fake_aclimdb, monkeypatch):
 def test_cache_dir_defaults(tmp_path, monkeypatch, fake_aclimdb):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.delenv("IMDB_JAX_CACHE_DIR", raising=False)
-    assert load_imdb(num_words=5, data_dir=fake_aclimdb, progress=False).cache_path.parent == tmp_path / "xdg" / "imdb_jax"
+    assert (
+        load_imdb(num_words=5, data_dir=fake_aclimdb, progress=False).cache_path.parent == tmp_path / "xdg" / "imdb_jax"
+    )
     monkeypatch.setenv("IMDB_JAX_CACHE_DIR", str(tmp_path / "env"))
     assert load_imdb(num_words=5, data_dir=fake_aclimdb, progress=False).cache_path.parent == tmp_path / "env"
 
@@ -430,7 +435,14 @@ def test_other_feature_sets_reuse_the_tokenised_reviews(tmp_path, fake_aclimdb, 
         raise AssertionError("the reviews were read again")
 
     monkeypatch.setattr(sources.Source, "read", unread)
-    settings = {"num_words": 30, "ngrams": 3, "weighting": "tfidf", "held_out": 1, "data_dir": fake_aclimdb, "progress": False}
+    settings = {
+        "num_words": 30,
+        "ngrams": 3,
+        "weighting": "tfidf",
+        "held_out": 1,
+        "data_dir": fake_aclimdb,
+        "progress": False,
+    }
     second = load_imdb(cache_dir=tmp_path, **settings)
     assert not second.from_cache and second.features != first.features
     monkeypatch.undo()
@@ -456,8 +468,13 @@ def test_a_damaged_token_cache_is_reported_and_rebuilt(tmp_path, fake_aclimdb):
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"ngrams": 0}, "ngrams"), ({"weighting": "idf"}, "weighting"), ({"min_count": 0}, "min_count"),
-     ({"held_out": -1}, "held_out"), ({"held_out": 6}, "held_out must be less than the 6")],
+    [
+        ({"ngrams": 0}, "ngrams"),
+        ({"weighting": "idf"}, "weighting"),
+        ({"min_count": 0}, "min_count"),
+        ({"held_out": -1}, "held_out"),
+        ({"held_out": 6}, "held_out must be less than the 6"),
+    ],
 )
 def test_bad_feature_arguments(tmp_path, fake_aclimdb, kwargs, match):
     with pytest.raises(ImdbJaxError, match=match):
@@ -525,12 +542,16 @@ def test_real_warm_load_is_fast_and_identical(imdb_data, real_data_dir, imdb_cac
 
     assert imdb_data.cache_path is not None and imdb_data.cache_path.parent == imdb_cache_dir
     size_mb = imdb_data.cache_path.stat().st_size / 1e6
-    monkeypatch.setattr(imdb_jax.data.imdb, "_tokenised", lambda *args, **kwargs: pytest.fail("the warm load tokenised the reviews"))
+    monkeypatch.setattr(
+        imdb_jax.data.imdb, "_tokenised", lambda *args, **kwargs: pytest.fail("the warm load tokenised the reviews")
+    )
     start = time.perf_counter()
     warm = load_imdb(num_words=10000, data_dir=real_data_dir, cache_dir=imdb_cache_dir, source="tfds", progress=False)
     seconds = time.perf_counter() - start
-    print(f"cold {imdb_data.load_seconds:.1f} s (from cache: {imdb_data.from_cache}), warm {seconds:.2f} s, "
-          f"cache {size_mb:.1f} MB")
+    print(
+        f"cold {imdb_data.load_seconds:.1f} s (from cache: {imdb_data.from_cache}), warm {seconds:.2f} s, "
+        f"cache {size_mb:.1f} MB"
+    )
     assert warm.from_cache
     if not imdb_data.from_cache:  # measured against the cold load of the same session, on the same machine
         assert seconds < imdb_data.load_seconds / 5

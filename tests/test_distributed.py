@@ -53,11 +53,27 @@ def compile_cache(tmp_path_factory) -> Path:
 def study_args(tmp_path, fake_aclimdb) -> list[str]:
     spec_file = tmp_path / "specs.json"
     spec_file.write_text(json.dumps(SPECS))
-    return ["study", "--spec", str(spec_file), "--seeds", "2", "--batch-size", "2", "--validation", "2", "--num-words", "20",
-            "--data-dir", str(fake_aclimdb), "--no-progress"]
+    return [
+        "study",
+        "--spec",
+        str(spec_file),
+        "--seeds",
+        "2",
+        "--batch-size",
+        "2",
+        "--validation",
+        "2",
+        "--num-words",
+        "20",
+        "--data-dir",
+        str(fake_aclimdb),
+        "--no-progress",
+    ]
 
 
-def start(args: list, cache: Path, compile_cache: Path, devices: int, initialization_timeout: int = 60) -> subprocess.Popen:
+def start(
+    args: list, cache: Path, compile_cache: Path, devices: int, initialization_timeout: int = 60
+) -> subprocess.Popen:
     env = {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
@@ -77,8 +93,22 @@ def start_pair(args: list[str], tmp_path: Path, compile_cache: Path) -> list[sub
     output folder."""
     port = free_port()
     return [
-        start([*args, "--output", tmp_path / f"out{rank}", "--coordinator", f"127.0.0.1:{port}", "--num-processes", 2,
-               "--process-id", rank], tmp_path / f"cache{rank}", compile_cache, devices=2)
+        start(
+            [
+                *args,
+                "--output",
+                tmp_path / f"out{rank}",
+                "--coordinator",
+                f"127.0.0.1:{port}",
+                "--num-processes",
+                2,
+                "--process-id",
+                rank,
+            ],
+            tmp_path / f"cache{rank}",
+            compile_cache,
+            devices=2,
+        )
         for rank in range(2)
     ]
 
@@ -95,7 +125,9 @@ def finish(process: subprocess.Popen, timeout: float = 240) -> tuple[int, str, s
 
 def without_timings(value):
     if isinstance(value, dict):
-        return {key: without_timings(item) for key, item in value.items() if key not in TIMINGS + ("devices", "model_dir")}
+        return {
+            key: without_timings(item) for key, item in value.items() if key not in TIMINGS + ("devices", "model_dir")
+        }
     if isinstance(value, list):
         return [without_timings(item) for item in value]
     return value
@@ -115,7 +147,10 @@ def test_a_study_over_two_processes_is_the_one_process_study(study_args, tmp_pat
     assert len(expected["devices"]) == 1 and len(found["devices"]) == 4  # the variants spread over 4 devices
     assert found["status"] == "done" and len(found["variants"]) == len(SPECS)
     assert without_timings(found) == without_timings(expected)  # every history and statistic, bit for bit
-    with np.load(tmp_path / "alone" / "model" / "params.npz") as ours, np.load(tmp_path / "out0" / "model" / "params.npz") as theirs:
+    with (
+        np.load(tmp_path / "alone" / "model" / "params.npz") as ours,
+        np.load(tmp_path / "out0" / "model" / "params.npz") as theirs,
+    ):
         assert sorted(ours.files) == sorted(theirs.files)
         for name in ours.files:
             assert np.array_equal(ours[name], theirs[name]), name
@@ -145,9 +180,24 @@ def test_a_killed_process_ends_the_run_on_the_other(study_args, tmp_path, compil
 
 def test_an_unreachable_coordinator_is_a_clear_error(tmp_path, compile_cache):
     started = time.monotonic()
-    process = start(["study", "units", "--output", tmp_path / "out", "--coordinator", f"127.0.0.1:{free_port()}",
-                     "--num-processes", 2, "--process-id", 1], tmp_path / "cache", compile_cache, devices=1,
-                    initialization_timeout=2)
+    process = start(
+        [
+            "study",
+            "units",
+            "--output",
+            tmp_path / "out",
+            "--coordinator",
+            f"127.0.0.1:{free_port()}",
+            "--num-processes",
+            2,
+            "--process-id",
+            1,
+        ],
+        tmp_path / "cache",
+        compile_cache,
+        devices=1,
+        initialization_timeout=2,
+    )
     status, _, err = finish(process, timeout=60)
     # Its own 2 s timeout, not JAX's default of 300 s (the rest is starting Python and JAX, which
     # takes longer on a loaded machine).
@@ -186,7 +236,10 @@ def test_a_launcher_is_detected_only_with_several_tasks(monkeypatch):
         ({"coordinator": "127.0.0.1:99999", "num_processes": 2, "process_id": 0}, "HOST:PORT"),
         ({"coordinator": "127.0.0.1:1234", "num_processes": 2, "process_id": 2}, r"--process-id must be in \[0, 1\]"),
         ({"coordinator": "127.0.0.1:1234", "num_processes": 0, "process_id": 0}, "--num-processes must be a positive"),
-        ({"coordinator": "127.0.0.1:1234", "num_processes": 2, "process_id": 1, "heartbeat_timeout": 0}, "heartbeat timeout"),
+        (
+            {"coordinator": "127.0.0.1:1234", "num_processes": 2, "process_id": 1, "heartbeat_timeout": 0},
+            "heartbeat timeout",
+        ),
     ],
 )
 def test_bad_settings_are_refused_before_joining(options, message):

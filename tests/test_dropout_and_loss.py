@@ -57,8 +57,10 @@ def test_dropout_is_inverted_and_drops_about_rate_of_the_units(rate):
 
 def test_dropout_masks_differ_by_layer_and_key_and_rate_zero_keeps_everything():
     x = jnp.ones((256, 32), jnp.float32)
-    masks = [np.asarray(column_dropout(x, 0.5, key, layer) != 0) for key, layer in
-             ((jax.random.key(0), 0), (jax.random.key(0), 1), (jax.random.key(1), 0))]
+    masks = [
+        np.asarray(column_dropout(x, 0.5, key, layer) != 0)
+        for key, layer in ((jax.random.key(0), 0), (jax.random.key(0), 1), (jax.random.key(1), 0))
+    ]
     assert not np.array_equal(masks[0], masks[1]) and not np.array_equal(masks[0], masks[2])
     np.testing.assert_array_equal(column_dropout(x, 0.0, jax.random.key(0), 0), x)
 
@@ -76,7 +78,9 @@ def test_dropout_is_on_in_training_and_off_at_evaluation():
     batch = _batch()
     plain, heavy = _with_dropout(state, 0.0), _with_dropout(state, 0.9)
     # Evaluation and prediction ignore the rate entirely: identical bits.
-    for got, expected in zip(jax.tree_util.tree_leaves(eval_step(heavy, batch)), jax.tree_util.tree_leaves(eval_step(plain, batch))):
+    for got, expected in zip(
+        jax.tree_util.tree_leaves(eval_step(heavy, batch)), jax.tree_util.tree_leaves(eval_step(plain, batch))
+    ):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
     np.testing.assert_array_equal(predict_logits(heavy, batch["inputs"]), predict_logits(plain, batch["inputs"]))
     split = Split(sp.csr_matrix(np.asarray(batch["inputs"])), np.asarray(batch["labels"]))

@@ -56,7 +56,9 @@ def nb_model() -> SavedModel:
 
 def test_planted_words_rank_first(word_model, nb_model):
     for model in (word_model, nb_model):
-        positive, negative = explain_texts(model, ["the film zqgood was the story", "music zqbad and the ending"], top=3)
+        positive, negative = explain_texts(
+            model, ["the film zqgood was the story", "music zqbad and the ending"], top=3
+        )
         assert positive[0]["term"] == "zqgood" and positive[0]["contribution"] > 0
         assert negative[0]["term"] == "zqbad" and negative[0]["contribution"] < 0
         assert len(positive) <= 3
@@ -82,10 +84,14 @@ def test_contributions_are_gradient_times_input(nb_model):
     explained = explain_rows(nb_model, x, top=100)
     for row in range(len(texts)):
         start, stop = x.indptr[row], x.indptr[row + 1]
-        expected = {nb_model.vocabulary.terms[column]: float(gradient) * float(value)
-                    for column, gradient, value in zip(x.indices[start:stop], gradients[start:stop], x.data[start:stop])
-                    if gradient * value != 0}
-        assert {item["term"]: item["contribution"] for item in explained[row]} == pytest.approx(expected, rel=1e-6, abs=1e-9)
+        expected = {
+            nb_model.vocabulary.terms[column]: float(gradient) * float(value)
+            for column, gradient, value in zip(x.indices[start:stop], gradients[start:stop], x.data[start:stop])
+            if gradient * value != 0
+        }
+        assert {item["term"]: item["contribution"] for item in explained[row]} == pytest.approx(
+            expected, rel=1e-6, abs=1e-9
+        )
 
 
 def test_an_ensemble_of_one_model_twice_explains_as_the_model(word_model):
@@ -115,7 +121,9 @@ def _run(argv: list[str]) -> tuple[int, str, str]:
 
 def test_predict_explain(nb_model, tmp_path):
     folder = save_model(tmp_path / "model", nb_model.state, nb_model.config, nb_model.vocabulary)
-    status, stdout, _ = _run(["predict", "--model", str(folder), "--explain", "--top", "2", "--json", "the zqgood film", "qqq"])
+    status, stdout, _ = _run(
+        ["predict", "--model", str(folder), "--explain", "--top", "2", "--json", "the zqgood film", "qqq"]
+    )
     assert status == 0
     found = json.loads(stdout)["predictions"]
     assert found[0]["explanation"][0]["term"] == "zqgood" and len(found[0]["explanation"]) <= 2

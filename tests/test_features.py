@@ -152,7 +152,7 @@ def test_transforming_new_reviews_equals_the_fitted_rows():
 
 
 def test_transform_in_chunks_equals_one_pass(monkeypatch):
-    import imdb_jax.features as features
+    import imdb_jax.data.features as features
 
     rng = random.Random(6)
     texts = random_corpus(rng, WORDS, 50, 30)
@@ -248,7 +248,9 @@ def test_the_features_benchmark_runs_and_reports_json_lines(fake_aclimdb):
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_features.py"
     run = subprocess.run(
         [sys.executable, str(script), "--quick", "--data-dir", str(fake_aclimdb)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     records = [json.loads(line) for line in run.stdout.splitlines()]  # stdout holds JSON lines only

@@ -43,7 +43,8 @@ def test_data_never_imports_jax():
 def test_models_never_import_training_saving_or_the_command_line():
     for path in sorted((PACKAGE / "models").glob("*.py")):
         offending = {
-            name for name in imported_modules(path)
+            name
+            for name in imported_modules(path)
             if name.startswith(("imdb_jax.train", "imdb_jax.saved", "imdb_jax.cli"))
         }
         assert not offending, f"{path.relative_to(REPO)} imports {sorted(offending)}"

@@ -41,14 +41,18 @@ def _reference_gradients(params, x, y, l1, l2):
 def _reference_rmsprop(params, x, y, *, steps, learning_rate, weight_decay, l1, l2):
     """Keras: v = .9 v + .1 g²; w -= lr g / sqrt(v + 1e-7) + lr wd w (v starts at zero)."""
     params = {layer: dict(values) for layer, values in params.items()}
-    velocity = {layer: {name: np.zeros_like(value) for name, value in values.items()} for layer, values in params.items()}
+    velocity = {
+        layer: {name: np.zeros_like(value) for name, value in values.items()} for layer, values in params.items()
+    }
     for _ in range(steps):
         grads = _reference_gradients(params, x, y, l1, l2)
         for layer in LAYERS:
             for name in ("kernel", "bias"):
                 g, w = grads[layer][name], params[layer][name]
                 velocity[layer][name] = 0.9 * velocity[layer][name] + 0.1 * g**2
-                params[layer][name] = w - learning_rate * g / np.sqrt(velocity[layer][name] + 1e-7) - learning_rate * weight_decay * w
+                params[layer][name] = (
+                    w - learning_rate * g / np.sqrt(velocity[layer][name] + 1e-7) - learning_rate * weight_decay * w
+                )
     return params
 
 
@@ -94,7 +98,13 @@ def test_rmsprop_updates_equal_the_keras_formula(base_state, jitted_train_step, 
     expected = _reference_rmsprop(initial, x.astype(np.float64), y.astype(np.float64), steps=3, **settings)
     for layer in LAYERS:
         for name in ("kernel", "bias"):
-            np.testing.assert_allclose(np.asarray(state.params[layer][name]), expected[layer][name], rtol=0, atol=1e-6, err_msg=f"{layer}/{name}")
+            np.testing.assert_allclose(
+                np.asarray(state.params[layer][name]),
+                expected[layer][name],
+                rtol=0,
+                atol=1e-6,
+                err_msg=f"{layer}/{name}",
+            )
     moved = max(np.abs(expected[layer]["kernel"] - initial[layer]["kernel"]).max() for layer in LAYERS)
     assert moved > 1e-3  # the comparison is not between two unchanged models
 

@@ -39,8 +39,11 @@ def command(*options: str) -> list[str]:
 def strip_timings(value):
     """study.json without its clocks and its own folder's name (they differ between any two runs)."""
     if isinstance(value, dict):
-        return {key: strip_timings(item) for key, item in value.items()
-                if not (key.endswith("_s") or key in ("seconds", "fit_seconds_per_epoch", "model_dir", "output"))}
+        return {
+            key: strip_timings(item)
+            for key, item in value.items()
+            if not (key.endswith("_s") or key in ("seconds", "fit_seconds_per_epoch", "model_dir", "output"))
+        }
     if isinstance(value, list):
         return [strip_timings(item) for item in value]
     return value
@@ -78,11 +81,32 @@ def test_a_study_killed_at_a_random_epoch_resumes_to_the_uninterrupted_result(co
     root, env = corpus["root"], corpus["env"]
     epochs = 10
     spec = root / "specs.json"
-    spec.write_text(json.dumps([{"hidden_units": [8]}, {"hidden_units": [8, 8], "dropout_rate": 0.3}, {"hidden_units": [4], "l2": 0.01}]))
+    spec.write_text(
+        json.dumps(
+            [{"hidden_units": [8]}, {"hidden_units": [8, 8], "dropout_rate": 0.3}, {"hidden_units": [4], "l2": 0.01}]
+        )
+    )
 
     def study(output: Path, *extra: str) -> list[str]:
-        return command("study", "--spec", str(spec), "--epochs", str(epochs), "--validation", "100", "--seeds", "2",
-                       "--batch-size", "32", "--data-dir", str(corpus["data"]), "--no-progress", "--output", str(output), *extra)
+        return command(
+            "study",
+            "--spec",
+            str(spec),
+            "--epochs",
+            str(epochs),
+            "--validation",
+            "100",
+            "--seeds",
+            "2",
+            "--batch-size",
+            "32",
+            "--data-dir",
+            str(corpus["data"]),
+            "--no-progress",
+            "--output",
+            str(output),
+            *extra,
+        )
 
     def epochs_done(path: Path) -> int:
         return json.loads(path.read_text())["epochs_done"]["epochs"]
@@ -100,7 +124,10 @@ def test_a_study_killed_at_a_random_epoch_resumes_to_the_uninterrupted_result(co
     finished, reference = (json.loads((folder / "study.json").read_text()) for folder in (killed, root / "whole-study"))
     assert finished["status"] == "done"
     assert strip_timings(finished) == strip_timings(reference)
-    with np.load(killed / "model" / "params.npz") as got, np.load(root / "whole-study" / "model" / "params.npz") as want:
+    with (
+        np.load(killed / "model" / "params.npz") as got,
+        np.load(root / "whole-study" / "model" / "params.npz") as want,
+    ):
         assert sorted(got.files) == sorted(want.files)
         assert all(np.array_equal(got[name], want[name]) for name in want.files)
     assert not (killed / "checkpoints").exists()  # a finished study keeps its results, not its checkpoints
@@ -113,8 +140,25 @@ def test_a_train_run_killed_at_a_random_epoch_resumes_to_the_uninterrupted_resul
     epochs = 12
 
     def train(output: Path, *extra: str) -> list[str]:
-        return command("train", "--epochs", str(epochs), "--validation", "100", "--batch-size", "32", "--hidden-units", "8,8",
-                       "--dropout", "0.2", "--data-dir", str(corpus["data"]), "--no-progress", "--output", str(output), *extra)
+        return command(
+            "train",
+            "--epochs",
+            str(epochs),
+            "--validation",
+            "100",
+            "--batch-size",
+            "32",
+            "--hidden-units",
+            "8,8",
+            "--dropout",
+            "0.2",
+            "--data-dir",
+            str(corpus["data"]),
+            "--no-progress",
+            "--output",
+            str(output),
+            *extra,
+        )
 
     def epochs_done(path: Path) -> int:
         return json.loads(path.read_text())["epochs_done"]
@@ -138,6 +182,11 @@ def test_a_train_run_killed_at_a_random_epoch_resumes_to_the_uninterrupted_resul
 def test_resume_needs_an_output_folder(corpus):
     for name in ("study", "train"):
         extra = ["all"] if name == "study" else []
-        done = subprocess.run(command(name, *extra, "--resume", "--data-dir", str(corpus["data"])), env=corpus["env"],
-                              capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            command(name, *extra, "--resume", "--data-dir", str(corpus["data"])),
+            env=corpus["env"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert done.returncode == 2 and "--resume needs --output" in done.stderr

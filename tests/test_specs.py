@@ -36,7 +36,9 @@ def test_settings_of_the_wrong_type_are_refused(values, message):
     assert error.value.setting == next(iter(values)) if len(values) == 1 else "l2"
 
 
-@pytest.mark.parametrize("text", ['[{"hidden_units": [16], "l2": "abc"}]', '[{"dropout_rate": "0.5", "name": "half"}]', '[{"seed": "abc"}]'])
+@pytest.mark.parametrize(
+    "text", ['[{"hidden_units": [16], "l2": "abc"}]', '[{"dropout_rate": "0.5", "name": "half"}]', '[{"seed": "abc"}]']
+)
 def test_a_spec_file_with_a_string_for_a_number_is_an_error_naming_the_file(tmp_path, text):
     path = tmp_path / "specs.json"
     path.write_text(text)
@@ -59,7 +61,11 @@ def test_the_study_union_merges_int_and_float_spellings(tmp_path):
     from imdb_jax.study import union
 
     path = tmp_path / "specs.json"
-    path.write_text('[{"hidden_units": [16], "l2": 0}, {"hidden_units": [16], "l2": 0.0}, {"hidden_units": [16.0e0]}]'.replace("16.0e0", "16"))
+    path.write_text(
+        '[{"hidden_units": [16], "l2": 0}, {"hidden_units": [16], "l2": 0.0}, {"hidden_units": [16.0e0]}]'.replace(
+            "16.0e0", "16"
+        )
+    )
     specs, members = union({"custom": load_specs(path)})
     assert len(specs) == 1 and members == {"custom": [0]}
 

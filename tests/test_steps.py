@@ -47,7 +47,9 @@ def _with_settings(state, *, seed=None, learning_rate=0.01, weight_decay=0.0, dr
 
 def test_one_step_changes_every_parameter(state, step):
     new_state, metrics = step(state, _batch(0), jax.random.key(1))
-    changed = jax.tree_util.tree_map(lambda new, old: bool(np.any(np.asarray(new) != np.asarray(old))), new_state.params, state.params)
+    changed = jax.tree_util.tree_map(
+        lambda new, old: bool(np.any(np.asarray(new) != np.asarray(old))), new_state.params, state.params
+    )
     assert all(jax.tree_util.tree_leaves(changed)), changed
     assert int(new_state.step) == int(state.step) + 1
     assert float(metrics["count"]) == BATCH_SIZE
@@ -87,7 +89,9 @@ def test_training_loss_includes_the_kernel_penalty(state, step):
     plain_loss = float(plain_metrics["loss_sum"]) / BATCH_SIZE
     assert float(penalised_metrics["loss_sum"]) / BATCH_SIZE == pytest.approx(plain_loss + penalty, rel=1e-5)
     # Evaluation reports the penalised loss as well (Keras' val_loss does).
-    assert float(eval_step(penalised, batch)["loss_sum"]) == pytest.approx(float(penalised_metrics["loss_sum"]), rel=1e-5)
+    assert float(eval_step(penalised, batch)["loss_sum"]) == pytest.approx(
+        float(penalised_metrics["loss_sum"]), rel=1e-5
+    )
 
 
 def test_vmapped_step_over_stacked_states_equals_each_alone(state, step):
@@ -109,7 +113,9 @@ def test_vmapped_step_over_stacked_states_equals_each_alone(state, step):
         for name in ("loss_sum", "correct", "count"):
             np.testing.assert_allclose(np.asarray(stacked_metrics[name][index]), np.asarray(metrics[name]), rtol=1e-5)
     # The two members really differ, so equality above is per member, not by accident.
-    assert not np.allclose(np.asarray(stacked.params["output"]["kernel"][0]), np.asarray(stacked.params["output"]["kernel"][1]))
+    assert not np.allclose(
+        np.asarray(stacked.params["output"]["kernel"][0]), np.asarray(stacked.params["output"]["kernel"][1])
+    )
 
 
 def test_step_is_differentiable_with_respect_to_the_learning_rate(state):
@@ -127,6 +133,8 @@ def test_step_is_differentiable_with_respect_to_the_learning_rate(state):
     value_and_grad = jax.jit(jax.value_and_grad(loss_after_step))
     loss, gradient = value_and_grad(jnp.float32(0.01))
     delta = 1e-3
-    finite_difference = (value_and_grad(jnp.float32(0.01 + delta))[0] - value_and_grad(jnp.float32(0.01 - delta))[0]) / (2 * delta)
+    finite_difference = (
+        value_and_grad(jnp.float32(0.01 + delta))[0] - value_and_grad(jnp.float32(0.01 - delta))[0]
+    ) / (2 * delta)
     assert float(gradient) < 0  # a larger step lowers the loss here
     assert float(gradient) == pytest.approx(float(finite_difference), rel=0.05)

@@ -826,9 +826,13 @@ def test_study_retrains_the_best_variant_on_all_reviews(synthetic_study):
     logits = hidden @ params["output"]["kernel"][:, 0] + params["output"]["bias"][0]
     labels = np.asarray(data.test.y, np.float64)
     kernels = [params[f"hidden_{layer}"]["kernel"] for layer in range(len(spec.hidden_units))]
-    penalty = spec.l1 * sum(np.abs(kernel).sum() for kernel in kernels) + spec.l2 * sum((kernel**2).sum() for kernel in kernels)
+    penalty = spec.l1 * sum(np.abs(kernel).sum() for kernel in kernels) + spec.l2 * sum(
+        (kernel**2).sum() for kernel in kernels
+    )
     assert retrain["test_accuracy"] == pytest.approx(np.mean((logits > 0) == (labels == 1)), abs=1e-12)
-    assert retrain["test_loss"] == pytest.approx(np.mean(np.logaddexp(0.0, logits) - labels * logits) + penalty, rel=1e-5)
+    assert retrain["test_loss"] == pytest.approx(
+        np.mean(np.logaddexp(0.0, logits) - labels * logits) + penalty, rel=1e-5
+    )
     assert saved.metrics["test_accuracy"] == retrain["test_accuracy"]
 
 

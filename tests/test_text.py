@@ -101,9 +101,7 @@ class TestTransform:
         vocab = Vocabulary(("movie", "great", "bad"))
         x = vocab.transform(["bad bad movie unknownword", "", "GREAT, great<br />movie!", "nothing known"])
         assert_multi_hot(x)
-        np.testing.assert_array_equal(
-            x.toarray(), [[1, 0, 1], [0, 0, 0], [1, 1, 0], [0, 0, 0]]
-        )
+        np.testing.assert_array_equal(x.toarray(), [[1, 0, 1], [0, 0, 0], [1, 1, 0], [0, 0, 0]])
 
     def test_fit_transform_equals_fit_then_transform(self):
         texts = ["the cat sat on the mat", b"the dog \xff sat", "", "a cat, a dog<br />a mat"]

@@ -44,7 +44,9 @@ def two_fits(data):
 def _numpy_logits(params, x: np.ndarray) -> np.ndarray:
     h = x.astype(np.float64)
     for layer in ("hidden_0", "hidden_1"):
-        h = np.maximum(h @ np.asarray(params[layer]["kernel"], np.float64) + np.asarray(params[layer]["bias"], np.float64), 0.0)
+        h = np.maximum(
+            h @ np.asarray(params[layer]["kernel"], np.float64) + np.asarray(params[layer]["bias"], np.float64), 0.0
+        )
     return h @ np.asarray(params["output"]["kernel"], np.float64)[:, 0] + float(params["output"]["bias"][0])
 
 
@@ -166,7 +168,10 @@ def test_first_layer_choice_depends_on_data_and_backend_only_and_the_paths_agree
         choose_dense_words(401, x)
     y = (x[:, :20].sum(axis=1).A1 > 2).astype(np.float32)
     config = ModelConfig(num_words=400, hidden_units=(8,))
-    histories = [fit(config, (x, y), epochs=2, batch_size=256, first_layer=path, progress=False)[1] for path in ("sparse", 60, "dense")]
+    histories = [
+        fit(config, (x, y), epochs=2, batch_size=256, first_layer=path, progress=False)[1]
+        for path in ("sparse", 60, "dense")
+    ]
     for history in histories[1:]:
         assert np.allclose(history["loss"], histories[0]["loss"], rtol=1e-5)
 

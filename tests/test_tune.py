@@ -61,7 +61,9 @@ def write_corpus(folder: Path, *, flip_test: bool = False, seed: int = 0) -> Pat
                 if rng.random() < 0.3:
                     review.append(str(rng.choice(other)))
                 rng.shuffle(review)
-                (folder / split / stored / f"{index}_{7 if label == 'pos' else 2}.txt").write_text(" ".join(review) + ".")
+                (folder / split / stored / f"{index}_{7 if label == 'pos' else 2}.txt").write_text(
+                    " ".join(review) + "."
+                )
     return folder
 
 
@@ -94,8 +96,12 @@ def tuned(corpora):
 
 
 def _choice(result) -> tuple:
-    return (result.choice.single, result.choice.picks, result.choice.ensemble,
-            [(c.name, c.best_epoch, c.val_loss, c.val_accuracy) for c in result.candidates])
+    return (
+        result.choice.single,
+        result.choice.picks,
+        result.choice.ensemble,
+        [(c.name, c.best_epoch, c.val_loss, c.val_accuracy) for c in result.candidates],
+    )
 
 
 def test_flipped_test_labels_change_nothing_but_the_test_score(corpora, tuned):
@@ -114,9 +120,16 @@ def test_fused_validation_logits_are_each_variants_own():
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 120).astype(np.float32)
-    texts = [" ".join(list(rng.choice(NEUTRAL, 6)) + list(rng.choice(POSITIVE if label else NEGATIVE, 2))) for label in labels]
+    texts = [
+        " ".join(list(rng.choice(NEUTRAL, 6)) + list(rng.choice(POSITIVE if label else NEGATIVE, 2)))
+        for label in labels
+    ]
     features, x = FeatureSpec.fit_transform(texts, labels, ngrams=2, weighting="nb")
-    specs = [VariantSpec(hidden_units=(8,), seed=1), VariantSpec(hidden_units=(4,), dropout_rate=0.5), VariantSpec(hidden_units=(4, 4))]
+    specs = [
+        VariantSpec(hidden_units=(8,), seed=1),
+        VariantSpec(hidden_units=(4,), dropout_rate=0.5),
+        VariantSpec(hidden_units=(4, 4)),
+    ]
     train, validation = (x[40:], labels[40:]), (x[:40], labels[:40])
     result = fit_variants(specs, train, validation, epochs=3, batch_size=32, progress=False)
     logits = best_validation_logits(result, validation, 32)
@@ -145,8 +158,11 @@ def test_the_search_covers_the_space(tuned):
     assert rounds == {"features", "models"}
     probes = [c for c in tuned.candidates if c.round == "features"]
     assert len(probes) == len(SPACE.feature_sets) * len(SPACE.probes) * len(SPACE.learning_rates)
-    scales = {c.features.weighting: c.spec.learning_rate for c in probes if c.spec.learning_rate == min(
-        p.spec.learning_rate for p in probes if p.features == c.features)}
+    scales = {
+        c.features.weighting: c.spec.learning_rate
+        for c in probes
+        if c.spec.learning_rate == min(p.spec.learning_rate for p in probes if p.features == c.features)
+    }
     assert scales == {"nb": 3e-3, "binary": 3e-3}
     assert all(c.best_epoch is not None and 0 <= c.val_accuracy <= 1 for c in tuned.candidates)
     assert len({(c.features, c.spec) for c in tuned.candidates}) == len(tuned.candidates)  # nothing trained twice
@@ -164,8 +180,19 @@ def test_folder_works_in_predict_and_evaluate(corpora, tuned):
     assert status == 0
     found = json.loads(stdout)["predictions"]
     assert found[0]["label"] == "positive" and found[1]["label"] == "negative" and found[2]["probability"] is None
-    status, stdout, _ = _run(["evaluate", "--model", str(folder), "--data-dir", str(corpora["plain"]), "--cache-dir",
-                              str(corpora["cache"]), "--no-progress", "--json"])
+    status, stdout, _ = _run(
+        [
+            "evaluate",
+            "--model",
+            str(folder),
+            "--data-dir",
+            str(corpora["plain"]),
+            "--cache-dir",
+            str(corpora["cache"]),
+            "--no-progress",
+            "--json",
+        ]
+    )
     assert status == 0
     scored = json.loads(stdout)
     assert scored["num_test"] == 80
@@ -186,8 +213,23 @@ def test_report_and_summary(tuned):
 
 def test_cli_tune_json(corpora, tmp_path):
     output = tmp_path / "cli-model"
-    status, stdout, stderr = _run(["tune", "--budget", "quick", "--validation", str(VALIDATION), "--data-dir", str(corpora["plain"]),
-                                   "--cache-dir", str(corpora["cache"]), "--output", str(output), "--no-progress", "--json"])
+    status, stdout, stderr = _run(
+        [
+            "tune",
+            "--budget",
+            "quick",
+            "--validation",
+            str(VALIDATION),
+            "--data-dir",
+            str(corpora["plain"]),
+            "--cache-dir",
+            str(corpora["cache"]),
+            "--output",
+            str(output),
+            "--no-progress",
+            "--json",
+        ]
+    )
     assert status == 0, stderr
     summary = json.loads(stdout)
     assert summary["output"] == str(output) and 0.5 < summary["test_accuracy"] <= 1.0
@@ -196,7 +238,9 @@ def test_cli_tune_json(corpora, tmp_path):
     assert status == 2 and "already holds a model" in stderr
 
 
-@pytest.mark.parametrize("argv, message", [(["--validation", "0"], "--validation"), (["--budget", "huge"], "invalid choice")])
+@pytest.mark.parametrize(
+    "argv, message", [(["--validation", "0"], "--validation"), (["--budget", "huge"], "invalid choice")]
+)
 def test_cli_tune_bad_options(argv, message, tmp_path):
     status, _, stderr = _run(["tune", "--output", str(tmp_path / "out"), *argv])
     assert status == 2 and message in stderr
@@ -206,7 +250,11 @@ def test_cli_tune_bad_options(argv, message, tmp_path):
 def test_budgets_are_search_spaces():
     assert set(BUDGETS) == {"quick", "default", "thorough"}
     default = BUDGETS["default"]
-    assert default.validation == 10000 and {features.weighting for features in default.feature_sets} == {"nb", "tfidf", "binary"}
+    assert default.validation == 10000 and {features.weighting for features in default.feature_sets} == {
+        "nb",
+        "tfidf",
+        "binary",
+    }
     with pytest.raises(ImdbJaxError):
         tune(budget="huge")
     with pytest.raises(ImdbJaxError):
@@ -221,18 +269,24 @@ def _candidates(count: int, sets: list[FeatureSet]) -> list[Candidate]:
 
 
 def _with_accuracy(candidates, probabilities, labels):
-    return [dataclasses.replace(c, val_accuracy=binary_metrics(p, labels)["accuracy"], val_loss=binary_metrics(p, labels)["loss"])
-            for c, p in zip(candidates, probabilities)]
+    return [
+        dataclasses.replace(
+            c, val_accuracy=binary_metrics(p, labels)["accuracy"], val_loss=binary_metrics(p, labels)["loss"]
+        )
+        for c, p in zip(candidates, probabilities)
+    ]
 
 
 def test_select_keeps_an_ensemble_only_when_validation_accuracy_improves():
     labels = np.array([1, 1, 1, 0, 0, 0], np.float64)
     # Each model is confidently wrong on a different review; averaged, all are right.
-    probabilities = np.array([
-        [0.1, 0.9, 0.9, 0.1, 0.1, 0.1],
-        [0.9, 0.1, 0.9, 0.1, 0.1, 0.1],
-        [0.9, 0.9, 0.1, 0.1, 0.1, 0.1],
-    ])
+    probabilities = np.array(
+        [
+            [0.1, 0.9, 0.9, 0.1, 0.1, 0.1],
+            [0.9, 0.1, 0.9, 0.1, 0.1, 0.1],
+            [0.9, 0.9, 0.1, 0.1, 0.1, 0.1],
+        ]
+    )
     sets = [FeatureSet("nb", 3), FeatureSet("nb", 3), FeatureSet("nb", 3)]
     candidates = _with_accuracy(_candidates(3, sets), probabilities, labels)
     space = dataclasses.replace(BUDGETS["default"], ensemble_size=3)
@@ -241,7 +295,9 @@ def test_select_keeps_an_ensemble_only_when_validation_accuracy_improves():
     assert choice.ensemble_metrics["accuracy"] == 1.0 and choice.single_metrics["accuracy"] == pytest.approx(5 / 6)
     assert sorted(weight for _, weight in choice.members()) == pytest.approx([1 / 3] * 3)
     # The same models, where averaging lowers the log loss but cannot beat the single model's accuracy.
-    agreeing = np.array([[0.9, 0.9, 0.9, 0.1, 0.1, 0.4], [0.6, 0.6, 0.6, 0.4, 0.4, 0.4], [0.6, 0.6, 0.6, 0.4, 0.4, 0.4]])
+    agreeing = np.array(
+        [[0.9, 0.9, 0.9, 0.1, 0.1, 0.4], [0.6, 0.6, 0.6, 0.4, 0.4, 0.4], [0.6, 0.6, 0.6, 0.4, 0.4, 0.4]]
+    )
     candidates = _with_accuracy(_candidates(3, sets), agreeing, labels)
     choice = select(candidates, agreeing, labels, space)
     assert not choice.ensemble and choice.members() == [(0, 1.0)]
@@ -249,11 +305,13 @@ def test_select_keeps_an_ensemble_only_when_validation_accuracy_improves():
 
 def test_select_limits_feature_sets():
     labels = np.array([1, 1, 1, 0, 0, 0], np.float64)
-    probabilities = np.array([
-        [0.1, 0.9, 0.9, 0.1, 0.1, 0.1],
-        [0.9, 0.1, 0.9, 0.1, 0.1, 0.1],
-        [0.9, 0.9, 0.1, 0.1, 0.1, 0.1],
-    ])
+    probabilities = np.array(
+        [
+            [0.1, 0.9, 0.9, 0.1, 0.1, 0.1],
+            [0.9, 0.1, 0.9, 0.1, 0.1, 0.1],
+            [0.9, 0.9, 0.1, 0.1, 0.1, 0.1],
+        ]
+    )
     sets = [FeatureSet("nb", 3), FeatureSet("tfidf", 3), FeatureSet("binary", 3)]
     candidates = _with_accuracy(_candidates(3, sets), probabilities, labels)
     space = dataclasses.replace(BUDGETS["default"], ensemble_size=3, max_feature_sets=2)
@@ -269,7 +327,10 @@ def two_models():
     """Two small models on different features (nb 1-2-grams, binary words) of the same reviews."""
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 160).astype(np.float32)
-    texts = [" ".join(list(rng.choice(NEUTRAL, 6)) + list(rng.choice(POSITIVE if label else NEGATIVE, 2))) for label in labels]
+    texts = [
+        " ".join(list(rng.choice(NEUTRAL, 6)) + list(rng.choice(POSITIVE if label else NEGATIVE, 2)))
+        for label in labels
+    ]
     models = []
     for weighting, ngrams in (("nb", 2), ("binary", 1)):
         features, x = FeatureSpec.fit_transform(texts, labels, ngrams=ngrams, weighting=weighting)
@@ -283,7 +344,8 @@ def test_ensemble_folder_round_trip(two_models, tmp_path, write_aclimdb):
     folder = save_ensemble(
         tmp_path / "ensemble",
         [{"state": m.state, "config": m.config, "vocabulary": m.vocabulary, "history": m.history} for m in two_models],
-        [0.75, 0.25], {"note": "test"},
+        [0.75, 0.25],
+        {"note": "test"},
     )
     loaded = load_model(folder)
     assert isinstance(loaded, EnsembleModel) and loaded.metrics == {"note": "test"}
@@ -303,8 +365,19 @@ def test_ensemble_folder_round_trip(two_models, tmp_path, write_aclimdb):
     assert [entry["probability"] for entry in found[:3]] == pytest.approx(expected[:3].tolist(), rel=1e-6)
     assert found[3]["probability"] is None
     data = write_aclimdb(tmp_path / "aclImdb")
-    status, stdout, stderr = _run(["evaluate", "--model", str(folder), "--data-dir", str(data), "--cache-dir",
-                                   str(tmp_path / "cache"), "--no-progress", "--json"])
+    status, stdout, stderr = _run(
+        [
+            "evaluate",
+            "--model",
+            str(folder),
+            "--data-dir",
+            str(data),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--no-progress",
+            "--json",
+        ]
+    )
     assert status == 0, stderr
     scored = json.loads(stdout)
     # The test reviews written above, scored by the ensemble's own predictions (metrics are means:
@@ -313,7 +386,9 @@ def test_ensemble_folder_round_trip(two_models, tmp_path, write_aclimdb):
 
     test_texts = [text.decode() for label in ("pos", "neg") for text in FAKE_REVIEWS[("test", label)].values()]
     test_labels = np.array([1.0, 1.0, 0.0, 0.0], np.float32)
-    wanted = binary_metrics(0.75 * two_models[0].predict_texts(test_texts) + 0.25 * two_models[1].predict_texts(test_texts), test_labels)
+    wanted = binary_metrics(
+        0.75 * two_models[0].predict_texts(test_texts) + 0.25 * two_models[1].predict_texts(test_texts), test_labels
+    )
     assert scored["num_test"] == 4 and math.isfinite(scored["test_loss"])
     assert scored["test_accuracy"] == pytest.approx(wanted["accuracy"], abs=1e-9)
     assert scored["test_loss"] == pytest.approx(wanted["loss"], rel=1e-5)

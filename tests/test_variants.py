@@ -71,7 +71,9 @@ def assert_bitwise(result, index, state, history):
     """The variant's weights, rmsprop state and history are identical, bit for bit."""
     got = result.state(index)
     assert jax.tree.structure(got.params) == jax.tree.structure(state.params)
-    for mine, theirs in zip(jax.tree.leaves((got.params, got.opt_state)), jax.tree.leaves((state.params, state.opt_state))):
+    for mine, theirs in zip(
+        jax.tree.leaves((got.params, got.opt_state)), jax.tree.leaves((state.params, state.opt_state))
+    ):
         assert np.asarray(mine).shape == np.asarray(theirs).shape
         assert np.array_equal(np.asarray(mine), np.asarray(theirs))
     for key in HISTORY_KEYS:
@@ -82,7 +84,16 @@ def assert_bitwise(result, index, state, history):
 def alone():
     """Each spec trained by `fit`, with the study's shared shuffle seed."""
     return [
-        fit(spec.config(NUM_WORDS), TRAIN, VALIDATION, epochs=EPOCHS, batch_size=BATCH, seed=spec.seed, shuffle_seed=0, progress=False)
+        fit(
+            spec.config(NUM_WORDS),
+            TRAIN,
+            VALIDATION,
+            epochs=EPOCHS,
+            batch_size=BATCH,
+            seed=spec.seed,
+            shuffle_seed=0,
+            progress=False,
+        )
         for spec in SPECS
     ]
 
@@ -107,8 +118,10 @@ def test_a_variant_does_not_depend_on_its_company(together):
     depths beside it, and among 64 others; bitwise the same every time."""
     target = SPECS[1]
     reference = together.state(1)
-    others = [VariantSpec((w,) * d, l2=0.001 * (i % 3), dropout_rate=0.1 * (i % 2), seed=100 + i) for i, (w, d) in
-              enumerate([(4, 1), (8, 2), (16, 1), (32, 3)] * 16)]
+    others = [
+        VariantSpec((w,) * d, l2=0.001 * (i % 3), dropout_rate=0.1 * (i % 2), seed=100 + i)
+        for i, (w, d) in enumerate([(4, 1), (8, 2), (16, 1), (32, 3)] * 16)
+    ]
     compositions = [
         list(reversed(SPECS)),
         [VariantSpec((32,), seed=7), target, VariantSpec((4, 4, 4), dropout_rate=0.2, seed=8)],
@@ -125,7 +138,10 @@ def test_layout_puts_first_layers_side_by_side_without_padding(together):
     layout = together.layout
     # Blocks: one per (widths, dropout or not, penalty or not), each exactly as wide as its members.
     assert [(block.hidden_units, block.size, block.dropout, block.penalty) for block in layout.blocks] == [
-        ((4,), 1, False, True), ((4,), 1, True, False), ((8, 8), 2, False, True), ((8, 8), 1, True, False)
+        ((4,), 1, False, True),
+        ((4,), 1, True, False),
+        ((8, 8), 2, False, True),
+        ((8, 8), 1, True, False),
     ]
     assert layout.width == 4 + 4 + 16 + 8
     kernel = together.fused.params["first"]["kernel"]
@@ -153,7 +169,16 @@ def test_numeric_settings_do_not_recompile(together):
     # The reused programs took the new numbers (not the first run's, compiled in): each variant
     # is bitwise what `fit` gives it alone.
     for index, spec in enumerate(changed):
-        alone = fit(spec.config(NUM_WORDS), TRAIN, VALIDATION, epochs=EPOCHS, batch_size=BATCH, seed=spec.seed, shuffle_seed=0, progress=False)
+        alone = fit(
+            spec.config(NUM_WORDS),
+            TRAIN,
+            VALIDATION,
+            epochs=EPOCHS,
+            batch_size=BATCH,
+            seed=spec.seed,
+            shuffle_seed=0,
+            progress=False,
+        )
         assert_bitwise(result, index, *alone)
 
 
@@ -178,8 +203,16 @@ def test_a_diverging_variant_harms_no_other(together, with_exploding):
 
 
 def test_fit_warns_and_keeps_finite_weights_when_its_model_diverges(capsys):
-    state, history = fit(EXPLODING.config(NUM_WORDS), TRAIN, VALIDATION, epochs=EPOCHS, batch_size=BATCH, seed=5,
-                         shuffle_seed=0, progress=False)
+    state, history = fit(
+        EXPLODING.config(NUM_WORDS),
+        TRAIN,
+        VALIDATION,
+        epochs=EPOCHS,
+        batch_size=BATCH,
+        seed=5,
+        shuffle_seed=0,
+        progress=False,
+    )
     assert history["diverged"][-1] and np.isnan(history["loss"][-1])
     assert "diverged in epoch" in capsys.readouterr().err
     assert all(np.all(np.isfinite(leaf)) for leaf in leaves(state))
@@ -194,10 +227,21 @@ def test_best_weights_are_the_weights_of_the_best_epoch():
     best = result.best_epoch(0)
     assert best is not None and best < 6, result.histories[0]["val_loss"]
     shorter = fit_variants([spec], TRAIN, contrary, epochs=best, batch_size=BATCH, progress=False)
-    assert [np.array_equal(a, b) for a, b in zip(leaves(result.state(0, "best")), leaves(shorter.state(0)))] == [True] * 6
+    assert [np.array_equal(a, b) for a, b in zip(leaves(result.state(0, "best")), leaves(shorter.state(0)))] == [
+        True
+    ] * 6
     assert not all(np.array_equal(a, b) for a, b in zip(leaves(result.state(0)), leaves(shorter.state(0))))
-    state, _ = fit(spec.config(NUM_WORDS), TRAIN, contrary, epochs=6, batch_size=BATCH, seed=3, shuffle_seed=0,
-                   progress=False, restore_best=True)
+    state, _ = fit(
+        spec.config(NUM_WORDS),
+        TRAIN,
+        contrary,
+        epochs=6,
+        batch_size=BATCH,
+        seed=3,
+        shuffle_seed=0,
+        progress=False,
+        restore_best=True,
+    )
     assert all(np.array_equal(a, b) for a, b in zip(leaves(state), leaves(shorter.state(0))))
     with pytest.raises(Exception, match="weights must be"):
         result.state(0, "middle")
@@ -241,8 +285,12 @@ def test_a_run_killed_at_a_random_epoch_resumes_to_the_same_result(tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     kill_after = int(np.random.default_rng().integers(1, epochs - 2))
     folder = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, tests, str(folder), str(epochs)], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, "-c", KILL_SCRIPT, tests, str(folder), str(epochs)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and process.poll() is None:
         meta = folder / "run.json"
@@ -255,11 +303,21 @@ def test_a_run_killed_at_a_random_epoch_resumes_to_the_same_result(tmp_path):
     assert killed, "the run ended before it could be killed"
     done = json_module.loads((folder / "run.json").read_text())["epochs_done"]
     assert 1 <= done < epochs
-    resumed = subprocess.run([sys.executable, "-c", KILL_SCRIPT, tests, str(folder), str(epochs)], env=env,
-                             capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [sys.executable, "-c", KILL_SCRIPT, tests, str(folder), str(epochs)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    whole = subprocess.run([sys.executable, "-c", KILL_SCRIPT, tests, str(tmp_path / "whole"), str(epochs)], env=env,
-                           capture_output=True, text=True, timeout=300)
+    whole = subprocess.run(
+        [sys.executable, "-c", KILL_SCRIPT, tests, str(tmp_path / "whole"), str(epochs)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert whole.returncode == 0, whole.stderr[-3000:]
     assert json_module.loads(resumed.stdout.splitlines()[-1]) == json_module.loads(whole.stdout.splitlines()[-1])
 
@@ -312,7 +370,12 @@ def test_a_variant_does_not_depend_on_its_company_when_the_bag_has_several_chunk
     options = {"epochs": 2, "batch_size": 300, "progress": False}
     target = SPECS[3]
     alone = fit_variants([target], big, VALIDATION, **options)
-    crowd = [VariantSpec((64,), seed=20), VariantSpec((16, 8), l2=0.01, seed=21), target, VariantSpec((8, 8), dropout_rate=0.5, seed=22)]
+    crowd = [
+        VariantSpec((64,), seed=20),
+        VariantSpec((16, 8), l2=0.01, seed=21),
+        target,
+        VariantSpec((8, 8), dropout_rate=0.5, seed=22),
+    ]
     together = fit_variants(crowd, big, VALIDATION, **options)
     # 300 reviews of ~8 words: 3,072 occurrence slots, three chunks of the bag.
     assert fused.bag_chunk(3072) == 1024

@@ -30,7 +30,9 @@ def batch_size(value: int) -> int:
     """`--batch-size`, refused when not positive or larger than `MAX_BATCH_SIZE`."""
     positive("--batch-size", value)
     if value > MAX_BATCH_SIZE:
-        raise ImdbJaxError(f"--batch-size must be at most {MAX_BATCH_SIZE} (more than IMDb's 25,000 reviews in one batch), got {value}")
+        raise ImdbJaxError(
+            f"--batch-size must be at most {MAX_BATCH_SIZE} (more than IMDb's 25,000 reviews in one batch), got {value}"
+        )
     return value
 
 
@@ -38,7 +40,9 @@ def held_out(value: int, reviews: int, *, allow_none: bool) -> int:
     """`--validation` against the number of training reviews, once they are known."""
     low = 0 if allow_none else 1
     if not low <= value < reviews:
-        raise ImdbJaxError(f"--validation must be between {low} and {reviews - 1} (the data has {reviews} training reviews), got {value}")
+        raise ImdbJaxError(
+            f"--validation must be between {low} and {reviews - 1} (the data has {reviews} training reviews), got {value}"
+        )
     return value
 
 
@@ -57,7 +61,7 @@ def options_named() -> Iterator[None]:
         if option is None:
             raise
         if message.startswith(setting):
-            message = option + message[len(setting):]
+            message = option + message[len(setting) :]
         raise ImdbJaxError(message) from None
 
 
@@ -136,7 +140,9 @@ def output_folder(path: str | Path, *, resume: bool = False, overwrite: bool = F
 
     path = Path(path)
     if resume and overwrite:
-        raise ImdbJaxError("--resume and --overwrite contradict each other: --resume continues the run in --output, --overwrite starts a new one there")
+        raise ImdbJaxError(
+            "--resume and --overwrite contradict each other: --resume continues the run in --output, --overwrite starts a new one there"
+        )
     if path.exists() and not path.is_dir():
         raise ImdbJaxError(f"--output {path} cannot be written: it exists and is not a folder")
     with contextlib.ExitStack() as stack:
@@ -144,7 +150,9 @@ def output_folder(path: str | Path, *, resume: bool = False, overwrite: bool = F
             stack.enter_context(atomic.folder_lock(path))
         except atomic.FolderInUse as error:
             holder = f" ({error.holder})" if error.holder else ""
-            raise ImdbJaxError(f"--output {path} is being written by another imdb-jax command{holder}; wait for it to end or choose another folder") from None
+            raise ImdbJaxError(
+                f"--output {path} is being written by another imdb-jax command{holder}; wait for it to end or choose another folder"
+            ) from None
         except OSError as error:
             raise ImdbJaxError(f"--output {path} cannot be written: {error.strerror or error}") from None
         yield stack.enter_context(_claimed(path, atomic.staging_folder(path), resume=resume, overwrite=overwrite))
@@ -162,12 +170,22 @@ def _claimed(path: Path, staging: Path, *, resume: bool, overwrite: bool) -> Ite
     elif path.is_dir() and any(path.iterdir()):
         held = [described for name, described in EARLIER_RUN.items() if (path / name).exists()]
         if not held:
-            raise ImdbJaxError(f"--output {path} holds files that imdb-jax did not write; choose another folder (an empty or new one)")
+            raise ImdbJaxError(
+                f"--output {path} holds files that imdb-jax did not write; choose another folder (an empty or new one)"
+            )
         if overwrite and _holds_working_directory(path):
-            raise ImdbJaxError(f"--output {path} holds the current folder, which --overwrite cannot replace; run from outside it")
+            raise ImdbJaxError(
+                f"--output {path} holds the current folder, which --overwrite cannot replace; run from outside it"
+            )
         if not overwrite:
-            again = ", --resume to continue it" if any(name.startswith("checkpoint") for name in EARLIER_RUN if (path / name).exists()) else ""
-            raise ImdbJaxError(f"--output {path} already holds {held[0]}; choose another folder{again}, or pass --overwrite to replace it")
+            again = (
+                ", --resume to continue it"
+                if any(name.startswith("checkpoint") for name in EARLIER_RUN if (path / name).exists())
+                else ""
+            )
+            raise ImdbJaxError(
+                f"--output {path} already holds {held[0]}; choose another folder{again}, or pass --overwrite to replace it"
+            )
         shutil.rmtree(staging, ignore_errors=True)  # a killed earlier attempt (we hold the lock)
         work = staging
     else:
@@ -198,7 +216,9 @@ def model_folder(path: str | Path) -> Path:
     what the folder holds is checked when the model is loaded)."""
     path = Path(path)
     if path.is_file():
-        raise ImdbJaxError(f"{path} is a file, not a model folder: give the folder that `imdb-jax train` or `imdb-jax tune` wrote")
+        raise ImdbJaxError(
+            f"{path} is a file, not a model folder: give the folder that `imdb-jax train` or `imdb-jax tune` wrote"
+        )
     if not path.exists():
         raise ImdbJaxError(f"{path} is not a model folder (no such folder)")
     return path

@@ -18,13 +18,30 @@ MAX_NGRAMS = 8
 
 def add_data_options(parser: argparse.ArgumentParser, *, num_words: bool = True) -> None:
     """--data-dir, --cache-dir, [--num-words, --ngrams, --weighting, --min-count,] --no-progress."""
-    parser.add_argument("--data-dir", help="TFDS data_dir, aclImdb folder or aclImdb_v1.tar.gz (default: $TFDS_DATA_DIR)")
+    parser.add_argument(
+        "--data-dir", help="TFDS data_dir, aclImdb folder or aclImdb_v1.tar.gz (default: $TFDS_DATA_DIR)"
+    )
     parser.add_argument("--cache-dir", help="cache folder (default: $IMDB_JAX_CACHE_DIR or ~/.cache/imdb_jax)")
     if num_words:
-        parser.add_argument("--num-words", type=int, default=10000, help="features kept, the most frequent (default: 10000)")
-        parser.add_argument("--ngrams", type=int, default=1, metavar="N", help="word n-grams up to N as features (default: 1, words)")
-        parser.add_argument("--weighting", choices=WEIGHTINGS, default="binary", help="feature values: binary, tf-idf or naive-Bayes ratios (default: binary)")
-        parser.add_argument("--min-count", type=int, default=1, metavar="K", help="drop features seen fewer than K times in training (default: 1)")
+        parser.add_argument(
+            "--num-words", type=int, default=10000, help="features kept, the most frequent (default: 10000)"
+        )
+        parser.add_argument(
+            "--ngrams", type=int, default=1, metavar="N", help="word n-grams up to N as features (default: 1, words)"
+        )
+        parser.add_argument(
+            "--weighting",
+            choices=WEIGHTINGS,
+            default="binary",
+            help="feature values: binary, tf-idf or naive-Bayes ratios (default: binary)",
+        )
+        parser.add_argument(
+            "--min-count",
+            type=int,
+            default=1,
+            metavar="K",
+            help="drop features seen fewer than K times in training (default: 1)",
+        )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
 
 
@@ -60,7 +77,7 @@ def check_data_options(args: argparse.Namespace) -> None:
 
 
 def plural(count: int, noun: str) -> str:
-    """"1 epoch", "4 epochs"."""
+    """ "1 epoch", "4 epochs"."""
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
@@ -72,7 +89,7 @@ def positive(name: str, value: int) -> int:
 
 
 def parse_hidden_units(text: str) -> tuple[int, ...]:
-    """"16,16" -> (16, 16). Widths are checked by `ModelConfig`."""
+    """ "16,16" -> (16, 16). Widths are checked by `ModelConfig`."""
     try:
         return tuple(int(part) for part in text.split(","))
     except ValueError:

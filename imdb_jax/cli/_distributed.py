@@ -35,7 +35,9 @@ def add_distributed_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0, which coordinates the run")
     group.add_argument("--num-processes", type=int, metavar="N", help="processes in the run")
-    group.add_argument("--process-id", type=int, metavar="I", help="this process's number, 0 to N-1 (0 writes the output)")
+    group.add_argument(
+        "--process-id", type=int, metavar="I", help="this process's number, 0 to N-1 (0 writes the output)"
+    )
 
 
 def distributed_command(run: Callable[..., int]) -> Callable[..., int]:
@@ -57,7 +59,9 @@ def distributed_command(run: Callable[..., int]) -> Callable[..., int]:
                 # The same program runs everywhere; only process 0's files and report count.
                 args.output = stack.enter_context(tempfile.TemporaryDirectory(prefix="imdb-jax-process-")) + "/output"
                 args.no_progress = True
-                stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w", encoding="utf-8"))))
+                stack.enter_context(
+                    contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w", encoding="utf-8")))
+                )
             try:
                 status = int(run(args, *checked) or 0)
             except distributed.LostProcess as error:
@@ -77,8 +81,10 @@ def distributed_command(run: Callable[..., int]) -> Callable[..., int]:
                 raise
         agreed = distributed.agree_status(status)
         if agreed != status:
-            print(f"imdb-jax {args.command}: error: another process of the run failed (exit status {agreed})", file=sys.stderr)
+            print(
+                f"imdb-jax {args.command}: error: another process of the run failed (exit status {agreed})",
+                file=sys.stderr,
+            )
         return agreed
 
     return wrapped
-

@@ -18,7 +18,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=(__doc__ or "").splitlines()[0].split(": ", 1)[1],
     )
     add_data_options(parser)
-    parser.add_argument("--held-out", type=int, default=0, metavar="N", help="fit the features without the first N training reviews (default: 0)")
+    parser.add_argument(
+        "--held-out",
+        type=int,
+        default=0,
+        metavar="N",
+        help="fit the features without the first N training reviews (default: 0)",
+    )
     parser.add_argument("--source", choices=SOURCES, default="auto", help="where to read from (default: auto)")
     parser.add_argument("--json", action="store_true", help="print one JSON line instead of the summary")
     parser.set_defaults(run=run)

@@ -72,8 +72,16 @@ def run(args: argparse.Namespace) -> int:
         described = f"hidden {'-'.join(map(str, model.config.hidden_units))}, {model.config.num_words} words"
     seconds = time.perf_counter() - started
     if args.json:
-        print_json({"model": str(args.model), "test_loss": metrics["loss"], "test_accuracy": metrics["accuracy"],
-                    "num_test": num_test, "vectorised_with": how, "seconds": seconds})
+        print_json(
+            {
+                "model": str(args.model),
+                "test_loss": metrics["loss"],
+                "test_accuracy": metrics["accuracy"],
+                "num_test": num_test,
+                "vectorised_with": how,
+                "seconds": seconds,
+            }
+        )
         return 0
     print(f"model: {args.model} ({described})")
     print(f"test reviews: {num_test}, from {how}")

@@ -24,15 +24,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--model", required=True, help="model folder written by `imdb-jax train` or `imdb-jax tune`")
     parser.add_argument(
-        "texts", nargs="*", metavar="TEXT",
+        "texts",
+        nargs="*",
+        metavar="TEXT",
         help="reviews; without any, one review per line of standard input (every line, blank ones too, gets one output line; with --explain a 'why:' line follows each scored one)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON line")
     parser.add_argument(
-        "--explain", action="store_true",
+        "--explain",
+        action="store_true",
         help="also list the words or n-grams that moved each review's score most (gradient x input, in logits)",
     )
-    parser.add_argument("--top", type=int, default=5, metavar="K", help="terms listed per review with --explain (default: 5)")
+    parser.add_argument(
+        "--top", type=int, default=5, metavar="K", help="terms listed per review with --explain (default: 5)"
+    )
     checks.add_compile_cache_option(parser)
     parser.set_defaults(run=run)
 
@@ -60,7 +65,8 @@ def printable(text: str) -> str:
     """`text` safe to show on a terminal: control and format characters, line and paragraph
     separators and lone surrogates written as escapes ("\\x1b", "\\t", "\\u2028")."""
     return "".join(
-        char if char == " " or not (unicodedata.category(char).startswith("C") or unicodedata.category(char) in ("Zl", "Zp"))
+        char
+        if char == " " or not (unicodedata.category(char).startswith("C") or unicodedata.category(char) in ("Zl", "Zp"))
         else ascii(char)[1:-1]
         for char in text
     )
@@ -98,8 +104,11 @@ def predictions(model: Any, texts: list[str], explain: int = 0) -> list[dict[str
 
 
 def _reasons(entry: dict[str, Any]) -> str:
-    """"why: +great (+1.23), -boring (-0.41)"."""
-    parts = [f"{'+' if item['contribution'] > 0 else '-'}{printable(item['term'])} ({item['contribution']:+.2f})" for item in entry["explanation"]]
+    """ "why: +great (+1.23), -boring (-0.41)"."""
+    parts = [
+        f"{'+' if item['contribution'] > 0 else '-'}{printable(item['term'])} ({item['contribution']:+.2f})"
+        for item in entry["explanation"]
+    ]
     return f"{'':6}  why: " + (", ".join(parts) if parts else "(no term moved the score)")
 
 

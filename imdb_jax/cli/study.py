@@ -28,10 +28,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=(__doc__ or "").splitlines()[0].split(": ", 1)[1],
     )
     parser.add_argument("experiments", nargs="*", metavar="EXPERIMENT", help=f"one or more of: {names}")
-    parser.add_argument("--spec", metavar="FILE", help="a JSON or TOML list of variant specs to study (experiment 'custom')")
+    parser.add_argument(
+        "--spec", metavar="FILE", help="a JSON or TOML list of variant specs to study (experiment 'custom')"
+    )
     parser.add_argument("--epochs", type=int, default=20, help="epochs per variant (default: 20)")
     parser.add_argument("--batch-size", type=int, default=512, help="reviews per update (default: 512)")
-    parser.add_argument("--validation", type=int, default=10000, metavar="N", help="hold out the first N training reviews (default: 10000)")
+    parser.add_argument(
+        "--validation",
+        type=int,
+        default=10000,
+        metavar="N",
+        help="hold out the first N training reviews (default: 10000)",
+    )
     parser.add_argument(
         "--seeds",
         type=int,
@@ -39,10 +47,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help=f"train every variant with N seeds (initial weights and dropout) in the same run; the report compares means against the spread (default: {DEFAULT_SEEDS})",
     )
-    parser.add_argument("--shuffle-seed", type=int, default=0, help="seeds the batch order every variant shares (default: 0)")
-    parser.add_argument("--first-layer", choices=("auto", "sparse", "dense"), default="auto", help="first layer kind (default: auto)")
-    parser.add_argument("--runs", choices=RUNS, default="merged", help="one fit_variants run for everything, or one per experiment (default: merged)")
-    parser.add_argument("--no-retrain", action="store_true", help="do not retrain the best variant on all training reviews")
+    parser.add_argument(
+        "--shuffle-seed", type=int, default=0, help="seeds the batch order every variant shares (default: 0)"
+    )
+    parser.add_argument(
+        "--first-layer", choices=("auto", "sparse", "dense"), default="auto", help="first layer kind (default: auto)"
+    )
+    parser.add_argument(
+        "--runs",
+        choices=RUNS,
+        default="merged",
+        help="one fit_variants run for everything, or one per experiment (default: merged)",
+    )
+    parser.add_argument(
+        "--no-retrain", action="store_true", help="do not retrain the best variant on all training reviews"
+    )
     parser.add_argument("--output", help="output folder (default: runs/study-<timestamp>)")
     parser.add_argument(
         "--logdir",
@@ -68,7 +87,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-
 def run(args: argparse.Namespace) -> int:
     # Every value is checked before JAX is imported (joining a multi-process run imports it),
     # and the output folder claimed before the data is loaded or anything compiles.
@@ -85,12 +103,16 @@ def _checked_variants(args: argparse.Namespace) -> list:
     positive("--validation", args.validation)
     positive("--seeds", args.seeds)
     if args.patience is not None and args.patience < 0:
-        raise ImdbJaxError("--patience needs a number >= 0: epochs without a lower validation loss before a variant stops")
+        raise ImdbJaxError(
+            "--patience needs a number >= 0: epochs without a lower validation loss before a variant stops"
+        )
     check_data_options(args)
     if args.resume and not args.output:
         raise ImdbJaxError("--resume needs --output: the folder of the study to continue")
     if not args.experiments and not args.spec:
-        raise ImdbJaxError("name at least one experiment (units, layers, epochs, regularization, dropout or all) or pass --spec FILE")
+        raise ImdbJaxError(
+            "name at least one experiment (units, layers, epochs, regularization, dropout or all) or pass --spec FILE"
+        )
     chosen = list(args.experiments) + (load_specs(args.spec) if args.spec else [])
     select_experiments(chosen)
     return chosen
@@ -98,7 +120,9 @@ def _checked_variants(args: argparse.Namespace) -> list:
 
 @distributed_command
 def _run(args: argparse.Namespace, chosen: list) -> int:
-    with checks.output_folder(args.output or default_output("study"), resume=args.resume, overwrite=args.overwrite) as output:
+    with checks.output_folder(
+        args.output or default_output("study"), resume=args.resume, overwrite=args.overwrite
+    ) as output:
         return _study(args, chosen, output)
 
 
@@ -135,13 +159,32 @@ def _study(args: argparse.Namespace, chosen: list, output: checks.Output) -> int
         print_json(
             {
                 "output": str(output.path),
-                "experiments": {name: [summary["variants"][index]["name"] for index in indices] for name, indices in summary["experiments"].items()},
+                "experiments": {
+                    name: [summary["variants"][index]["name"] for index in indices]
+                    for name, indices in summary["experiments"].items()
+                },
                 "variants": len(summary["variants"]),
                 "epochs": args.epochs,
                 "seeds": args.seeds,
-                "best": None if best is None else {key: best[key] for key in ("name", "best_epoch", "best_val_loss", "best_val_loss_sd", "val_accuracy_at_best")},
-                "retrain": None if retrain is None else {key: retrain[key] for key in ("variant", "epochs", "test_loss", "test_accuracy", "model_dir", "wall_s")},
-                "runs": [{key: record[key] for key in ("label", "trained", "blocks", "first_layer", "wall_s", "compile_s", "train_s")} for record in summary["runs"]],
+                "best": None
+                if best is None
+                else {
+                    key: best[key]
+                    for key in ("name", "best_epoch", "best_val_loss", "best_val_loss_sd", "val_accuracy_at_best")
+                },
+                "retrain": None
+                if retrain is None
+                else {
+                    key: retrain[key]
+                    for key in ("variant", "epochs", "test_loss", "test_accuracy", "model_dir", "wall_s")
+                },
+                "runs": [
+                    {
+                        key: record[key]
+                        for key in ("label", "trained", "blocks", "first_layer", "wall_s", "compile_s", "train_s")
+                    }
+                    for record in summary["runs"]
+                ],
                 "training_s": summary["training_s"],
                 "wall_s": summary["wall_s"],
                 "devices": summary["devices"],
@@ -158,12 +201,20 @@ def _study(args: argparse.Namespace, chosen: list, output: checks.Output) -> int
         stats = variant["stats"]
         loss = "diverged" if variant["best_val_loss"] is None else _pm(stats["best_val_loss"])
         accuracy = "" if variant["val_accuracy_at_best"] is None else _pm(stats["val_accuracy_at_best"])
-        print(f"{variant['name']:<24} {variant['best_epoch'] or '-':>10} {loss:>17} {accuracy:>17}  {', '.join(variant['experiments'])}")
+        print(
+            f"{variant['name']:<24} {variant['best_epoch'] or '-':>10} {loss:>17} {accuracy:>17}  {', '.join(variant['experiments'])}"
+        )
     for record in summary["runs"]:
-        print(f"run {record['label']}: {record['wall_s']:.1f} s ({record['compile_s']:.1f} s compiling), first layer {record['first_layer']}")
+        print(
+            f"run {record['label']}: {record['wall_s']:.1f} s ({record['compile_s']:.1f} s compiling), first layer {record['first_layer']}"
+        )
     if retrain is not None:
-        print(f"retrained {retrain['variant']} for {plural(retrain['epochs'], 'epoch')} on {retrain['train_reviews']} reviews: test loss {retrain['test_loss']:.4f}, test accuracy {retrain['test_accuracy']:.4f}")
-    print(f"wall time {summary['wall_s']:.1f} s; wrote {output.path / 'study.json'}, {output.path / 'report.md'} and {plural(len(summary['figures']), 'figure')}")
+        print(
+            f"retrained {retrain['variant']} for {plural(retrain['epochs'], 'epoch')} on {retrain['train_reviews']} reviews: test loss {retrain['test_loss']:.4f}, test accuracy {retrain['test_accuracy']:.4f}"
+        )
+    print(
+        f"wall time {summary['wall_s']:.1f} s; wrote {output.path / 'study.json'}, {output.path / 'report.md'} and {plural(len(summary['figures']), 'figure')}"
+    )
     return 0
 
 
@@ -180,5 +231,5 @@ def _name_final_paths(summary: dict, output: checks.Output) -> None:
 
 
 def _pm(stats: dict) -> str:
-    """"0.2800 ± 0.0010" (mean ± sd over seeds), or the mean alone with one seed."""
+    """ "0.2800 ± 0.0010" (mean ± sd over seeds), or the mean alone with one seed."""
     return f"{stats['mean']:.4f}" if stats["sd"] is None else f"{stats['mean']:.4f} ± {stats['sd']:.4f}"

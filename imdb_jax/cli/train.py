@@ -52,8 +52,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--weight-decay", type=float, default=0.0, help="decoupled weight decay (default: 0)")
     parser.add_argument("--l1", type=float, default=0.0, help="L1 penalty factor on hidden kernels (default: 0)")
     parser.add_argument("--l2", type=float, default=0.0, help="L2 penalty factor on hidden kernels (default: 0)")
-    parser.add_argument("--dropout", type=float, default=0.0, help="dropout after each hidden layer, in [0, 1) (default: 0)")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the initial weights, dropout and shuffling (default: 0)")
+    parser.add_argument(
+        "--dropout", type=float, default=0.0, help="dropout after each hidden layer, in [0, 1) (default: 0)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seeds the initial weights, dropout and shuffling (default: 0)"
+    )
     parser.add_argument(
         "--validation",
         type=int,
@@ -61,7 +65,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="hold out the first N training reviews and report validation curves (default: 0, train on all)",
     )
-    parser.add_argument("--first-layer", choices=("auto", "sparse", "dense"), default="auto", help="first layer kind (default: auto)")
+    parser.add_argument(
+        "--first-layer", choices=("auto", "sparse", "dense"), default="auto", help="first layer kind (default: auto)"
+    )
     parser.add_argument("--output", help="model folder (default: runs/train-<timestamp>)")
     parser.add_argument(
         "--logdir",
@@ -90,7 +96,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     checks.add_compile_cache_option(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON line instead of the report")
     parser.set_defaults(run=run)
-
 
 
 def best_epochs(history: dict[str, list]) -> dict[str, Any]:
@@ -124,7 +129,9 @@ def _checked_config(args: argparse.Namespace) -> Any:
     if args.validation < 0:
         raise ImdbJaxError(f"--validation must be 0 (none) or a number of reviews to hold out, got {args.validation}")
     if args.restore_best and not args.validation:
-        raise ImdbJaxError("--restore-best needs --validation N: the best epoch is the one with the lowest validation loss")
+        raise ImdbJaxError(
+            "--restore-best needs --validation N: the best epoch is the one with the lowest validation loss"
+        )
     if args.patience is not None and (args.patience < 0 or not args.validation):
         raise ImdbJaxError("--patience needs a number >= 0 and --validation N: it watches the validation loss")
     if args.resume and not args.output:
@@ -162,11 +169,15 @@ def learning_problems(history: dict[str, list], labels: Any) -> list[str]:
     accuracy, losses = history["accuracy"][-1], history["loss"]
     problems = []
     if accuracy <= majority:
-        problems.append(f"its final training accuracy {accuracy:.4f} is no better than always answering the majority label ({majority:.4f})")
+        problems.append(
+            f"its final training accuracy {accuracy:.4f} is no better than always answering the majority label ({majority:.4f})"
+        )
     guess = -sum(rate * math.log(rate) for rate in (positive_rate, 1.0 - positive_rate) if rate > 0)
     reference = min([guess, *(loss for loss in losses if math.isfinite(loss))])
     if reference > 0 and losses[-1] >= LOSS_GROWTH * reference:
-        problems.append(f"its final training loss {losses[-1]:.4g} is {losses[-1] / reference:.3g} times {'a constant guess' if reference == guess else 'its lowest'} ({reference:.4f})")
+        problems.append(
+            f"its final training loss {losses[-1]:.4g} is {losses[-1] / reference:.3g} times {'a constant guess' if reference == guess else 'its lowest'} ({reference:.4f})"
+        )
     return problems
 
 
@@ -178,9 +189,13 @@ def _cell(value: float) -> str:
 
 @distributed_command
 def _run(args: argparse.Namespace, config: Any) -> int:
-    with checks.output_folder(args.output or default_output("train"), resume=args.resume, overwrite=args.overwrite) as output:
+    with checks.output_folder(
+        args.output or default_output("train"), resume=args.resume, overwrite=args.overwrite
+    ) as output:
         if args.resume and not (output.work / CHECKPOINT).exists() and (output.work / "model.json").exists():
-            raise ImdbJaxError(f"the run in {output.path} is already finished (a saved model, no checkpoint): nothing to resume")
+            raise ImdbJaxError(
+                f"the run in {output.path} is already finished (a saved model, no checkpoint): nothing to resume"
+            )
         return _train(args, config, output)
 
 
@@ -267,7 +282,9 @@ def _train(args: argparse.Namespace, config: Any, output: checks.Output) -> int:
         return status
 
     held_out = f", first {len(validation)} held out for validation" if validation is not None else ""
-    print(f"data: {len(train)} training reviews{held_out}; {len(data.test)} test reviews; {data.num_words} words ({data.source})")
+    print(
+        f"data: {len(train)} training reviews{held_out}; {len(data.test)} test reviews; {data.num_words} words ({data.source})"
+    )
     print(
         f"model: hidden {'-'.join(map(str, config.hidden_units))}, {plural(args.epochs, 'epoch')}, batch {args.batch_size}, "
         f"seed {args.seed}; trained in {seconds['fit']:.1f} s ({seconds['fit'] / args.epochs:.2f} s/epoch "

@@ -19,14 +19,28 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "tune",
         help="the most accurate model in a few minutes: n-gram features and models searched on held-out reviews",
-        description=(__doc__ or "").splitlines()[0].split(": ", 1)[1].rstrip(".") + "; the search space and why: `pydoc imdb_jax.tune`",
+        description=(__doc__ or "").splitlines()[0].split(": ", 1)[1].rstrip(".")
+        + "; the search space and why: `pydoc imdb_jax.tune`",
     )
-    parser.add_argument("--output", help="model folder to write, with search.md, search.png and search.json (default: runs/tune-<timestamp>)")
     parser.add_argument(
-        "--budget", choices=tuple(BUDGET_HELP), default="default",
-        help="search size: " + "; ".join(f"{name}: {text}" for name, text in BUDGET_HELP.items()) + " (default: default)",
+        "--output",
+        help="model folder to write, with search.md, search.png and search.json (default: runs/tune-<timestamp>)",
     )
-    parser.add_argument("--validation", type=int, default=10000, metavar="N", help="choose on the first N training reviews, held out of features and training (default: 10000)")
+    parser.add_argument(
+        "--budget",
+        choices=tuple(BUDGET_HELP),
+        default="default",
+        help="search size: "
+        + "; ".join(f"{name}: {text}" for name, text in BUDGET_HELP.items())
+        + " (default: default)",
+    )
+    parser.add_argument(
+        "--validation",
+        type=int,
+        default=10000,
+        metavar="N",
+        help="choose on the first N training reviews, held out of features and training (default: 10000)",
+    )
     checks.add_overwrite_option(parser)
     add_data_options(parser, num_words=False)
     checks.add_compile_cache_option(parser)
@@ -45,22 +59,39 @@ def run(args: argparse.Namespace) -> int:
         from imdb_jax.tune.search import resolve_budget
 
         space = dataclasses.replace(resolve_budget(args.budget), validation=args.validation)
-        result = tune(args.data_dir, args.cache_dir, budget=space, progress=not args.no_progress, output_dir=output.work)
+        result = tune(
+            args.data_dir, args.cache_dir, budget=space, progress=not args.no_progress, output_dir=output.work
+        )
     folder = output.path
     summary = result.summary
     members = [{key: member[key] for key in ("name", "weight", "epochs")} for member in summary["members"]]
     if args.json:
-        print_json({
-            "output": str(folder), "budget": args.budget, "test_accuracy": result.test_accuracy, "test_loss": result.test_loss,
-            "validation_accuracy": result.validation_accuracy, "ensemble": result.choice.ensemble, "members": members,
-            "variants": len(result.candidates), "seconds": summary["seconds"], "features_cached": summary["features_cached"],
-        })
+        print_json(
+            {
+                "output": str(folder),
+                "budget": args.budget,
+                "test_accuracy": result.test_accuracy,
+                "test_loss": result.test_loss,
+                "validation_accuracy": result.validation_accuracy,
+                "ensemble": result.choice.ensemble,
+                "members": members,
+                "variants": len(result.candidates),
+                "seconds": summary["seconds"],
+                "features_cached": summary["features_cached"],
+            }
+        )
         return 0
     kind = f"an ensemble of {len(members)}" if result.choice.ensemble else "a single model"
-    print(f"{plural(len(result.candidates), 'variant')} searched; chose {kind} (validation accuracy {result.validation_accuracy:.4f}):")
+    print(
+        f"{plural(len(result.candidates), 'variant')} searched; chose {kind} (validation accuracy {result.validation_accuracy:.4f}):"
+    )
     for member in members:
-        print(f"  {member['weight']:.3f}  {member['name']}  ({plural(member['epochs'], 'epoch')} on all training reviews)")
-    print(f"test accuracy: {result.test_accuracy:.4f}  test loss: {result.test_loss:.4f}  (scored once, after the choice)")
+        print(
+            f"  {member['weight']:.3f}  {member['name']}  ({plural(member['epochs'], 'epoch')} on all training reviews)"
+        )
+    print(
+        f"test accuracy: {result.test_accuracy:.4f}  test loss: {result.test_loss:.4f}  (scored once, after the choice)"
+    )
     seconds = summary["seconds"]
     stages = ", ".join(f"{stage} {value:.1f} s" for stage, value in seconds.items() if stage != "total")
     cached = "cached" if summary["features_cached"] else "built"

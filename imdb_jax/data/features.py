@@ -112,7 +112,9 @@ class _Lookup:
             node[longer] = inverse
             tables.append(table)
             prefix_columns.append(column)
-        return cls({word: number for number, word in enumerate(words)}, unigram_columns, tuple(tables), tuple(prefix_columns))
+        return cls(
+            {word: number for number, word in enumerate(words)}, unigram_columns, tuple(tables), tuple(prefix_columns)
+        )
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -157,7 +159,9 @@ class FeatureSpec:
         if self.weights is not None:
             weights = np.asarray(self.weights, dtype=np.float32)
             if weights.shape != (len(terms),) or not np.all(np.isfinite(weights)):
-                raise ImdbJaxError(f"weights must be {len(terms)} finite numbers, one per term; got shape {weights.shape}")
+                raise ImdbJaxError(
+                    f"weights must be {len(terms)} finite numbers, one per term; got shape {weights.shape}"
+                )
             weights.setflags(write=False)
             object.__setattr__(self, "weights", weights)
 
@@ -188,7 +192,10 @@ class FeatureSpec:
             self.weights is not None and other.weights is not None and np.array_equal(self.weights, other.weights)
         )
         return (self.terms, self.ngrams, self.weighting, self.tokenizer) == (
-            other.terms, other.ngrams, other.weighting, other.tokenizer
+            other.terms,
+            other.ngrams,
+            other.weighting,
+            other.tokenizer,
         ) and same_weights
 
     __hash__ = None  # pyright: ignore[reportAssignmentType]  # equal specs may hold different (unhashable) weight arrays
@@ -214,8 +221,12 @@ class FeatureSpec:
     ) -> FeatureSpec:
         """Fits the terms (and idf or ratios) on ``texts``; see ``fit_tokens``."""
         return cls.fit_tokens(
-            token_ids(texts, progress=progress), labels, ngrams=ngrams, num_words=num_words,
-            min_count=min_count, weighting=weighting,
+            token_ids(texts, progress=progress),
+            labels,
+            ngrams=ngrams,
+            num_words=num_words,
+            min_count=min_count,
+            weighting=weighting,
         )
 
     @classmethod
@@ -411,8 +422,11 @@ class FeatureSpec:
             raise ImdbJaxError("not saved features: 'terms' must be a list of strings")
         weights = data.get("weights")
         return cls(
-            tuple(terms), ngrams=header["ngrams"], weighting=header["weighting"],
-            weights=None if weights is None else np.asarray(weights, dtype=np.float32), tokenizer=header["tokenizer"],
+            tuple(terms),
+            ngrams=header["ngrams"],
+            weighting=header["weighting"],
+            weights=None if weights is None else np.asarray(weights, dtype=np.float32),
+            tokenizer=header["tokenizer"],
         )
 
     def to_arrays(self) -> dict[str, np.ndarray]:
@@ -440,8 +454,11 @@ class FeatureSpec:
             raise ImdbJaxError(f"not saved features (expected 'meta' and 'terms' arrays): {error}") from error
         weights = arrays.get("weights")
         return cls(
-            tuple(text.split("\n")) if text else (), ngrams=header["ngrams"], weighting=header["weighting"],
-            weights=None if weights is None else np.asarray(weights, dtype=np.float32), tokenizer=header["tokenizer"],
+            tuple(text.split("\n")) if text else (),
+            ngrams=header["ngrams"],
+            weighting=header["weighting"],
+            weights=None if weights is None else np.asarray(weights, dtype=np.float32),
+            tokenizer=header["tokenizer"],
         )
 
 

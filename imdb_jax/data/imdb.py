@@ -146,9 +146,7 @@ class IMDbData:
             ImdbJaxError: a bad count, or non-plain features fitted on some of the held-out reviews.
         """
         if isinstance(num_validation, bool) or not 0 < num_validation < len(self.train):
-            raise ImdbJaxError(
-                f"num_validation must be between 1 and {len(self.train) - 1}; got {num_validation!r}"
-            )
+            raise ImdbJaxError(f"num_validation must be between 1 and {len(self.train) - 1}; got {num_validation!r}")
         if not self.features.plain and num_validation > self.held_out:  # pyright: ignore[reportOptionalMemberAccess]
             raise ImdbJaxError(
                 f"these {self.features.ngrams}-gram {self.features.weighting} features were fitted on training "  # pyright: ignore[reportOptionalMemberAccess]
@@ -225,7 +223,11 @@ def load_imdb(
     if use_cache:
         folder = (Path(cache_dir).expanduser() if cache_dir is not None else cache.default_cache_dir()).absolute()
         words = "all" if num_words is None else num_words
-        name = f"imdb-{found.kind}-{words}w" if default else f"imdb-{found.kind}-{ngrams}g-{weighting}-{words}w-h{held_out}"
+        name = (
+            f"imdb-{found.kind}-{words}w"
+            if default
+            else f"imdb-{found.kind}-{ngrams}g-{weighting}-{words}w-h{held_out}"
+        )
         path = folder / f"{name}-{key[:20]}.cache"
         cached = _read_cache(path, key, num_words)
         if cached is not None:
@@ -266,13 +268,17 @@ def _tokenised(found: sources.Source, folder: Path | None, progress: bool) -> tu
             try:
                 arrays, meta = cache.load_arrays(path, {"key": key})
                 text = arrays["words"].tobytes().decode("utf-8")
-                tokens = TokenIds(arrays["ids"], arrays["lengths"].astype(np.int64), tuple(text.split("\n")) if text else ())
+                tokens = TokenIds(
+                    arrays["ids"], arrays["lengths"].astype(np.int64), tuple(text.split("\n")) if text else ()
+                )
                 num_train = meta["num_train"]
                 if int(tokens.lengths.sum()) != len(tokens.ids) or len(arrays["labels"]) != len(tokens):
                     raise ValueError("the token counts do not add up")
                 return tokens, arrays["labels"][:num_train], arrays["labels"][num_train:]
             except (cache.CacheError, KeyError, ValueError, OSError) as error:
-                warnings.warn(cache.CacheWarning(f"ignoring the token cache {path}: {error}; rebuilding it"), stacklevel=4)
+                warnings.warn(
+                    cache.CacheWarning(f"ignoring the token cache {path}: {error}; rebuilding it"), stacklevel=4
+                )
     raw = found.read(progress=progress)
     texts = raw.train_texts + raw.test_texts
     del raw.train_texts[:], raw.test_texts[:]  # free the texts early: peak memory, not correctness
@@ -293,8 +299,14 @@ def _tokenised(found: sources.Source, folder: Path | None, progress: bool) -> tu
 
 
 def _data(
-    train: Split, test: Split, features: FeatureSpec, description: str, path: Path | None, from_cache: bool,
-    start: float, held_out: int,
+    train: Split,
+    test: Split,
+    features: FeatureSpec,
+    description: str,
+    path: Path | None,
+    from_cache: bool,
+    start: float,
+    held_out: int,
 ) -> IMDbData:
     vocabulary = Vocabulary(features.terms, features.tokenizer) if features.plain else features
     return IMDbData(
@@ -342,9 +354,7 @@ def _read_cache(path: Path, key: str, num_words: int | None) -> tuple[Split, Spl
             )
         splits = [_split_from_arrays(arrays, name, meta["num_columns"], features) for name in ("train", "test")]
     except (cache.CacheError, ImdbJaxError, KeyError, ValueError, OSError) as error:
-        warnings.warn(
-            cache.CacheWarning(f"ignoring the IMDb cache {path}: {error}; rebuilding it"), stacklevel=3
-        )
+        warnings.warn(cache.CacheWarning(f"ignoring the IMDb cache {path}: {error}; rebuilding it"), stacklevel=3)
         return None
     return splits[0], splits[1], features
 

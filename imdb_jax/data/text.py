@@ -297,4 +297,3 @@ class Vocabulary:
         if not all(isinstance(word, str) for word in words):
             raise ImdbJaxError("not a saved vocabulary: 'words' must be a list of strings")
         return cls(tuple(words), tokenizer=tokenizer)
-

@@ -1,4 +1,5 @@
 """How many leading (most frequent) columns the first layer multiplies densely: the dense head."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -37,7 +38,9 @@ def choose_dense_words(first_layer: str | int, x: Any, backend: str | None = Non
             raise ImdbJaxError(f"first_layer as a column count must be in [0, {num_words}], got {first_layer}")
         return int(first_layer)
     if first_layer not in FIRST_LAYERS:
-        raise ImdbJaxError(f"first_layer must be one of {', '.join(FIRST_LAYERS)} or a column count, got {first_layer!r}")
+        raise ImdbJaxError(
+            f"first_layer must be one of {', '.join(FIRST_LAYERS)} or a column count, got {first_layer!r}"
+        )
     if first_layer != "auto":
         return num_words if first_layer == "dense" else 0
     if backend is None:

@@ -1,4 +1,5 @@
 """A batch of multi-hot rows as the models take it: a dense head and a sparse tail."""
+
 from __future__ import annotations
 
 import jax

@@ -162,7 +162,9 @@ def _bag_bwd(batch_size, chunk, residuals, grad):
             rows_grad = rows_grad * weights[:, None]
         return kernel_grad.at[words].add(rows_grad), values_grad
 
-    kernel_grad, values_grad = jax.lax.scan(body, jnp.zeros(shape, grad.dtype), _chunks(chunk, word_ids, row_ids, values))
+    kernel_grad, values_grad = jax.lax.scan(
+        body, jnp.zeros(shape, grad.dtype), _chunks(chunk, word_ids, row_ids, values)
+    )
     if values_grad is not None:
         values_grad = values_grad.reshape(-1)
     return kernel_grad, None, None, values_grad

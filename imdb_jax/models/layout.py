@@ -8,7 +8,8 @@ variants train beside it, so a variant's numbers do not change with its company.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -52,7 +53,6 @@ def plan_layout(specs: Sequence[Any], num_words: int, shards: int = 1) -> tuple[
     for slot in reversed(range(len(members))):  # the first occurrence wins over padding copies
         slot_of[members[slot]] = slot  # pyright: ignore[reportArgumentType, reportCallIssue]
     return layout, members, slot_of  # pyright: ignore[reportReturnType]
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +106,10 @@ class Layout:
     def column_slots(self) -> np.ndarray:
         """int32[width]: the slot owning each first-layer column."""
         return np.concatenate(
-            [np.repeat(np.arange(block.start, block.start + block.size), block.hidden_units[0]) for block in self.blocks]
+            [
+                np.repeat(np.arange(block.start, block.start + block.size), block.hidden_units[0])
+                for block in self.blocks
+            ]
         ).astype(np.int32)
 
 

@@ -122,14 +122,19 @@ class EnsembleModel:
         """float32[members, reviews]: each member's probability that a review is positive."""
         self._check_rows(rows)
         return np.stack(
-            [member.predict_rows(rows.matrices[index], batch_size=batch_size) for member, index in zip(self.members, rows.member_matrix)]
+            [
+                member.predict_rows(rows.matrices[index], batch_size=batch_size)
+                for member, index in zip(self.members, rows.member_matrix)
+            ]
         )
 
     def predict_rows(self, rows: EnsembleRows, *, batch_size: int = 512) -> np.ndarray:
         """float32[reviews]: the weighted mean of the members' probabilities."""
         if rows.shape[0] == 0:
             return np.zeros((0,), np.float32)
-        return (self.weights @ self.member_probabilities(rows, batch_size=batch_size).astype(np.float64)).astype(np.float32)
+        return (self.weights @ self.member_probabilities(rows, batch_size=batch_size).astype(np.float64)).astype(
+            np.float32
+        )
 
     def predict_texts(self, texts: Iterable[Text] | Text, *, batch_size: int = 512) -> np.ndarray:
         """float32[len(texts)] probabilities that raw reviews are positive."""
@@ -189,13 +194,22 @@ def save_ensemble(
     """
     folder = Path(path)
     if (folder / MODEL_FILE).exists():
-        raise ImdbJaxError(f"{folder} already holds a single model ({MODEL_FILE}); write the ensemble to another folder")
+        raise ImdbJaxError(
+            f"{folder} already holds a single model ({MODEL_FILE}); write the ensemble to another folder"
+        )
     weights = check_weights(weights, len(members)).tolist()
     folder.mkdir(parents=True, exist_ok=True)
     entries = []
     for index, (member, weight) in enumerate(zip(members, weights)):
         name = f"member-{index}"
-        save_model(folder / name, member["state"], member["config"], member["vocabulary"], member.get("history"), member.get("metrics"))
+        save_model(
+            folder / name,
+            member["state"],
+            member["config"],
+            member["vocabulary"],
+            member.get("history"),
+            member.get("metrics"),
+        )
         entries.append({"path": name, "weight": weight})
     description = {
         "format": FORMAT,
@@ -228,21 +242,30 @@ def load_ensemble(path: str | os.PathLike) -> EnsembleModel:
         raise ImdbJaxError(f"{folder}: {ENSEMBLE_FILE} is not an imdb_jax ensemble description")
     version = description.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ImdbJaxError(f"{folder} was saved in ensemble format {version!r}; this imdb_jax reads format {FORMAT_VERSION}")
+        raise ImdbJaxError(
+            f"{folder} was saved in ensemble format {version!r}; this imdb_jax reads format {FORMAT_VERSION}"
+        )
     entries = description.get("members")
     if not isinstance(entries, list) or not entries:
         raise ImdbJaxError(f"{folder}: {ENSEMBLE_FILE} lists no members")
     members, weights = [], []
     root = folder.resolve()
     for entry in entries:
-        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str) or isinstance(entry.get("weight"), bool) or not isinstance(entry.get("weight"), (int, float)):
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("path"), str)
+            or isinstance(entry.get("weight"), bool)
+            or not isinstance(entry.get("weight"), (int, float))
+        ):
             raise ImdbJaxError(f"{folder}: each member of {ENSEMBLE_FILE} needs a 'path' and a numeric 'weight'")
         member_folder = (folder / entry["path"]).resolve()
         if root not in member_folder.parents:
             raise ImdbJaxError(f"{folder}: member {entry['path']!r} is not inside the ensemble's folder")
         member = load_single_model(folder / entry["path"])
         if isinstance(member, EnsembleModel):
-            raise ImdbJaxError(f"{folder}: member {entry['path']!r} is itself an ensemble; members must be single models")
+            raise ImdbJaxError(
+                f"{folder}: member {entry['path']!r} is itself an ensemble; members must be single models"
+            )
         members.append(member)
         weights.append(float(entry["weight"]))
     return EnsembleModel(tuple(members), np.asarray(weights), description.get("metrics"), folder)

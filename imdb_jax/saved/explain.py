@@ -53,7 +53,9 @@ def logits_and_input_gradients(
     """
 
     def summed(values):
-        logits = predict_logits(state, SparseMultiHot(word_ids=word_ids, row_ids=row_ids, batch_size=batch_size, values=values))
+        logits = predict_logits(
+            state, SparseMultiHot(word_ids=word_ids, row_ids=row_ids, batch_size=batch_size, values=values)
+        )
         return jnp.sum(logits), logits  # rows are independent: the sum's gradient is each row's own
 
     gradients, logits = jax.grad(summed, has_aux=True)(values)
@@ -117,7 +119,13 @@ def explain_rows(model: Any, rows: Any, *, top: int = DEFAULT_TOP) -> list[list[
         slope = np.maximum(mean * (1.0 - mean), np.finfo(np.float64).tiny)
         for weight, (member, x, _, gradients), p in zip(model.weights, members, probabilities):
             factor = weight * p * (1.0 - p) / slope  # d logit(mean) / d logit_m, per review
-            parts.append((member.vocabulary.words, x, gradients.astype(np.float64) * x.data * np.repeat(factor, np.diff(x.indptr))))
+            parts.append(
+                (
+                    member.vocabulary.words,
+                    x,
+                    gradients.astype(np.float64) * x.data * np.repeat(factor, np.diff(x.indptr)),
+                )
+            )
     else:
         x = checked_csr(rows)
         _, gradients = input_gradients(model.state, x)
@@ -128,7 +136,9 @@ def explain_rows(model: Any, rows: Any, *, top: int = DEFAULT_TOP) -> list[list[
 def _top_terms(parts: list[tuple[Any, sp.csr_matrix, np.ndarray]], row: int, top: int) -> list[dict[str, Any]]:
     totals: dict[str, float] = {}
     for terms, x, contributions in parts:
-        for column, contribution in zip(x.indices[x.indptr[row] : x.indptr[row + 1]], contributions[x.indptr[row] : x.indptr[row + 1]]):
+        for column, contribution in zip(
+            x.indices[x.indptr[row] : x.indptr[row + 1]], contributions[x.indptr[row] : x.indptr[row + 1]]
+        ):
             term = terms[column]
             totals[term] = totals.get(term, 0.0) + float(contribution)
     ranked = sorted(totals.items(), key=lambda item: (-abs(item[1]), item[0]))

@@ -26,7 +26,11 @@ def load_model(path: str | os.PathLike) -> SavedModel | EnsembleModel:
     """
     folder = Path(path)
     if not folder.is_dir():
-        raise ImdbJaxError(f"{folder} is a file, not a model folder" if folder.is_file() else f"{folder} is not a model folder (no such folder)")
+        raise ImdbJaxError(
+            f"{folder} is a file, not a model folder"
+            if folder.is_file()
+            else f"{folder} is not a model folder (no such folder)"
+        )
     if (folder / ENSEMBLE_FILE).is_file() and not (folder / MODEL_FILE).exists():
         return load_ensemble(folder)
     return load_single_model(folder)

@@ -146,7 +146,10 @@ def _flat_params(params: Any) -> dict[str, np.ndarray]:
 def _expected_shapes(config: ModelConfig) -> dict[str, tuple[tuple[int, ...], str]]:
     """{parameter path: (shape, dtype)} of a model with `config`, without computing weights."""
     shapes = jax.eval_shape(lambda: create_train_state(jax.random.key(0), config).params)  # traced, not run
-    return {name: (tuple(leaf.shape), str(leaf.dtype)) for name, leaf in traverse_util.flatten_dict(shapes, sep="/").items()}  # pyright: ignore[reportAttributeAccessIssue]
+    return {
+        name: (tuple(leaf.shape), str(leaf.dtype))  # pyright: ignore[reportAttributeAccessIssue]
+        for name, leaf in traverse_util.flatten_dict(shapes, sep="/").items()
+    }
 
 
 def _shape_problems(flat: Mapping[str, np.ndarray], config: ModelConfig) -> list[str]:
@@ -156,7 +159,9 @@ def _shape_problems(flat: Mapping[str, np.ndarray], config: ModelConfig) -> list
     for name in sorted(set(expected) & set(flat)):
         shape, dtype = expected[name]
         if tuple(flat[name].shape) != shape or str(flat[name].dtype) != dtype:
-            problems.append(f"{name} is {flat[name].dtype}{list(flat[name].shape)}, the config needs {dtype}{list(shape)}")
+            problems.append(
+                f"{name} is {flat[name].dtype}{list(flat[name].shape)}, the config needs {dtype}{list(shape)}"
+            )
     return problems
 
 
@@ -188,7 +193,9 @@ def save_model(
     """
     folder = Path(path)
     if len(vocabulary) != config.num_words:
-        raise ImdbJaxError(f"the vocabulary has {len(vocabulary)} words but the config has num_words={config.num_words}")
+        raise ImdbJaxError(
+            f"the vocabulary has {len(vocabulary)} words but the config has num_words={config.num_words}"
+        )
     flat = _flat_params(state.params)
     problems = _shape_problems(flat, config)
     if problems:
@@ -203,9 +210,12 @@ def save_model(
         np.savez(buffer, **vocabulary.to_arrays())  # pyright: ignore[reportArgumentType, reportAttributeAccessIssue]
         files[FEATURES_FILE] = buffer.getvalue()
         described = {
-            "format": FEATURES_FORMAT, "file": FEATURES_FILE,
-            "sha256": hashlib.sha256(files[FEATURES_FILE]).hexdigest(), "terms": len(vocabulary),
-            "ngrams": vocabulary.ngrams, "weighting": vocabulary.weighting,  # pyright: ignore[reportAttributeAccessIssue]
+            "format": FEATURES_FORMAT,
+            "file": FEATURES_FILE,
+            "sha256": hashlib.sha256(files[FEATURES_FILE]).hexdigest(),
+            "terms": len(vocabulary),
+            "ngrams": vocabulary.ngrams,  # pyright: ignore[reportAttributeAccessIssue]
+            "weighting": vocabulary.weighting,  # pyright: ignore[reportAttributeAccessIssue]
         }
     model = {
         "format": FORMAT,
@@ -316,7 +326,11 @@ def load_single_model(path: str | os.PathLike) -> SavedModel:
     """
     folder = Path(path)
     if not folder.is_dir():
-        raise ImdbJaxError(f"{folder} is a file, not a model folder" if folder.is_file() else f"{folder} is not a model folder (no such folder)")
+        raise ImdbJaxError(
+            f"{folder} is a file, not a model folder"
+            if folder.is_file()
+            else f"{folder} is not a model folder (no such folder)"
+        )
     model = _read_json(folder / MODEL_FILE, folder)
     if not isinstance(model, dict) or model.get("format") != FORMAT:
         raise ImdbJaxError(f"{folder} is not a model folder: {MODEL_FILE} is not an imdb_jax model description")
@@ -334,9 +348,13 @@ def load_single_model(path: str | os.PathLike) -> SavedModel:
     except ImdbJaxError as error:
         raise ImdbJaxError(f"{folder} is not a usable model folder: {error}") from None
     except (KeyError, TypeError, ValueError) as error:
-        raise ImdbJaxError(f"{folder} is not a usable model folder: bad {MODEL_FILE} ({type(error).__name__}: {error})") from None
+        raise ImdbJaxError(
+            f"{folder} is not a usable model folder: bad {MODEL_FILE} ({type(error).__name__}: {error})"
+        ) from None
     if len(vocabulary) != config.num_words:
-        raise ImdbJaxError(f"{folder}: the vocabulary has {len(vocabulary)} words but the config has num_words={config.num_words}")
+        raise ImdbJaxError(
+            f"{folder}: the vocabulary has {len(vocabulary)} words but the config has num_words={config.num_words}"
+        )
 
     try:
         params_bytes = (folder / PARAMS_FILE).read_bytes()

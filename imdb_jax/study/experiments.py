@@ -10,7 +10,8 @@ L2 on the hidden kernels; dropout 0.5 or none.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from imdb_jax.errors import ImdbJaxError
 from imdb_jax.specs import VariantSpec

@@ -69,7 +69,9 @@ class StudyResult:
         raise IndexError(f"no variant {index}")
 
 
-def run_plan(runs: str, experiments: Mapping[str, Sequence[VariantSpec]], specs: Sequence[VariantSpec], members) -> list[tuple[str, list[int]]]:
+def run_plan(
+    runs: str, experiments: Mapping[str, Sequence[VariantSpec]], specs: Sequence[VariantSpec], members
+) -> list[tuple[str, list[int]]]:
     """(label, variant indices) per `fit_variants` run; each distinct variant trains once."""
     if runs == "merged":
         return [("+".join(experiments) if len(experiments) < len(EXPERIMENTS) else ALL, list(range(len(specs))))]
@@ -83,7 +85,7 @@ def run_plan(runs: str, experiments: Mapping[str, Sequence[VariantSpec]], specs:
 
 
 def _first_layer_used(result: Any) -> str:
-    """"sparse", "dense", or "dense N + sparse" (the N most frequent words dense)."""
+    """ "sparse", "dense", or "dense N + sparse" (the N most frequent words dense)."""
     dense_words = getattr(result, "dense_words", None)
     if dense_words is None:
         return "unknown"
@@ -101,14 +103,18 @@ def _blocks(result: Any, names: Sequence[str]) -> list[dict[str, Any]]:
     return [
         {
             "hidden_units": list(block.hidden_units),
-            "variants": [names[index] for index, slot in enumerate(result.slot_of) if block.start <= slot % slots < block.start + block.size],
+            "variants": [
+                names[index]
+                for index, slot in enumerate(result.slot_of)
+                if block.start <= slot % slots < block.start + block.size
+            ],
         }
         for block in layout.blocks
     ]
 
 
 def _count(count: int, noun: str) -> str:
-    """"1 seed", "4 seeds"."""
+    """ "1 seed", "4 seeds"."""
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
@@ -200,7 +206,9 @@ def run_study(
         raise ImdbJaxError(f"runs must be one of {', '.join(RUNS)}, got {runs!r}")
     reviews = len(data.train.y)
     if isinstance(validation, bool) or not isinstance(validation, int) or not 0 < validation < reviews:
-        raise ImdbJaxError(f"validation must be between 1 and {reviews - 1} (reviews held out of the {reviews} training reviews), got {validation!r}")
+        raise ImdbJaxError(
+            f"validation must be between 1 and {reviews - 1} (reviews held out of the {reviews} training reviews), got {validation!r}"
+        )
     specs, members = union(experiments)
     names = unique_names(specs)
     replicas, replica_of = seed_replicas(specs, seeds)
@@ -257,7 +265,9 @@ def run_study(
     if log_dir is not None:  # every copy's run folder, opened before training
         from imdb_jax.tensorboard import TensorBoardLogger, spec_hparams
 
-        shared = {key: settings[key] for key in ("epochs", "batch_size", "shuffle_seed", "num_words", "validation_reviews")}
+        shared = {
+            key: settings[key] for key in ("epochs", "batch_size", "shuffle_seed", "num_words", "validation_reviews")
+        }
         board = TensorBoardLogger(log_dir, replica_names, [{**spec_hparams(replica), **shared} for replica in replicas])
 
     results, run_records = [], []
@@ -311,8 +321,13 @@ def run_study(
                 "train_s": wall - clock.seconds(),
             }
         )
-        shapes = " | ".join(f"{'-'.join(map(str, block['hidden_units']))} x{len(block['variants'])}" for block in blocks)
-        _say(progress, f"{label}: {_count(len(indices), 'variant')} x {_count(seeds, 'seed')} ({_count(len(todo), 'model')}) [{shapes}], {wall:.1f} s ({clock.seconds():.1f} s compiling)")
+        shapes = " | ".join(
+            f"{'-'.join(map(str, block['hidden_units']))} x{len(block['variants'])}" for block in blocks
+        )
+        _say(
+            progress,
+            f"{label}: {_count(len(indices), 'variant')} x {_count(seeds, 'seed')} ({_count(len(todo), 'model')}) [{shapes}], {wall:.1f} s ({clock.seconds():.1f} s compiling)",
+        )
 
     if board is not None:
         board.close()
@@ -324,11 +339,18 @@ def run_study(
     summary["retrain"] = None
     if retrain and leader is not None:
         spec = specs[names.index(leader["name"])]
-        retrained, summary["retrain"] = _retrain(spec, leader, data, output_dir, batch_size, shuffle_seed, first_layer, progress, resume)
+        retrained, summary["retrain"] = _retrain(
+            spec, leader, data, output_dir, batch_size, shuffle_seed, first_layer, progress, resume
+        )
         if log_dir is not None:  # `fit` has no per-epoch hook: the finished curves are written at once
             from imdb_jax.tensorboard import TensorBoardLogger, spec_hparams
 
-            hparams = {**spec_hparams(spec), "epochs": leader["best_epoch"], "batch_size": batch_size, "shuffle_seed": shuffle_seed}
+            hparams = {
+                **spec_hparams(spec),
+                "epochs": leader["best_epoch"],
+                "batch_size": batch_size,
+                "shuffle_seed": shuffle_seed,
+            }
             with TensorBoardLogger(Path(log_dir) / "retrain", [leader["name"]], [hparams]) as retrain_board:
                 retrain_board.on_epoch_end(leader["best_epoch"], [summary["retrain"]["history"]])
     summary["training_s"] = sum(record["wall_s"] for record in run_records)
@@ -388,5 +410,8 @@ def _retrain(spec, leader, data, output_dir, batch_size, shuffle_seed, first_lay
         record["model_dir"] = str(save_model(output_dir / "model", state, config, data.vocabulary, history, metrics))
     record["wall_s"] = time.perf_counter() - started
     record["compile_s"] = clock.seconds()
-    _say(progress, f"retrained {leader['name']} for {_count(leader['best_epoch'], 'epoch')}: test accuracy {test['accuracy']:.4f} ({record['wall_s']:.1f} s)")
+    _say(
+        progress,
+        f"retrained {leader['name']} for {_count(leader['best_epoch'], 'epoch')}: test accuracy {test['accuracy']:.4f} ({record['wall_s']:.1f} s)",
+    )
     return state, record

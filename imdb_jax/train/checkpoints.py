@@ -97,8 +97,13 @@ def _records_from(arrays: dict[str, np.ndarray]) -> list[dict[str, Any]]:
         return []
     records = []
     for epoch in range(arrays["records/alive"].shape[0]):
-        record = {"alive": arrays["records/alive"][epoch], "train_s": float(arrays["records/train_s"][epoch]),
-                  "val_s": float(arrays["records/val_s"][epoch]), "train": None, "val": None}
+        record = {
+            "alive": arrays["records/alive"][epoch],
+            "train_s": float(arrays["records/train_s"][epoch]),
+            "val_s": float(arrays["records/val_s"][epoch]),
+            "train": None,
+            "val": None,
+        }
         if "records/training" in arrays:
             record["training"] = arrays["records/training"][epoch]
         for part in ("train", "val"):
@@ -202,6 +207,7 @@ def load(
         raise ImdbJaxError(f"the checkpoint in {folder} cannot be read ({error}); remove it to start afresh") from None
     saved_environment, current = saved_meta.get("environment"), environment()
     if saved_environment != current and not force:
+
         def said(env: Any) -> str:
             if not isinstance(env, dict):
                 return "an unrecorded JAX"

@@ -201,7 +201,9 @@ def _check_port_free(host: str, port: int) -> None:
         try:
             probe.bind(("", port))
         except OSError as error:
-            raise ImdbJaxError(f"process 0 cannot serve the coordinator on port {port}: {error.strerror or error}; choose another --coordinator port") from None
+            raise ImdbJaxError(
+                f"process 0 cannot serve the coordinator on port {port}: {error.strerror or error}; choose another --coordinator port"
+            ) from None
 
 
 def _wait_for_coordinator(host: str, port: int, seconds: float) -> None:
@@ -261,7 +263,9 @@ def gather(tree: Any) -> Any:
     try:
         return jax.tree_util.tree_map(_gather_leaf, tree)
     except jax.errors.JaxRuntimeError as error:
-        raise LostProcess(f"lost another process of the run (it stopped, failed or was killed): {_first_line(error)}") from None
+        raise LostProcess(
+            f"lost another process of the run (it stopped, failed or was killed): {_first_line(error)}"
+        ) from None
 
 
 def _first_line(error: BaseException) -> str:
@@ -289,7 +293,9 @@ def _check_peers() -> None:
     for key, value in posted:
         if value.strip() not in ("", "0"):
             process = key.rsplit("/", 1)[-1]
-            raise ImdbJaxError(f"process {process} of the run failed (exit status {value.strip()}); stopping this one too")
+            raise ImdbJaxError(
+                f"process {process} of the run failed (exit status {value.strip()}); stopping this one too"
+            )
 
 
 def _place_leaf(leaf: Any, sharding: jax.sharding.Sharding) -> Any:

@@ -7,7 +7,8 @@ axis) and ends with divergence containment; scoring scans any step, fused or one
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -45,7 +46,9 @@ def keep_finite(before: FusedState, after: FusedState, loss_sum: jax.Array) -> F
     keep = before.alive & before.training & finite
     return after.replace(  # pyright: ignore[reportAttributeAccessIssue]
         params=select_slots(keep, after.params, before.params, after.layout),
-        opt_state=after.opt_state._replace(nu=select_slots(keep, after.opt_state.nu, before.opt_state.nu, after.layout)),
+        opt_state=after.opt_state._replace(
+            nu=select_slots(keep, after.opt_state.nu, before.opt_state.nu, after.layout)
+        ),
         alive=before.alive & (finite | ~before.training),
     )
 

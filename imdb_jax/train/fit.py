@@ -1,4 +1,5 @@
 """One model: `fit` (a study of one), `evaluate` and `predict`."""
+
 from __future__ import annotations
 
 import sys
@@ -110,7 +111,9 @@ def _scoring_data(state: TrainState, x: Any) -> sp.csr_matrix:
     return x
 
 
-def evaluate(state: TrainState, split: Any, *, batch_size: int = 512, first_layer: str | int = "auto") -> dict[str, float]:
+def evaluate(
+    state: TrainState, split: Any, *, batch_size: int = 512, first_layer: str | int = "auto"
+) -> dict[str, float]:
     """{"loss", "accuracy"} of a trained model on a labelled split (loss includes the penalty)."""
     compile_cache.enable()
     check_batch_size(batch_size)
@@ -121,7 +124,10 @@ def evaluate(state: TrainState, split: Any, *, batch_size: int = 512, first_laye
     data = to_device((x, y), choose_dense_words(first_layer, x), bucket_sizes=batch_size)
     plan = EpochPlan(data, batch_size, shuffle=False)
     sums = jax.device_get(score_epoch(state, data, plan.rows, capacity=plan.capacity))  # pyright: ignore[reportArgumentType]
-    return {"loss": float(_ratio(sums["loss_sum"], sums["count"])), "accuracy": float(_ratio(sums["correct"], sums["count"]))}
+    return {
+        "loss": float(_ratio(sums["loss_sum"], sums["count"])),
+        "accuracy": float(_ratio(sums["correct"], sums["count"])),
+    }
 
 
 def predict(state: TrainState, x: Any, *, batch_size: int = 512, first_layer: str | int = "auto") -> np.ndarray:

@@ -18,7 +18,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -70,7 +71,11 @@ class EarlyStopping:
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
                 raise ImdbJaxError(f"{name} must be a non-negative integer, got {value!r}")
         delta = self.min_delta
-        if isinstance(delta, bool) or not isinstance(delta, (int, float, np.floating)) or not (math.isfinite(delta) and delta >= 0):
+        if (
+            isinstance(delta, bool)
+            or not isinstance(delta, (int, float, np.floating))
+            or not (math.isfinite(delta) and delta >= 0)
+        ):
             raise ImdbJaxError(f"min_delta must be a non-negative number, got {delta!r}")
 
     def training(self, records: list[dict[str, Any]]) -> np.ndarray:
@@ -290,5 +295,3 @@ def device_splits(train: Any, validation: Any, first_layer: str | int) -> tuple[
 
 # ---------------------------------------------------------------------------------------------
 # Scoring one trained model with the Flax MLP.
-
-

@@ -16,7 +16,8 @@ across batches of different sizes and are divided on the host.
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -39,7 +40,9 @@ from imdb_jax.train.optim import (
     rmsprop,
 )
 
-Batch = Mapping[str, Any]  # {"inputs": float32[B, V] | SparseMultiHot | MultiHot, "labels": float32[B], "weights"?: float32[B]}
+Batch = Mapping[
+    str, Any
+]  # {"inputs": float32[B, V] | SparseMultiHot | MultiHot, "labels": float32[B], "weights"?: float32[B]}
 
 # The model's own numbers; the learning rate and weight decay sit in the optimiser's state.
 MODEL_HYPERPARAMS = tuple(name for name in HYPERPARAMS if name not in OPTIMISER_HYPERPARAMS)
@@ -260,7 +263,7 @@ def per_variant(layout: Layout, values: jax.Array, params: Any) -> Any:
     for index, block in enumerate(layout.blocks):
         members = values[block.start : block.start + block.size]
         tree[f"block_{index}"] = jax.tree_util.tree_map(
-            lambda leaf: members.reshape((-1,) + (1,) * (leaf.ndim - 1)), params[f"block_{index}"]
+            lambda leaf, members=members: members.reshape((-1,) + (1,) * (leaf.ndim - 1)), params[f"block_{index}"]
         )
     return tree
 

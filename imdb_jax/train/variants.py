@@ -12,8 +12,9 @@ blocks (padded with copies, whose results are dropped) on the same batches.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -109,7 +110,8 @@ def _per_leaf_host(layout: Layout, values: np.ndarray, params: Any) -> Any:
     for index, block in enumerate(layout.blocks):
         members = values[:, block.start : block.start + block.size]
         tree[f"block_{index}"] = jax.tree_util.tree_map(
-            lambda leaf: members.reshape(members.shape + (1,) * (leaf.ndim - 2)), params[f"block_{index}"]
+            lambda leaf, members=members: members.reshape(members.shape + (1,) * (leaf.ndim - 2)),
+            params[f"block_{index}"],
         )
     return tree
 
@@ -131,7 +133,9 @@ def initial_state(
             init_key, dropout_key = _keys(spec.seed)
             cache_key = (spec.hidden_units, spec.seed)
             if cache_key not in initialised:
-                own = create_train_state(init_key, ModelConfig(num_words=layout.num_words, hidden_units=spec.hidden_units))
+                own = create_train_state(
+                    init_key, ModelConfig(num_words=layout.num_words, hidden_units=spec.hidden_units)
+                )
                 initialised[cache_key] = jax.device_get(own.params)
             put_variant(fused, layout, slot, initialised[cache_key])
             for name in HYPERPARAMS:
@@ -147,7 +151,9 @@ def initial_state(
     opt_state = RMSpropState(
         count=jax.device_put(np.zeros((shards,), np.int32)),
         nu=jax.device_put(zeros),
-        hyperparams={name: jax.device_put(_per_leaf_host(layout, hyperparams[name], host)) for name in OPTIMISER_HYPERPARAMS},
+        hyperparams={
+            name: jax.device_put(_per_leaf_host(layout, hyperparams[name], host)) for name in OPTIMISER_HYPERPARAMS
+        },
     )
     numbers = {name: jax.device_put(values) for name, values in hyperparams.items()}
     return FusedState(
@@ -304,7 +310,9 @@ def _place(tree: Any, mesh: Mesh | None, spec: PartitionSpec) -> Any:
     return place(tree, NamedSharding(mesh, spec))
 
 
-def _run_description(specs, train, validation, batch_size, shuffle_seed, shards, dense_words, early_stopping) -> dict[str, Any]:
+def _run_description(
+    specs, train, validation, batch_size, shuffle_seed, shards, dense_words, early_stopping
+) -> dict[str, Any]:
     """What a checkpoint must agree on to be resumed."""
     data = [checkpoints.data_fingerprint(*as_xy(train))]
     if validation is not None:
@@ -401,7 +409,9 @@ def fit_variants(
     records: list[dict[str, Any]] = []
     meta = None
     if checkpoint_dir is not None:
-        meta = _run_description(specs, train, validation, batch_size, shuffle_seed, shards, train_data.dense_words, early_stopping)
+        meta = _run_description(
+            specs, train, validation, batch_size, shuffle_seed, shards, train_data.dense_words, early_stopping
+        )
         loaded = checkpoints.load(checkpoint_dir, state, meta, force=resume == "force") if resume else None
         if loaded is not None:
             state, records = loaded

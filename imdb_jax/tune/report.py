@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from imdb_jax.atomic import atomic_write
 
@@ -28,12 +29,20 @@ def markdown(summary: Mapping[str, Any]) -> str:
     candidates = summary["candidates"]
     members = summary["members"]
     space = summary["space"]
-    kind = "a single model" if not choice["ensemble"] else f"an ensemble of {len(members)} models (probabilities averaged)"
+    kind = (
+        "a single model" if not choice["ensemble"] else f"an ensemble of {len(members)} models (probabilities averaged)"
+    )
     single, greedy = choice["single_validation"], choice["ensemble_validation"]
     if len(set(choice["picks"])) == 1:
-        ensemble_text = "no other variant lowered the validation log loss of an average with it, so no ensemble was formed."
+        ensemble_text = (
+            "no other variant lowered the validation log loss of an average with it, so no ensemble was formed."
+        )
     else:
-        verdict = "kept: its validation accuracy beat" if choice["ensemble"] else "not kept: its validation accuracy did not beat"
+        verdict = (
+            "kept: its validation accuracy beat"
+            if choice["ensemble"]
+            else "not kept: its validation accuracy did not beat"
+        )
         ensemble_text = (
             f"the greedy ensemble of {len(choice['picks'])} picks, validation accuracy {_number(greedy['accuracy'])} (log loss "
             f"{_number(greedy['loss'])}), was {verdict} the single variant's."
@@ -54,7 +63,9 @@ def markdown(summary: Mapping[str, Any]) -> str:
         "| --- | ---: | ---: | ---: | ---: |",
     ]
     for member in members:
-        lines.append(f"| {member['name']} | {member['weight']:.3f} | {member['epochs']} | {member['train_reviews']:,} | {member['columns']:,} |")
+        lines.append(
+            f"| {member['name']} | {member['weight']:.3f} | {member['epochs']} | {member['train_reviews']:,} | {member['columns']:,} |"
+        )
     lines += [
         "",
         f"## Every variant (validation figures at each variant's best epoch, of {space['epochs']})",
@@ -95,8 +106,10 @@ def figure(summary: Mapping[str, Any]) -> Any:
     single = summary["choice"]["single"]
     rng = np.random.default_rng(0)  # jitter, so equal settings do not hide each other
     result = Figure(figsize=(13.0, 7.0), layout="constrained")
-    result.suptitle(f"validation accuracy at the best epoch, first {summary['space']['validation']:,} training reviews "
-                    f"(test accuracy of the final model: {_number(summary['test_accuracy'])})")
+    result.suptitle(
+        f"validation accuracy at the best epoch, first {summary['space']['validation']:,} training reviews "
+        f"(test accuracy of the final model: {_number(summary['test_accuracy'])})"
+    )
     colours = {"features": "tab:blue", "models": "tab:orange"}
     for position, (_, label, getter) in enumerate(SETTINGS):
         ax = result.add_subplot(2, 3, position + 1)
@@ -109,7 +122,9 @@ def figure(summary: Mapping[str, Any]) -> Any:
             y = candidate["val_accuracy"]
             ax.plot(x, y, "o", color=colours.get(candidate["round"], "tab:gray"), alpha=0.7, markersize=5)
             if index in members:
-                ax.plot(x, y, "o", markerfacecolor="none", markeredgecolor="tab:red", markersize=11, markeredgewidth=1.5)
+                ax.plot(
+                    x, y, "o", markerfacecolor="none", markeredgecolor="tab:red", markersize=11, markeredgewidth=1.5
+                )
             if index == single:
                 ax.plot(x, y, "*", color="tab:red", markersize=12)
         ax.set_xticks(range(len(levels)), levels, rotation=20 if label == "feature set" else 0)
@@ -120,7 +135,9 @@ def figure(summary: Mapping[str, Any]) -> Any:
     handles = [
         result.axes[0].plot([], [], "o", color=colour, label=f"{name} round")[0] for name, colour in colours.items()
     ] + [
-        result.axes[0].plot([], [], "o", markerfacecolor="none", markeredgecolor="tab:red", label="in the final model")[0],
+        result.axes[0].plot([], [], "o", markerfacecolor="none", markeredgecolor="tab:red", label="in the final model")[
+            0
+        ],
         result.axes[0].plot([], [], "*", color="tab:red", label="best single")[0],
     ]
     result.legend(handles=handles, loc="outside lower center", ncols=4)

@@ -171,18 +171,29 @@ def tune(
         data = features.load(held_out, data_dir, cache_dir, progress)
         seconds = time.perf_counter() - started
         clock.book("features", seconds)
-        loaded.append({"features": features.name, "held_out": held_out, "from_cache": data.from_cache, "seconds": seconds,
-                       "columns": data.num_words})
-        log(f"tune: {features.name} features (held out {held_out}): {data.num_words:,} columns, "
-            f"{'from the cache' if data.from_cache else 'built'} in {seconds:.1f} s")
+        loaded.append(
+            {
+                "features": features.name,
+                "held_out": held_out,
+                "from_cache": data.from_cache,
+                "seconds": seconds,
+                "columns": data.num_words,
+            }
+        )
+        log(
+            f"tune: {features.name} features (held out {held_out}): {data.num_words:,} columns, "
+            f"{'from the cache' if data.from_cache else 'built'} in {seconds:.1f} s"
+        )
         return data
 
     candidates, probabilities, labels = run_search(space, load, clock.book, log, progress)
     choice = select(candidates, probabilities, labels, space)  # pyright: ignore[reportArgumentType]
     chosen = choice.members()
-    log(f"tune: chose {'an ensemble of ' + str(len(chosen)) if choice.ensemble else 'a single model'}: "
+    log(
+        f"tune: chose {'an ensemble of ' + str(len(chosen)) if choice.ensemble else 'a single model'}: "
         f"validation accuracy {(choice.ensemble_metrics if choice.ensemble else choice.single_metrics)['accuracy']:.4f} "
-        f"(best single {choice.single_metrics['accuracy']:.4f}, greedy ensemble {choice.ensemble_metrics['accuracy']:.4f})")
+        f"(best single {choice.single_metrics['accuracy']:.4f}, greedy ensemble {choice.ensemble_metrics['accuracy']:.4f})"
+    )
 
     model, test_rows, test_labels, retrained = _retrain(space, candidates, chosen, load, clock, log, progress)
     started = time.perf_counter()
@@ -207,9 +218,16 @@ def tune(
         write_json(folder / "search.json", summary)
     log(f"tune: {clock.seconds['total']:.1f} s in all" + ("" if folder is None else f"; wrote {folder}"))
     return TuneResult(
-        model=model, test_accuracy=metrics["accuracy"], test_loss=metrics["loss"], validation_accuracy=picked["accuracy"],
-        validation_loss=picked["loss"], candidates=tuple(candidates), choice=choice, seconds=dict(clock.seconds),
-        summary=summary, output_dir=folder,
+        model=model,
+        test_accuracy=metrics["accuracy"],
+        test_loss=metrics["loss"],
+        validation_accuracy=picked["accuracy"],
+        validation_loss=picked["loss"],
+        candidates=tuple(candidates),
+        choice=choice,
+        seconds=dict(clock.seconds),
+        summary=summary,
+        output_dir=folder,
     )
 
 
@@ -217,8 +235,15 @@ def tune(
 # Retraining on all training reviews, and the one test.
 
 
-def _retrain(space: SearchSpace, candidates: Sequence[Candidate], chosen: list[tuple[int, float]], load: Callable, clock: _Clock,
-             log: Callable, progress: bool):
+def _retrain(
+    space: SearchSpace,
+    candidates: Sequence[Candidate],
+    chosen: list[tuple[int, float]],
+    load: Callable,
+    clock: _Clock,
+    log: Callable,
+    progress: bool,
+):
     """Trains the chosen variants on all training reviews (features refitted, ``held_out=0``),
     one fused run per feature set. Returns (model, test rows, test labels, retrained records)."""
     import jax
@@ -239,17 +264,34 @@ def _retrain(space: SearchSpace, candidates: Sequence[Candidate], chosen: list[t
         specs = [candidates[chosen[position][0]].spec for position in positions]
         started = time.perf_counter()
         result = fit_variants(
-            specs, data.train, None, epochs=epochs, batch_size=space.batch_size, shuffle_seed=SHUFFLE_SEED,
-            devices=jax.devices()[:1], progress=progress, description=f"retrain {features.name}",
+            specs,
+            data.train,
+            None,
+            epochs=epochs,
+            batch_size=space.batch_size,
+            shuffle_seed=SHUFFLE_SEED,
+            devices=jax.devices()[:1],
+            progress=progress,
+            description=f"retrain {features.name}",
         )
         seconds = time.perf_counter() - started
         clock.book("retrain", seconds)
-        log(f"tune: retrained {len(specs)} {features.name} variant(s) on {len(data.train):,} reviews for {epochs} epochs in {seconds:.1f} s")
+        log(
+            f"tune: retrained {len(specs)} {features.name} variant(s) on {len(data.train):,} reviews for {epochs} epochs in {seconds:.1f} s"
+        )
         for slot, position in enumerate(positions):
             index, weight = chosen[position]
-            members[position] = SavedModel(result.state(slot, "last"), result.config(slot), data.vocabulary, result.histories[slot])
-            retrained[position] = {"candidate": index, "name": candidates[index].name, "weight": weight, "epochs": epochs,
-                                   "train_reviews": len(data.train), "columns": data.num_words}
+            members[position] = SavedModel(
+                result.state(slot, "last"), result.config(slot), data.vocabulary, result.histories[slot]
+            )
+            retrained[position] = {
+                "candidate": index,
+                "name": candidates[index].name,
+                "weight": weight,
+                "epochs": epochs,
+                "train_reviews": len(data.train),
+                "columns": data.num_words,
+            }
             member_matrix[position] = len(test_matrices)
         test_matrices.append(data.test.x)
         labels = np.asarray(data.test.y, np.float64)
@@ -286,8 +328,11 @@ def _summary(space, candidates, choice, retrained, metrics, picked, loaded) -> d
         "space": dataclasses.asdict(space),
         "candidates": [candidate.to_dict() for candidate in candidates],
         "choice": {
-            "single": choice.single, "picks": list(choice.picks), "ensemble": choice.ensemble,
-            "single_validation": choice.single_metrics, "ensemble_validation": choice.ensemble_metrics,
+            "single": choice.single,
+            "picks": list(choice.picks),
+            "ensemble": choice.ensemble,
+            "single_validation": choice.single_metrics,
+            "ensemble_validation": choice.ensemble_metrics,
         },
         "members": retrained,
         "validation_accuracy": picked["accuracy"],
@@ -305,14 +350,29 @@ def _write_model(folder: Path, model: Any, retrained: list[dict[str, Any]], summ
     from imdb_jax.saved.ensemble import EnsembleModel, save_ensemble
     from imdb_jax.saved.model_folder import save_model
 
-    metrics = {"test_accuracy": summary["test_accuracy"], "test_loss": summary["test_loss"],
-               "validation_accuracy": summary["validation_accuracy"], "tuned": True}
+    metrics = {
+        "test_accuracy": summary["test_accuracy"],
+        "test_loss": summary["test_loss"],
+        "validation_accuracy": summary["validation_accuracy"],
+        "tuned": True,
+    }
     if isinstance(model, EnsembleModel):
         save_ensemble(
             folder,
-            [{"state": member.state, "config": member.config, "vocabulary": member.vocabulary, "history": member.history,
-              "metrics": {"search_candidate": record["name"], "epochs": record["epochs"], "weight": record["weight"]}}
-             for member, record in zip(model.members, retrained)],
+            [
+                {
+                    "state": member.state,
+                    "config": member.config,
+                    "vocabulary": member.vocabulary,
+                    "history": member.history,
+                    "metrics": {
+                        "search_candidate": record["name"],
+                        "epochs": record["epochs"],
+                        "weight": record["weight"],
+                    },
+                }
+                for member, record in zip(model.members, retrained)
+            ],
             model.weights,  # pyright: ignore[reportArgumentType]
             metrics,
         )

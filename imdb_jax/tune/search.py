@@ -41,7 +41,7 @@ class FeatureSet:
 
     @property
     def name(self) -> str:
-        """"nb 1-3", "tfidf 1-2", "binary words"."""
+        """ "nb 1-3", "tfidf 1-2", "binary words"."""
         span = "words" if self.ngrams == 1 else f"1-{self.ngrams}"
         return f"{self.weighting} {span}"
 
@@ -49,8 +49,14 @@ class FeatureSet:
         from imdb_jax.data.imdb import load_imdb
 
         return load_imdb(
-            num_words=self.num_words, ngrams=self.ngrams, weighting=self.weighting, min_count=self.min_count,
-            held_out=held_out, data_dir=data_dir, cache_dir=cache_dir, progress=progress,
+            num_words=self.num_words,
+            ngrams=self.ngrams,
+            weighting=self.weighting,
+            min_count=self.min_count,
+            held_out=held_out,
+            data_dir=data_dir,
+            cache_dir=cache_dir,
+            progress=progress,
         )
 
 
@@ -109,29 +115,56 @@ class SearchSpace:
 
     def refine_specs(self, best_probe: VariantSpec) -> list[VariantSpec]:
         grid = [
-            VariantSpec(hidden_units=hidden, dropout_rate=dropout, weight_decay=decay, learning_rate=best_probe.learning_rate, seed=0)
+            VariantSpec(
+                hidden_units=hidden,
+                dropout_rate=dropout,
+                weight_decay=decay,
+                learning_rate=best_probe.learning_rate,
+                seed=0,
+            )
             for hidden in self.hidden
             for dropout in self.dropout
             for decay in self.weight_decay
         ]
-        seeds = [dataclasses.replace(best_probe, seed=best_probe.seed + offset, name="") for offset in range(1, self.extra_seeds + 1)]
+        seeds = [
+            dataclasses.replace(best_probe, seed=best_probe.seed + offset, name="")
+            for offset in range(1, self.extra_seeds + 1)
+        ]
         return grid + seeds
 
 
-NB_1_3, NB_1_2, TFIDF_1_3, BINARY_1_3 = FeatureSet("nb", 3), FeatureSet("nb", 2), FeatureSet("tfidf", 3), FeatureSet("binary", 3)
+NB_1_3, NB_1_2, TFIDF_1_3, BINARY_1_3 = (
+    FeatureSet("nb", 3),
+    FeatureSet("nb", 2),
+    FeatureSet("tfidf", 3),
+    FeatureSet("binary", 3),
+)
 BUDGETS: dict[str, SearchSpace] = {
     # About a minute and a half on the 2-core CPU: the two best-known weightings, one refined.
     "quick": SearchSpace(
-        feature_sets=(NB_1_3, TFIDF_1_3), probes=(((4,), 0.0),), refine_sets=1, hidden=((4,), (8,)),
-        dropout=(0.0, 0.5), weight_decay=(0.0,), extra_seeds=1, ensemble_size=3,
+        feature_sets=(NB_1_3, TFIDF_1_3),
+        probes=(((4,), 0.0),),
+        refine_sets=1,
+        hidden=((4,), (8,)),
+        dropout=(0.0, 0.5),
+        weight_decay=(0.0,),
+        extra_seeds=1,
+        ensemble_size=3,
     ),
     # Under five minutes on the 2-core CPU, features built from nothing.
     "default": SearchSpace(feature_sets=(NB_1_3, NB_1_2, TFIDF_1_3, BINARY_1_3)),
     # More feature sets, a wider grid, more seeds and epochs: about three times the default's time.
     "thorough": SearchSpace(
         feature_sets=(NB_1_3, NB_1_2, FeatureSet("nb", 1), TFIDF_1_3, FeatureSet("tfidf", 2), BINARY_1_3),
-        learning_rates=(1e-3, 3e-3, 1e-2), refine_sets=3, hidden=((4,), (8,), (16,), (8, 8)),
-        dropout=(0.0, 0.25, 0.5), weight_decay=(0.0, 1.0), extra_seeds=4, epochs=8, ensemble_size=8, max_feature_sets=3,
+        learning_rates=(1e-3, 3e-3, 1e-2),
+        refine_sets=3,
+        hidden=((4,), (8,), (16,), (8, 8)),
+        dropout=(0.0, 0.25, 0.5),
+        weight_decay=(0.0, 1.0),
+        extra_seeds=4,
+        epochs=8,
+        ensemble_size=8,
+        max_feature_sets=3,
     ),
 }
 
@@ -163,9 +196,15 @@ class Candidate:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name, "features_name": self.features.name, "features": dataclasses.asdict(self.features),
-            "spec": self.spec.to_dict(), "round": self.round,
-            "best_epoch": self.best_epoch, "val_loss": self.val_loss, "val_accuracy": self.val_accuracy, "history": self.history,
+            "name": self.name,
+            "features_name": self.features.name,
+            "features": dataclasses.asdict(self.features),
+            "spec": self.spec.to_dict(),
+            "round": self.round,
+            "best_epoch": self.best_epoch,
+            "val_loss": self.val_loss,
+            "val_accuracy": self.val_accuracy,
+            "history": self.history,
         }
 
 
@@ -228,7 +267,9 @@ def run_search(space: SearchSpace, load: Callable, book: Callable[[str, float], 
         nonlocal labels
         data = load(features, space.validation)
         if not 0 < space.validation < len(data.train):
-            raise ImdbJaxError(f"validation must be between 1 and {len(data.train) - 1} training reviews, got {space.validation}")
+            raise ImdbJaxError(
+                f"validation must be between 1 and {len(data.train) - 1} training reviews, got {space.validation}"
+            )
         train, validation = data.split_validation(space.validation)
         del data
         if labels is None:
@@ -239,12 +280,16 @@ def run_search(space: SearchSpace, load: Callable, book: Callable[[str, float], 
         candidates.extend(found)
         probabilities.extend(found_probabilities)
         best = max(found, key=_rank)
-        log(f"tune: {round_name} round, {features.name}: {len(specs)} variants in {time.perf_counter() - started:.1f} s; "
-            f"best {best.spec.name} (validation accuracy {best.val_accuracy:.4f} at epoch {best.best_epoch})")
+        log(
+            f"tune: {round_name} round, {features.name}: {len(specs)} variants in {time.perf_counter() - started:.1f} s; "
+            f"best {best.spec.name} (validation accuracy {best.val_accuracy:.4f} at epoch {best.best_epoch})"
+        )
 
     for features in space.feature_sets:
         run(features, space.probe_specs(features), "features")
-    by_set = {features: max((c for c in candidates if c.features == features), key=_rank) for features in space.feature_sets}
+    by_set = {
+        features: max((c for c in candidates if c.features == features), key=_rank) for features in space.feature_sets
+    }
     for features in sorted(by_set, key=lambda features: _rank(by_set[features]), reverse=True)[: space.refine_sets]:
         done = {c.spec for c in candidates if c.features == features}
         specs = [spec for spec in dict.fromkeys(space.refine_specs(by_set[features].spec)) if spec not in done]
@@ -261,7 +306,13 @@ def _rank(candidate: Candidate) -> tuple[float, float]:
 
 
 def train_candidates(
-    features: FeatureSet, specs: Sequence[VariantSpec], train: Any, validation: Any, space: SearchSpace, round_name: str, progress: bool
+    features: FeatureSet,
+    specs: Sequence[VariantSpec],
+    train: Any,
+    validation: Any,
+    space: SearchSpace,
+    round_name: str,
+    progress: bool,
 ) -> tuple[list[Candidate], list[np.ndarray]]:
     """One fused run of ``specs``; each variant's validation figures and probabilities at its best epoch."""
     import jax
@@ -269,8 +320,15 @@ def train_candidates(
     from imdb_jax.train.variants import fit_variants
 
     result = fit_variants(
-        specs, train, validation, epochs=space.epochs, batch_size=space.batch_size, shuffle_seed=SHUFFLE_SEED,
-        devices=jax.devices()[:1], progress=progress, description=f"tune {features.name}",
+        specs,
+        train,
+        validation,
+        epochs=space.epochs,
+        batch_size=space.batch_size,
+        shuffle_seed=SHUFFLE_SEED,
+        devices=jax.devices()[:1],
+        progress=progress,
+        description=f"tune {features.name}",
     )
     logits = best_validation_logits(result, validation, space.batch_size)
     candidates, probabilities = [], []
@@ -280,7 +338,11 @@ def train_candidates(
         loss = math.nan if best is None else history["val_loss"][best - 1]
         accuracy = math.nan if best is None else history["val_accuracy"][best - 1]
         candidates.append(Candidate(features, spec, round_name, history, best, loss, accuracy))
-        probabilities.append(1.0 / (1.0 + np.exp(-logits[index].astype(np.float64))) if best is not None else np.full(logits.shape[1], 0.5))
+        probabilities.append(
+            1.0 / (1.0 + np.exp(-logits[index].astype(np.float64)))
+            if best is not None
+            else np.full(logits.shape[1], 0.5)
+        )
     return candidates, probabilities
 
 
@@ -294,7 +356,9 @@ def best_validation_logits(result: Any, validation: Any, batch_size: int) -> np.
 # Selection: validation figures only.
 
 
-def select(candidates: Sequence[Candidate], probabilities: np.ndarray, labels: np.ndarray, space: SearchSpace) -> Choice:
+def select(
+    candidates: Sequence[Candidate], probabilities: np.ndarray, labels: np.ndarray, space: SearchSpace
+) -> Choice:
     """The single choice and the greedy ensemble (module docstring, step 3).
 
     Args:
