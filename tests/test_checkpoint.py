@@ -300,13 +300,14 @@ def test_a_save_killed_with_sigkill_at_a_random_moment_leaves_a_loadable_model(t
     chances = random.Random(0)
     saves = []
     for _attempt in range(3):
-        process = subprocess.Popen(
+        # As a context manager, so its pipe is closed (no ResourceWarning).
+        with subprocess.Popen(
             [sys.executable, "-c", _SAVE_FOREVER, str(folder)], stdout=subprocess.PIPE, text=True
-        )
-        assert process.stdout.readline() == "ready\n"  # pyright: ignore[reportOptionalMemberAccess]
-        time.sleep(chances.uniform(0.2, 0.6))
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+        ) as process:
+            assert process.stdout.readline() == "ready\n"  # pyright: ignore[reportOptionalMemberAccess]
+            time.sleep(chances.uniform(0.2, 0.6))
+            process.send_signal(signal.SIGKILL)
+            process.wait()
         saves.append(load_model(folder).metrics["save"])  # pyright: ignore[reportOptionalSubscript]  # whichever save won, it is whole
     assert all(isinstance(save, int) for save in saves)
 

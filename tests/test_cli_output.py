@@ -284,6 +284,7 @@ def test_a_second_writer_is_refused_and_a_killed_writer_blocks_nobody(no_work, t
         holder.send_signal(signal.SIGKILL)
         holder.wait(timeout=30)
         holder.stdout.close()
+        holder.stdout.close()
     assert atomic.lock_path(folder).exists()  # kill -9 left the lock file, but not the lock
     with pytest.raises(AssertionError, match="work started"):
         _run(["train", "--output", str(folder)])
