@@ -483,19 +483,25 @@ def test_ctrl_c_exits_130_with_one_line_at_any_moment(fake_aclimdb, tmp_path):
         _interrupt([*env_argv, "--output", str(tmp_path / "training-a")], tmp_path, b"fit", 0.3),
         _interrupt([*env_argv, "--output", str(tmp_path / "training-b")], tmp_path, b"fit", 1.5),
     ]
-    for (process, reader, seen), name in zip(processes, ("early", "training-a", "training-b")):
-        status = process.wait(timeout=120)
-        reader.join(timeout=10)
-        if process.stderr is not None:  # read to its end by the reader: close it (no ResourceWarning)
-            process.stderr.close()
-        stderr = bytes(seen).decode("utf-8", errors="replace")
-        assert status == 130, (name, status, stderr)
-        assert "Segmentation fault" not in stderr and "Traceback" not in stderr, stderr
-        last = [line for line in stderr.replace("\r", "\n").splitlines() if line.strip()][-1]
-        assert last == "imdb-jax train: interrupted", stderr
-        # Nothing but what --resume continues from: no half-written files.
-        left = sorted(path.name for path in (tmp_path / name).iterdir()) if (tmp_path / name).exists() else []
-        assert left in ([], ["checkpoint"]), left
+    try:
+        for (process, reader, seen), name in zip(processes, ("early", "training-a", "training-b")):
+            status = process.wait(timeout=120)
+            reader.join(timeout=10)
+            if process.stderr is not None:  # read to its end by the reader: close it (no ResourceWarning)
+                process.stderr.close()
+            stderr = bytes(seen).decode("utf-8", errors="replace")
+            assert status == 130, (name, status, stderr)
+            assert "Segmentation fault" not in stderr and "Traceback" not in stderr, stderr
+            last = [line for line in stderr.replace("\r", "\n").splitlines() if line.strip()][-1]
+            assert last == "imdb-jax train: interrupted", stderr
+            # Nothing but what --resume continues from: no half-written files.
+            left = sorted(path.name for path in (tmp_path / name).iterdir()) if (tmp_path / name).exists() else []
+            assert left in ([], ["checkpoint"]), left
+    finally:
+        for process, _, _ in processes:
+            if process.poll() is None:  # an interrupt that failed must not leave a training process behind
+                process.kill()
+                process.wait()
     assert processes[0][2] == b"guarded\nimdb-jax train: interrupted\n"
 
 
