@@ -489,7 +489,7 @@ def test_data_command_builds_ngram_features(tmp_path, fake_aclimdb, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert (summary["ngrams"], summary["weighting"], summary["held_out"], summary["num_words"]) == (2, "nb", 2, 15)
     assert main([*argv, "--min-count", "0"]) == 2
-    assert "min_count must be a positive integer" in capsys.readouterr().err
+    assert "--min-count must be a positive integer" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- real data
