@@ -247,7 +247,7 @@ def test_a_save_killed_part_way_leaves_the_old_model_loadable(state, tmp_path, m
 
     folder = save_model(tmp_path / "model", state, CONFIG, Vocabulary(WORDS), HISTORY, METRICS)
     if not exchange:
-        monkeypatch.setattr(checkpoint, "_exchange", lambda first, second: False)
+        monkeypatch.setattr(checkpoint, "exchange", lambda first, second: False)
     written = []
 
     def dying_write(path, data):

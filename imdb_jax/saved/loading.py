@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-from imdb_jax.errors import ImdbJaxError
 from imdb_jax.saved.ensemble import ENSEMBLE_FILE, EnsembleModel, load_ensemble
-from imdb_jax.saved.model_folder import MODEL_FILE, SavedModel, load_single_model
+from imdb_jax.saved.model_folder import MODEL_FILE, SavedModel, existing_folder, load_single_model
 
 
 def load_model(path: str | os.PathLike) -> SavedModel | EnsembleModel:
@@ -24,13 +22,7 @@ def load_model(path: str | os.PathLike) -> SavedModel | EnsembleModel:
       ImdbJaxError: the folder is missing, is not a model folder, or its files are corrupt or do
         not fit together.
     """
-    folder = Path(path)
-    if not folder.is_dir():
-        raise ImdbJaxError(
-            f"{folder} is a file, not a model folder"
-            if folder.is_file()
-            else f"{folder} is not a model folder (no such folder)"
-        )
+    folder = existing_folder(path)
     if (folder / ENSEMBLE_FILE).is_file() and not (folder / MODEL_FILE).exists():
         return load_ensemble(folder)
     return load_single_model(folder)

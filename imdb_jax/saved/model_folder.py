@@ -37,16 +37,13 @@ is wrong.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
-import errno
 import functools
 import hashlib
 import io
 import json
 import math
 import os
-import sys
 import tempfile
 import zipfile
 from collections.abc import Iterable, Mapping
@@ -58,7 +55,7 @@ import numpy as np
 from flax import traverse_util
 
 from imdb_jax import __version__
-from imdb_jax.atomic import atomic_write, current_umask, fsync_folder, json_bytes
+from imdb_jax.atomic import atomic_write, current_umask, exchange, fsync_folder, json_bytes
 from imdb_jax.config import ModelConfig
 from imdb_jax.data.features import FORMAT as FEATURES_FORMAT
 from imdb_jax.data.features import FeatureSpec, vectorizer_from_dict
@@ -274,31 +271,13 @@ def _holds_working_directory(folder: Path) -> bool:
 
 def _swap(folder: Path, beside: Path) -> Path:
     """Gives `beside`'s contents the name `folder`; returns where the old folder now is."""
-    if _exchange(folder, beside):
+    if exchange(folder, beside):
         return beside
     old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.old-"))
     os.rmdir(old)
     os.rename(folder, old)
     os.rename(beside, folder)  # between these two renames the model is only at `old`
     return old
-
-
-def _exchange(first: Path, second: Path) -> bool:
-    """Swaps two paths atomically with Linux's renameat2(RENAME_EXCHANGE); False where the
-    platform, C library or file system cannot."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    if renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM):
-        return False
-    raise OSError(code, os.strerror(code), os.fspath(first))
 
 
 def _read_json(file: Path, folder: Path) -> Any:
@@ -308,6 +287,18 @@ def _read_json(file: Path, folder: Path) -> Any:
         raise ImdbJaxError(f"{folder} is not a model folder: {file.name} is missing") from None
     except (OSError, UnicodeDecodeError, ValueError) as error:
         raise ImdbJaxError(f"{folder} is not a usable model folder: {file.name} is not valid JSON ({error})") from None
+
+
+def existing_folder(path: str | os.PathLike) -> Path:
+    """`path` as a folder, or the one-line error a file or a missing path gets."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ImdbJaxError(
+            f"{folder} is a file, not a model folder"
+            if folder.is_file()
+            else f"{folder} is not a model folder (no such folder)"
+        )
+    return folder
 
 
 def load_single_model(path: str | os.PathLike) -> SavedModel:
@@ -324,13 +315,7 @@ def load_single_model(path: str | os.PathLike) -> SavedModel:
       ImdbJaxError: the folder is missing, is not a model folder, or its files are corrupt or do
         not fit together.
     """
-    folder = Path(path)
-    if not folder.is_dir():
-        raise ImdbJaxError(
-            f"{folder} is a file, not a model folder"
-            if folder.is_file()
-            else f"{folder} is not a model folder (no such folder)"
-        )
+    folder = existing_folder(path)
     model = _read_json(folder / MODEL_FILE, folder)
     if not isinstance(model, dict) or model.get("format") != FORMAT:
         raise ImdbJaxError(f"{folder} is not a model folder: {MODEL_FILE} is not an imdb_jax model description")
