@@ -136,14 +136,14 @@ def test_scoring_handles_empty_reviews_anywhere_and_shares_compilations():
     # Correct means logit > 0 for a positive review, logit <= 0 for a negative one.
     assert metrics["accuracy"] == np.mean((logits > 0) == (labels > 0.5))
     assert metrics["loss"] == pytest.approx(np.mean(np.logaddexp(0.0, logits) - labels * logits), rel=1e-5)
-    before = map_over_batches._cache_size()
+    before = map_over_batches._cache_size()  # pyright: ignore[reportAttributeAccessIssue]
     rng = np.random.default_rng(0)
     for rows in (3, 5, 6, 7, 50, 300):
         x = sp.csr_matrix((rng.random((rows, 10)) < 0.3).astype(np.float32))
         expected = jax.nn.sigmoid(state.apply_fn({"params": state.params}, x.toarray()))
         assert np.allclose(predict(state, x), expected, atol=1e-6)
     # 3-300 reviews: one or a few bucketed shapes, not one program per input size.
-    assert map_over_batches._cache_size() - before <= 2
+    assert map_over_batches._cache_size() - before <= 2  # pyright: ignore[reportAttributeAccessIssue]
 
 
 def test_first_layer_choice_depends_on_data_and_backend_only_and_the_paths_agree(monkeypatch):
