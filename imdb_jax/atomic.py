@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import json
 import math
 import os
@@ -182,8 +183,6 @@ def folder_lock(path: str | os.PathLike) -> Iterator[Path]:
       FolderInUse: another process holds the lock.
       OSError: the lock file cannot be created (the parent folder is not writable, ...).
     """
-    import fcntl
-
     target = lock_path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     while True:

@@ -137,6 +137,7 @@ def progress_bar(
     """
     stream = sys.stderr if file is None else file
     if enabled and is_terminal(stream):
+        # Deferred: tqdm (~60 ms) is needed only for a bar on a terminal, not for piped runs or --no-progress.
         from tqdm import tqdm
 
         return tqdm(

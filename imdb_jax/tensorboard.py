@@ -114,6 +114,7 @@ class _EventFile:
         self.write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
 
     def write(self, event: Any) -> None:
+        # Deferred: tensorboardX (~0.2 s) only to write or read events; --help imports this module.
         from tensorboardX.record_writer import masked_crc32c
 
         data = event.SerializeToString()
@@ -279,6 +280,7 @@ def read_events(run_dir: str | os.PathLike) -> list[Any]:
       ImdbJaxError: a file is cut short or a CRC does not match.
     """
     event_pb2 = _proto("event_pb2")
+    # Deferred: tensorboardX (~0.2 s) only to write or read events; --help imports this module.
     from tensorboardX.record_writer import masked_crc32c
 
     events = []

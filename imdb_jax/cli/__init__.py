@@ -20,6 +20,7 @@ import os
 import sys
 import warnings
 
+from imdb_jax import __version__
 from imdb_jax.cli._interrupt import INTERRUPTED, Guard
 from imdb_jax.errors import ImdbJaxError
 from imdb_jax.train.cpu_devices import use_every_core
@@ -33,8 +34,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from imdb_jax import __version__
-
     parser = _Parser(prog="imdb-jax", description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--version", action="version", version=f"imdb-jax {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)

@@ -7,12 +7,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+from imdb_jax import atomic
 from imdb_jax.cli._common import positive
-from imdb_jax.config import MAX_BATCH_SIZE
+from imdb_jax.config import MAX_BATCH_SIZE, ConfigError
 from imdb_jax.errors import ImdbJaxError
+from imdb_jax.train import compile_cache
 
 # ModelConfig's setting names as the train command's options.
 OPTIONS = {
@@ -50,8 +53,6 @@ def held_out(value: int, reviews: int, *, allow_none: bool) -> int:
 def options_named() -> Iterator[None]:
     """Turns a `ConfigError` about a setting ("dropout_rate must be ...") into one about the
     option the user typed ("--dropout must be ...")."""
-    from imdb_jax.config import ConfigError
-
     try:
         yield
     except ConfigError as error:
@@ -104,9 +105,7 @@ class Output:
         Called before the report is printed, so a closed standard output (`| head -1`) cannot
         stop it; `output_folder` calls it at the end otherwise."""
         if self.replacing and not self._committed:
-            from imdb_jax.atomic import replace_folder
-
-            replace_folder(self.work, self.path)
+            atomic.replace_folder(self.work, self.path)
         self._committed = True
 
 
@@ -136,8 +135,6 @@ def output_folder(path: str | Path, *, resume: bool = False, overwrite: bool = F
       ImdbJaxError: the folder cannot be written, is in use, or holds files this command must not
         mix with its own.
     """
-    from imdb_jax import atomic
-
     path = Path(path)
     if resume and overwrite:
         raise ImdbJaxError(
@@ -161,10 +158,6 @@ def output_folder(path: str | Path, *, resume: bool = False, overwrite: bool = F
 @contextlib.contextmanager
 def _claimed(path: Path, staging: Path, *, resume: bool, overwrite: bool) -> Iterator[Output]:
     """The body of `output_folder`, with the lock held."""
-    import shutil
-
-    from imdb_jax.atomic import writable_folder
-
     if resume:
         work = staging if staging.is_dir() else path  # a killed --overwrite run lives in its staging folder
     elif path.is_dir() and any(path.iterdir()):
@@ -192,7 +185,7 @@ def _claimed(path: Path, staging: Path, *, resume: bool, overwrite: bool) -> Ite
         work = path
     existed = work.exists()
     try:
-        writable_folder(work)
+        atomic.writable_folder(work)
     except OSError as error:
         raise ImdbJaxError(f"--output {path} cannot be written: {error.strerror or error}") from None
     output = Output(path, work)
@@ -234,6 +227,4 @@ def add_compile_cache_option(parser: argparse.ArgumentParser) -> None:
 
 def enable_compile_cache(args: argparse.Namespace) -> None:
     """Applies `--compile-cache` (or the default) before anything compiles."""
-    from imdb_jax.train import compile_cache
-
     compile_cache.enable(args.compile_cache, force=args.compile_cache is not None)

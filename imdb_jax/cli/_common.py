@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from imdb_jax.atomic import to_json_value
 from imdb_jax.errors import ImdbJaxError
 
 # `imdb_jax.data.features`' WEIGHTINGS and MAX_NGRAMS, restated: importing that module imports
@@ -49,6 +50,7 @@ def load_data(args: argparse.Namespace, num_words: int) -> Any:
     """`load_imdb` with the data options of `args`. N-gram or weighted features are fitted without
     the first `args.validation` training reviews (when the command has that option), so the
     validation reviews stay unseen."""
+    # Deferred: imdb_jax.data.imdb imports SciPy (~0.2 s), which --help and option errors never load.
     from imdb_jax.data.imdb import load_imdb
 
     ngrams, weighting = getattr(args, "ngrams", 1), getattr(args, "weighting", "binary")
@@ -98,12 +100,11 @@ def parse_hidden_units(text: str) -> tuple[int, ...]:
 
 def print_json(value: Any) -> None:
     """Prints `value` as exactly one line of strict JSON (NaN becomes null)."""
-    from imdb_jax.atomic import to_json_value
-
     print(json.dumps(to_json_value(value), sort_keys=True, allow_nan=False), flush=True)
 
 
 def device_names() -> list[str]:
+    # Deferred: JAX (~1.3 s) loads only once a command has checked its options; --help stays fast.
     import jax
 
     return [f"{device.platform}:{device.id} ({device.device_kind})" for device in jax.devices()]

@@ -47,12 +47,14 @@ def distributed_command(run: Callable[..., int]) -> Callable[..., int]:
 
     @functools.wraps(run)
     def wrapped(args: argparse.Namespace, *checked: Any) -> int:
+        # Deferred: imdb_jax.train.distributed imports JAX (~1.3 s), loaded only once the command
+        # has checked its options, so --help and option errors stay fast.
+        import jax
+
         from imdb_jax.train import distributed
 
         if not distributed.initialize(args.coordinator, args.num_processes, args.process_id):
             return run(args, *checked)
-        import jax
-
         main = jax.process_index() == 0
         with contextlib.ExitStack() as stack:
             if not main:

@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     check_data_options(args)
     if args.held_out < 0:
         raise ImdbJaxError(f"--held-out must be 0 (none) or a number of training reviews, got {args.held_out}")
+    # Deferred: imdb_jax.data.imdb imports SciPy (~0.2 s), which --help and option errors never load.
     from imdb_jax.data.imdb import load_imdb
 
     data = load_imdb(

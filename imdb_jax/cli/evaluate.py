@@ -8,6 +8,7 @@ from typing import Any
 
 from imdb_jax.cli import _checks as checks
 from imdb_jax.cli._common import add_data_options, load_data, print_json
+from imdb_jax.data.sources import resolve_source
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -34,8 +35,9 @@ def scoring_split(model: Any, args: argparse.Namespace) -> tuple[Any, str]:
     N-gram or weighted features (`imdb-jax tune`'s), which no cached matrix of the data options
     holds, and an ensemble's (an `(EnsembleRows, labels)` pair) always take the second way.
     """
+    # Deferred: imdb_jax.data.imdb imports SciPy and imdb_jax.saved.ensemble JAX, loaded only once
+    # the options are checked, so --help and option errors stay fast.
     from imdb_jax.data.imdb import Split
-    from imdb_jax.data.sources import resolve_source
     from imdb_jax.saved.ensemble import EnsembleModel
 
     ensemble = isinstance(model, EnsembleModel)
@@ -55,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     checks.batch_size(args.batch_size)
     checks.model_folder(args.model)
     checks.enable_compile_cache(args)
+    # Deferred: these import JAX (~1.3 s), once the options are checked: --help stays fast.
     from imdb_jax.saved.ensemble import EnsembleModel
     from imdb_jax.saved.loading import load_model
     from imdb_jax.train.fit import evaluate

@@ -87,6 +87,7 @@ def predictions(model: Any, texts: list[str], explain: int = 0) -> list[dict[str
     probabilities = model.predict_rows(rows)
     reasons = [None] * len(texts)
     if explain and texts:
+        # Deferred: imdb_jax.saved.explain imports JAX (~1.3 s); --help and option errors stay fast.
         from imdb_jax.saved.explain import explain_rows
 
         reasons = explain_rows(model, rows, top=explain)
@@ -117,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         positive("--top", args.top)
     checks.model_folder(args.model)
     checks.enable_compile_cache(args)
+    # Deferred: imdb_jax.saved.loading imports JAX (~1.3 s); --help and option errors stay fast.
     from imdb_jax.saved.loading import load_model
 
     model = load_model(args.model)

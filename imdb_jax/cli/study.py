@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from imdb_jax.atomic import write_json
 from imdb_jax.cli import _checks as checks
 from imdb_jax.cli._common import (
     add_data_options,
@@ -16,11 +17,12 @@ from imdb_jax.cli._common import (
 )
 from imdb_jax.cli._distributed import add_distributed_options, distributed_command
 from imdb_jax.errors import ImdbJaxError
+from imdb_jax.specs import load_specs
+from imdb_jax.study import ALL, DEFAULT_SEEDS, EXPERIMENTS, RUNS, run_study, select_experiments
+from imdb_jax.study.runner import STUDY_FILE
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from imdb_jax.study import ALL, DEFAULT_SEEDS, EXPERIMENTS, RUNS
-
     names = ", ".join([*EXPERIMENTS, ALL])
     parser = subparsers.add_parser(
         "study",
@@ -95,9 +97,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _checked_variants(args: argparse.Namespace) -> list:
     """The experiments and specs to study, once every option's value has been checked."""
-    from imdb_jax.specs import load_specs
-    from imdb_jax.study import select_experiments
-
     positive("--epochs", args.epochs)
     checks.batch_size(args.batch_size)
     positive("--validation", args.validation)
@@ -128,8 +127,6 @@ def _run(args: argparse.Namespace, chosen: list) -> int:
 
 def _study(args: argparse.Namespace, chosen: list, output: checks.Output) -> int:
     checks.enable_compile_cache(args)
-    from imdb_jax.study import run_study
-
     data = load_data(args, args.num_words)
     checks.held_out(args.validation, len(data.train), allow_none=False)
     result = run_study(
@@ -221,9 +218,6 @@ def _study(args: argparse.Namespace, chosen: list, output: checks.Output) -> int
 def _name_final_paths(summary: dict, output: checks.Output) -> None:
     """study.json as written in the staging folder names the retrained model's folder there:
     name it where it will be once the staging folder takes the output folder's place."""
-    from imdb_jax.atomic import write_json
-    from imdb_jax.study.runner import STUDY_FILE
-
     retrain = summary.get("retrain")
     if retrain and retrain.get("model_dir"):
         retrain["model_dir"] = str(output.final(retrain["model_dir"]))

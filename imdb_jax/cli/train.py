@@ -24,6 +24,7 @@ from imdb_jax.cli._common import (
     print_json,
 )
 from imdb_jax.cli._distributed import add_distributed_options, distributed_command
+from imdb_jax.config import ModelConfig
 from imdb_jax.errors import ImdbJaxError
 
 CHECKPOINT = "checkpoint"  # inside --output while training: what --resume continues from
@@ -121,8 +122,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _checked_config(args: argparse.Namespace) -> Any:
     """The model's `ModelConfig` from the options, once every option's value has been checked."""
-    from imdb_jax.config import ModelConfig
-
     positive("--epochs", args.epochs)
     checks.batch_size(args.batch_size)
     check_data_options(args)
@@ -201,6 +200,8 @@ def _run(args: argparse.Namespace, config: Any) -> int:
 
 def _train(args: argparse.Namespace, config: Any, output: checks.Output) -> int:
     checks.enable_compile_cache(args)
+    # Deferred: matplotlib (~0.4 s) and JAX (~1.3 s) load only once the options are checked and the
+    # output folder claimed, so --help and option errors stay fast.
     from imdb_jax.plots import plot_history
     from imdb_jax.saved.model_folder import save_model
     from imdb_jax.train.fit import evaluate, fit, predict

@@ -55,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
     # search is done (`checks.output_folder`): said now, not after minutes of searching.
     with checks.output_folder(args.output or default_output("tune"), overwrite=args.overwrite) as output:
         checks.enable_compile_cache(args)
+        # Deferred: imdb_jax.tune imports SciPy (~0.2 s), loaded once the options are checked and the
+        # output folder claimed, so --help and option errors stay fast.
         from imdb_jax.tune.runner import tune
         from imdb_jax.tune.search import resolve_budget
 

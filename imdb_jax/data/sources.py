@@ -250,6 +250,8 @@ def _read_aclimdb_archive(archive: Path, progress: bool = False) -> RawReviews:
 
 def _open_tfds(data_dir: Path) -> dict[str, Any]:
     """The TFDS random-access splits; a seam the tests replace with in-memory splits."""
+    # Deferred: tensorflow_datasets (~0.5 s) is needed only to read a TFDS copy of the reviews;
+    # --help and the aclImdb sources never load it.
     import tensorflow_datasets as tfds
 
     return tfds.data_source(f"{TFDS_NAME}/{TFDS_CONFIG}:{TFDS_VERSION}", data_dir=str(data_dir), download=False)  # pyright: ignore[reportReturnType]

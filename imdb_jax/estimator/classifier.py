@@ -16,6 +16,8 @@ from typing import Any, cast
 import numpy as np
 import scipy.sparse as sp
 
+from imdb_jax.config import ModelConfig
+
 try:
     from sklearn.base import BaseEstimator, ClassifierMixin
     from sklearn.model_selection import train_test_split
@@ -148,8 +150,6 @@ class SparseMLPClassifier(ClassifierMixin, BaseEstimator):
 
     def model_config(self, num_words: int):
         """The `ModelConfig` of these settings (raises `ConfigError`, a ValueError, if invalid)."""
-        from imdb_jax import ModelConfig
-
         return ModelConfig(
             num_words=num_words,
             hidden_units=self.hidden_units,
@@ -223,6 +223,7 @@ class SparseMLPClassifier(ClassifierMixin, BaseEstimator):
 
     def adopt(self, data: PreparedData, config: Any, state: Any, history: dict[str, list]) -> SparseMLPClassifier:
         """Makes this estimator the fitted model `state` (a `TrainState`) trained on `data`."""
+        # Deferred: JAX (~1.3 s) loads with the first fit or predict, not on import, clone or unpickling.
         import jax
 
         self.classes_ = data.classes
@@ -244,6 +245,7 @@ class SparseMLPClassifier(ClassifierMixin, BaseEstimator):
 
     def fit(self, X: Any, y: Any) -> SparseMLPClassifier:
         """Trains on X (array-like or sparse [rows, features]) and y (two labels of any type)."""
+        # Deferred: JAX (~1.3 s) loads with the first fit or predict, not on import, clone or unpickling.
         from imdb_jax import fit
 
         data = self.prepare(X, y)
@@ -265,6 +267,7 @@ class SparseMLPClassifier(ClassifierMixin, BaseEstimator):
     def _train_state(self):
         state = getattr(self, "_state", None)
         if state is None:  # unpickled: rebuild the model from its NumPy weights once
+            # Deferred: JAX (~1.3 s) loads with the first fit or predict, not on import, clone or unpickling.
             from imdb_jax import train_state_from_params
 
             state = self._state = train_state_from_params(self.params_, self.config_)
@@ -272,6 +275,7 @@ class SparseMLPClassifier(ClassifierMixin, BaseEstimator):
 
     def _positive_probability(self, X: Any) -> np.ndarray:
         """float32[rows] probability of `classes_[1]`."""
+        # Deferred: JAX (~1.3 s) loads with the first fit or predict, not on import, clone or unpickling.
         from imdb_jax import predict
 
         check_is_fitted(self)

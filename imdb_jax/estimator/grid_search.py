@@ -26,6 +26,7 @@ from sklearn.utils import _safe_indexing
 from sklearn.utils.validation import _num_samples, indexable
 
 from imdb_jax.estimator.classifier import SparseMLPClassifier, resolve_seed
+from imdb_jax.specs import VariantSpec
 
 
 class FusedGridSearchCV(GridSearchCV):
@@ -150,9 +151,10 @@ class FusedGridSearchCV(GridSearchCV):
           The run's seconds and, per estimator, its error as text (None: fitted). Invalid
           settings fail their own candidate only; a failure of the run fails all of them.
         """
+        # Deferred: JAX (~1.3 s) loads with the first fit, not when the search is imported or built.
         import jax
 
-        from imdb_jax import VariantSpec, fit_variants
+        from imdb_jax import fit_variants
 
         started = time.perf_counter()
         errors: list[str | None] = [None] * len(estimators)

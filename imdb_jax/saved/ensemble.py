@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -229,8 +230,6 @@ def load_ensemble(path: str | os.PathLike) -> EnsembleModel:
       ImdbJaxError: ``ensemble.json`` is missing or malformed, a member folder is outside the
         ensemble's or not a loadable model, or the weights are not positive summing to 1.
     """
-    import json
-
     folder = Path(path)
     try:
         description = json.loads((folder / ENSEMBLE_FILE).read_text(encoding="utf-8"))

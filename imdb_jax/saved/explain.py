@@ -29,6 +29,7 @@ import scipy.sparse as sp
 from imdb_jax.data.csr import bucket, checked_csr
 from imdb_jax.data.text import Text
 from imdb_jax.models.inputs import SparseMultiHot
+from imdb_jax.saved.ensemble import EnsembleModel
 from imdb_jax.train.steps import TrainState, predict_logits
 
 DEFAULT_TOP = 5
@@ -102,8 +103,6 @@ def explain_rows(model: Any, rows: Any, *, top: int = DEFAULT_TOP) -> list[list[
       (positive: towards "positive"); ties in size go alphabetically. Empty for a review with no
       known term.
     """
-    from imdb_jax.saved.ensemble import EnsembleModel
-
     if top < 0:
         raise ValueError(f"top must be >= 0, got {top}")
     if rows.shape[0] == 0:

@@ -90,6 +90,8 @@ def _mark_stops(ax: Any, lines: Sequence[Any], variants: Sequence[Mapping[str, A
 def _experiment_figure(
     summary: Mapping[str, Any], experiment: str, variants: Sequence[Mapping[str, Any]], key: str, path: Path
 ) -> Path:
+    # Deferred: matplotlib (~0.4 s) is needed only when a figure is drawn; imdb-jax --help imports
+    # imdb_jax.study (this module) and stays fast.
     from matplotlib.figure import Figure
 
     from imdb_jax.plots import plot_curves, save_figure
@@ -127,6 +129,8 @@ def _experiment_figure(
 
 def _per_variant(summary: Mapping[str, Any], metric: str, path: Path) -> Path:
     """Training (dots) against validation (line) of one metric, one small plot per variant."""
+    # Deferred: matplotlib (~0.4 s) is needed only when a figure is drawn; imdb-jax --help imports
+    # imdb_jax.study (this module) and stays fast.
     from matplotlib.figure import Figure
 
     from imdb_jax.plots import HISTORY_STYLES, plot_curves, save_figure
@@ -170,6 +174,8 @@ def write_figures(summary: Mapping[str, Any], output_dir: Path) -> list[Path]:
       The paths written: every experiment's loss figure first, then their accuracy figures, the
       per-variant figures, then the depth figure.
     """
+    # Deferred: matplotlib (~0.4 s) is needed only when a figure is drawn; imdb-jax --help imports
+    # imdb_jax.study (this module) and stays fast.
     from matplotlib.figure import Figure
 
     from imdb_jax.plots import save_figure

@@ -30,6 +30,7 @@ from imdb_jax.study.experiments import (
 from imdb_jax.study.figures import write_figures
 from imdb_jax.study.report import report_markdown
 from imdb_jax.study.statistics import NOISE_SOURCES, RULE, SHARED, variant_summary
+from imdb_jax.tensorboard import TensorBoardLogger, spec_hparams
 from imdb_jax.train.compile_clock import CompileClock
 
 STUDY_FILE = "study.json"
@@ -194,6 +195,7 @@ def run_study(
     Raises:
       ImdbJaxError: a bad setting or an output folder that cannot be written (before training).
     """
+    # Deferred: JAX (~1.3 s) loads when a study runs; imdb-jax --help imports this module and stays fast.
     import jax
 
     from imdb_jax.train.variants import fit_variants
@@ -263,8 +265,6 @@ def run_study(
 
     board = None
     if log_dir is not None:  # every copy's run folder, opened before training
-        from imdb_jax.tensorboard import TensorBoardLogger, spec_hparams
-
         shared = {
             key: settings[key] for key in ("epochs", "batch_size", "shuffle_seed", "num_words", "validation_reviews")
         }
@@ -343,8 +343,6 @@ def run_study(
             spec, leader, data, output_dir, batch_size, shuffle_seed, first_layer, progress, resume
         )
         if log_dir is not None:  # `fit` has no per-epoch hook: the finished curves are written at once
-            from imdb_jax.tensorboard import TensorBoardLogger, spec_hparams
-
             hparams = {
                 **spec_hparams(spec),
                 "epochs": leader["best_epoch"],
@@ -375,6 +373,7 @@ def _finished(output_dir: Path) -> bool:
 def _retrain(spec, leader, data, output_dir, batch_size, shuffle_seed, first_layer, progress, resume=False):
     """The best variant trained afresh (its own seed) for the epoch count where its mean
     validation loss is lowest, on every training review."""
+    # Deferred: JAX (~1.3 s) loads when a study runs; imdb-jax --help imports this module and stays fast.
     from imdb_jax.saved.model_folder import save_model
     from imdb_jax.train.fit import evaluate, fit
 

@@ -264,6 +264,7 @@ def two_sided_p(delta: float, se: float, df: float | None) -> float:
     standard error is 0 (every seed gave the same difference)."""
     if se == 0.0 or df is None:
         return 1.0 if delta == 0.0 else 0.0
+    # Deferred: SciPy (~0.2 s) only for a p-value; --help imports this module (imdb_jax.study).
     from scipy.special import stdtr  # scipy.special, not scipy.stats: a fraction of the import time
 
     return float(2.0 * stdtr(df, -abs(delta) / se))

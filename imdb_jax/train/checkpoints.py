@@ -29,7 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jaxlib
 import numpy as np
+from jax.experimental import multihost_utils
 
 from imdb_jax.atomic import atomic_write, json_bytes
 from imdb_jax.errors import ImdbJaxError
@@ -49,8 +51,6 @@ def _fault(point: str) -> None:
 
 def environment() -> dict[str, Any]:
     """What bitwise resumption depends on beyond the run itself: the JAX that compiles it."""
-    import jaxlib
-
     return {
         "jax": jax.__version__,
         "jaxlib": getattr(jaxlib, "__version__", "unknown"),
@@ -163,8 +163,6 @@ def _read_on_process_0(file: Path) -> bytes | OSError | None:
             data = error
     if jax.process_count() == 1:
         return data
-    from jax.experimental import multihost_utils
-
     size = -1 if data is None else -2 if isinstance(data, OSError) else len(data)
     size = int(multihost_utils.broadcast_one_to_all(np.asarray(size, np.int32)))
     if size < 0:

@@ -26,6 +26,9 @@ import time
 import zlib
 from pathlib import Path
 
+from imdb_jax.atomic import write_json
+from imdb_jax.data.cache import default_cache_dir
+
 ENVIRONMENT = "IMDB_JAX_COMPILE_CACHE"
 OFF = ("off", "0", "none", "false", "no")
 
@@ -43,8 +46,6 @@ def resolve(setting: str | os.PathLike | None = None) -> Path | None:
     if setting is None:
         setting = os.environ.get(ENVIRONMENT)
     if setting is None or str(setting) == "":
-        from imdb_jax.data.cache import default_cache_dir
-
         return default_cache_dir() / "xla"
     if str(setting).strip().lower() in OFF:
         return None
@@ -64,6 +65,7 @@ def enable(setting: str | os.PathLike | None = None, *, force: bool = False) -> 
     global _enabled, _decided
     if _decided and not force:
         return _enabled
+    # Deferred: JAX (~1.3 s) loads only after the options are checked; --help imports this module.
     import jax
 
     configured = jax.config.values.get("jax_compilation_cache_dir")
@@ -142,8 +144,6 @@ def remove_damaged_entries(folder: str | os.PathLike) -> list[str]:
             continue
         kept[entry.name] = seen
     if kept != checked:
-        from imdb_jax.atomic import write_json
-
         with contextlib.suppress(OSError):
             write_json(record, kept, indent=None)
     return removed
@@ -152,6 +152,7 @@ def remove_damaged_entries(folder: str | os.PathLike) -> list[str]:
 def _decompressor():
     """How JAX decompresses an entry (zstd where available, else zlib)."""
     try:
+        # Deferred: JAX (~1.3 s) only when cache entries are read; --help imports this module.
         from jax._src.compilation_cache import decompress_executable
     except ImportError:
         return zlib.decompress

@@ -25,12 +25,14 @@ class CompileClock:
             self.spans.append((start_time, end_time, str(kwargs.get("fun_name", ""))))
 
     def __enter__(self) -> CompileClock:
+        # Deferred: JAX (~1.3 s) loads only when a run is timed; --help imports this module (imdb_jax.study).
         import jax.monitoring
 
         jax.monitoring.register_event_time_span_listener(self._listen)
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
+        # Deferred: JAX (~1.3 s) loads only when a run is timed; --help imports this module (imdb_jax.study).
         import jax.monitoring
 
         jax.monitoring.unregister_event_time_span_listener(self._listen)

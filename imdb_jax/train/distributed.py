@@ -34,6 +34,8 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax._src import distributed as jax_distributed
+from jax.experimental import multihost_utils
 
 from imdb_jax.errors import ImdbJaxError
 
@@ -245,8 +247,6 @@ def _gather_leaf(leaf: Any) -> Any:
         return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
     if leaf.is_fully_replicated:
         return np.asarray(leaf.addressable_data(0))
-    from jax.experimental import multihost_utils
-
     return multihost_utils.process_allgather(leaf, tiled=True)
 
 
@@ -275,8 +275,6 @@ def _first_line(error: BaseException) -> str:
 
 def _client():
     """The coordination service's key-value client (JAX has no public handle on it yet)."""
-    from jax._src import distributed as jax_distributed
-
     return jax_distributed.global_state.client
 
 

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from imdb_jax.atomic import atomic_write
 
 SETTINGS = (
@@ -98,7 +100,7 @@ def markdown(summary: Mapping[str, Any]) -> str:
 def figure(summary: Mapping[str, Any]) -> Any:
     """A matplotlib ``Figure``: validation accuracy (best epoch) of every variant against each
     setting, one panel per setting; the final model's members ringed, the best single starred."""
-    import numpy as np
+    # Deferred: matplotlib (~0.4 s) loads only when the figure is drawn, not with this module.
     from matplotlib.figure import Figure
 
     candidates = summary["candidates"]
@@ -153,6 +155,7 @@ def _level_order(level: str) -> tuple:
 
 def write_report(summary: Mapping[str, Any], folder: str | Path) -> list[Path]:
     """Writes ``search.md`` and ``search.png`` into ``folder``; returns their paths."""
+    # Deferred: imdb_jax.plots imports matplotlib (~0.4 s), only when the report is written.
     from imdb_jax.plots import save_figure
 
     folder = Path(folder)

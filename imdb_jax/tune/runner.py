@@ -73,7 +73,10 @@ from typing import Any
 
 import numpy as np
 
+from imdb_jax import __version__
+from imdb_jax.atomic import write_json
 from imdb_jax.errors import ImdbJaxError
+from imdb_jax.tune.report import write_report
 from imdb_jax.tune.search import (
     SHUFFLE_SEED,
     Candidate,
@@ -156,6 +159,7 @@ def tune(
     """
     space = resolve_budget(budget)
     if output_dir is not None:
+        # Deferred: these import JAX (~1.3 s), loaded when a search runs, not with this module.
         from imdb_jax.saved.ensemble import ENSEMBLE_FILE
         from imdb_jax.saved.model_folder import MODEL_FILE
 
@@ -211,9 +215,6 @@ def tune(
     clock.seconds["total"] = clock.elapsed
     summary["seconds"] = {key: round(value, 3) for key, value in clock.seconds.items()}
     if folder is not None:  # the report and figure, after the clock: they need its figures
-        from imdb_jax.atomic import write_json
-        from imdb_jax.tune.report import write_report
-
         write_report(summary, folder)
         write_json(folder / "search.json", summary)
     log(f"tune: {clock.seconds['total']:.1f} s in all" + ("" if folder is None else f"; wrote {folder}"))
@@ -246,6 +247,7 @@ def _retrain(
 ):
     """Trains the chosen variants on all training reviews (features refitted, ``held_out=0``),
     one fused run per feature set. Returns (model, test rows, test labels, retrained records)."""
+    # Deferred: these import JAX (~1.3 s), loaded when a search runs, not with this module.
     import jax
 
     from imdb_jax.saved.ensemble import EnsembleModel
@@ -301,6 +303,7 @@ def _retrain(
         del data
     if len(chosen) == 1:
         return members[0], test_matrices[0], test_labels, retrained
+    # Deferred: these import JAX (~1.3 s), loaded when a search runs, not with this module.
     from imdb_jax.saved.ensemble import EnsembleRows
 
     model = EnsembleModel(tuple(members), np.asarray([weight for _, weight in chosen]))
@@ -310,6 +313,7 @@ def _retrain(
 
 def _score(model: Any, rows: Any, labels: np.ndarray) -> dict[str, float]:
     """{"loss", "accuracy", "count"} on the test reviews, by the code ``imdb-jax evaluate`` runs."""
+    # Deferred: these import JAX (~1.3 s), loaded when a search runs, not with this module.
     from imdb_jax.saved.ensemble import EnsembleModel
     from imdb_jax.train.fit import evaluate
 
@@ -321,8 +325,6 @@ def _score(model: Any, rows: Any, labels: np.ndarray) -> dict[str, float]:
 
 
 def _summary(space, candidates, choice, retrained, metrics, picked, loaded) -> dict[str, Any]:
-    from imdb_jax import __version__
-
     return {
         "package_version": __version__,
         "space": dataclasses.asdict(space),
@@ -347,6 +349,7 @@ def _summary(space, candidates, choice, retrained, metrics, picked, loaded) -> d
 
 def _write_model(folder: Path, model: Any, retrained: list[dict[str, Any]], summary: dict[str, Any]) -> Path:
     """The model folder (a single model's files, or an ensemble's) with its metrics."""
+    # Deferred: these import JAX (~1.3 s), loaded when a search runs, not with this module.
     from imdb_jax.saved.ensemble import EnsembleModel, save_ensemble
     from imdb_jax.saved.model_folder import save_model
 

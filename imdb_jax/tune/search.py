@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from imdb_jax.data.features import check_settings
+from imdb_jax.data.imdb import load_imdb
 from imdb_jax.errors import ImdbJaxError
 from imdb_jax.specs import VariantSpec
 
@@ -46,8 +47,6 @@ class FeatureSet:
         return f"{self.weighting} {span}"
 
     def load(self, held_out: int, data_dir: Any, cache_dir: Any, progress: bool) -> Any:
-        from imdb_jax.data.imdb import load_imdb
-
         return load_imdb(
             num_words=self.num_words,
             ngrams=self.ngrams,
@@ -315,6 +314,7 @@ def train_candidates(
     progress: bool,
 ) -> tuple[list[Candidate], list[np.ndarray]]:
     """One fused run of ``specs``; each variant's validation figures and probabilities at its best epoch."""
+    # Deferred: these import JAX (~1.3 s), loaded when a search runs, not with this module.
     import jax
 
     from imdb_jax.train.variants import fit_variants
@@ -367,6 +367,7 @@ def select(
       labels: float64[validation] the validation labels.
       space: for ``ensemble_size`` and ``max_feature_sets``.
     """
+    # Deferred: imdb_jax.saved.ensemble imports JAX (~1.3 s), loaded when a search runs, not with this module.
     from imdb_jax.saved.ensemble import binary_metrics
 
     alive = [index for index, candidate in enumerate(candidates) if candidate.best_epoch is not None]
