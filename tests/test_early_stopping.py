@@ -87,9 +87,12 @@ def test_a_stopped_variant_is_bitwise_the_variant_alone(stopped):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="known: the eval pass's loss of a variant in a block of 2 differs from "
-    "its solo value in the last float32 bit (same weights, same training losses); pre-existing "
-    "before the one-model refactor, not found yet",
+    reason="known: the eval pass's loss of a variant beside a block of another shape differs from "
+    "its solo value in the last float32 bit (same weights, same logits when materialised). Cause "
+    "found: XLA's CPU compiler always allows LLVM to contract a multiply and an add into an FMA; "
+    "in company the output layer's h*kernel and its tree_sum's adds share one fusion (contracted), "
+    "alone they are two fusions (not). optimization_barrier is expanded before fusion and an int32 "
+    "bitcast round trip is simplified away, so neither keeps them apart; no fix yet",
 )
 def test_validation_loss_is_bitwise_in_company(stopped):
     _, history = _alone(SPECS[0])
