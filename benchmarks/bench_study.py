@@ -16,9 +16,11 @@ evaluate, in its worker process, imports excluded); Keras' sequential study with
 (13 models one after another, then the final one; 3.5 minutes on the project machine), otherwise the 486 s of
 shared/DATA.md, marked cited.
 
-Targets (issue 8): `train`, second run, >= 5x faster than Keras' seed final run with test
-accuracy unchanged (0.887); `study all`, second run, >= 20x faster than Keras' study; each first
-run <= 1.3x its second.
+Targets (issue 14): `train`, second run, >= 5x faster than Keras' seed final run with test
+accuracy unchanged (0.887); `study all --seeds 1`, second run, >= 10x faster than Keras' study
+(issue 8 asked 20x against a slower machine's Keras); with --default-seeds 4, the default study
+warm in <= 1/4 of Keras' 1-seed study; with --one-core, the study's training seconds >= 1.7x
+faster on both cores than pinned to one (taskset -c 0); each first run <= 1.3x its second.
 
 With --synthetic the commands run on a generated aclImdb folder of random reviews (--rows per
 split) with a cache folder of their own, and Keras on the same vectors. On the real data the
@@ -67,6 +69,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=1,
         help="--seeds of `imdb-jax study` (default 1: each model once, as Keras' study)",
+    )
+    parser.add_argument(
+        "--default-seeds",
+        type=int,
+        default=0,
+        help="also time `study all` with this many seeds (the CLI's default is 4), twice, the second warm (0: skip)",
+    )
+    parser.add_argument(
+        "--one-core",
+        action="store_true",
+        help="also time one warm `study all --seeds N` pinned to one core (taskset -c 0), for the both-cores target",
     )
     parser.add_argument(
         "--keras-study",
@@ -159,21 +172,25 @@ class Data:
 # Timing the commands.
 
 
-def command_words(name: str, args: argparse.Namespace) -> list[str]:
+def command_words(name: str, args: argparse.Namespace, seeds: int | None = None) -> list[str]:
     """The command and its settings, as the record names it: `train`, `study all --seeds 1`."""
     if name == "train":
         return ["train"]
     experiments = ["units", "--epochs", "2"] if args.quick else ["all"]
-    return ["study", *experiments, "--seeds", str(args.study_seeds)]
+    return ["study", *experiments, "--seeds", str(seeds or args.study_seeds)]
 
 
-def command_line(name: str, args: argparse.Namespace, data: Data, output: Path) -> list[str]:
+def command_line(
+    name: str, args: argparse.Namespace, data: Data, output: Path, seeds: int | None = None, pin: bool = False
+) -> list[str]:
     beside = Path(sys.executable).parent / "imdb-jax"  # the script of the environment running this
     command = [str(beside)] if beside.exists() else [sys.executable, "-m", "imdb_jax"]
+    if pin:  # one core: the CLI then asks for one CPU device (it reads the affinity mask)
+        command = ["taskset", "-c", "0", *command]
     options = ["--json", "--no-progress", "--output", str(output), *data.options]
     if name == "study":
         options += ["--validation", str(data.holdout)]
-    return command + command_words(name, args) + options
+    return command + command_words(name, args, seeds) + options
 
 
 def run_command(command: list[str], compile_cache: Path, timeout: float = 3600) -> tuple[float, dict]:
@@ -220,7 +237,19 @@ def time_command(name: str, args: argparse.Namespace, data: Data, workdir: Path)
         "cold": runs[0][1],
         "warm_s": [wall for wall, _ in runs[1:]],
         "warm": [result for _, result in runs[1:]],
+        "compile_cache": compile_cache,
     }
+
+
+def time_variant(args: argparse.Namespace, data: Data, workdir: Path, compile_cache: Path, *, seeds=None, pin=False):
+    """(wall seconds, --json output) of one more `study` process with the given compile cache."""
+    output = workdir / f"study-{seeds or args.study_seeds}-{'pinned' if pin else 'both'}"
+    command = command_line("study", args, data, output, seeds=seeds, pin=pin)
+    reporting.log(f"{' '.join(command[:3]) if pin else 'imdb-jax'} {' '.join(command_words('study', args, seeds))} ...")
+    result = run_command(command, compile_cache)
+    shutil.rmtree(output, ignore_errors=True)
+    reporting.log(f"  {result[0]:.1f} s")
+    return result
 
 
 def keras_study(reporter, args, data: Data) -> dict:
@@ -307,6 +336,12 @@ def emit_command(reporter, name: str, timing: dict, config: dict, baseline: dict
         )
 
 
+def epoch_seconds(result: dict) -> float | None:
+    """A study's training seconds without compiling: the sum of its runs' `train_s`."""
+    runs = [run.get("train_s") for run in result.get("runs", [])]
+    return None if not runs or None in runs else float(sum(runs))
+
+
 def json_figures(name: str, result: dict) -> dict:
     """What a command's --json line says about its time and accuracy."""
     if name == "train":
@@ -356,6 +391,55 @@ def emit_targets(
         figure="" if warm_s is None else f"cold {timing['cold_s']:.1f} s vs warm {warm_s:.1f} s",
         why_not="no warm run (--repeats 0)",
     )
+
+
+def extra_study_targets(reporter, args, data, workdir, timing, keras_s, cited) -> None:
+    """Issue 14's two other study targets: the default seed count against Keras' one-seed study,
+    and both cores against one (training seconds of warm runs, `taskset -c 0`)."""
+    cache = timing["compile_cache"]
+    if args.default_seeds:
+        walls = [time_variant(args, data, workdir, cache, seeds=args.default_seeds) for _ in range(2)]
+        (cold_s, _), (warm_s, result) = walls
+        label = "imdb-jax " + " ".join(command_words("study", args, args.default_seeds))
+        reporter.emit(
+            "end_to_end_warm",
+            label,
+            {"seeds": args.default_seeds, "command": label},
+            **clocks.summarize([warm_s]),
+            **json_figures("study", result),
+            first_run_s=cold_s,
+            note="the second of two runs with this seed count (the first compiles its shapes)",
+        )
+        reporter.target(
+            f"imdb-jax study all (--seeds {args.default_seeds}), warm, <= 1/4 of Keras' 1-seed study",
+            value=None if keras_s is None else keras_s / warm_s,
+            threshold=4,
+            op=">=",
+            figure="" if keras_s is None else f"Keras {keras_s:.1f} s{' (cited)' if cited else ''} vs {warm_s:.1f} s",
+            cited=cited,
+            why_not="Keras' study not measured",
+        )
+    if args.one_core and timing["warm"]:
+        both = epoch_seconds(timing["warm"][-1])
+        _, pinned = time_variant(args, data, workdir, cache, pin=True)
+        one = epoch_seconds(pinned)
+        reporter.emit(
+            "training_seconds",
+            "imdb-jax " + " ".join(command_words("study", args)) + " (taskset -c 0)",
+            {"cores": 1},
+            **clocks.summarize([one]),
+            both_cores_s=both,
+            compile_s=json_figures("study", pinned)["compile_s"],
+            note="training seconds without compiling (the --json runs' train_s), one process pinned to core 0, vs the last warm run on both",
+        )
+        reporter.target(
+            "study all training epochs >= 1.7x faster on both cores than pinned to one (taskset -c 0)",
+            value=None if not both or not one else one / both,
+            threshold=1.7,
+            op=">=",
+            figure="" if not both or not one else f"one core {one:.1f} s vs both {both:.1f} s of training",
+            why_not="no training seconds in the --json output",
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -429,12 +513,13 @@ def main(argv: list[str] | None = None) -> int:
                 timings["study"],
                 keras_s,
                 cited=cited,
-                threshold=20,
+                threshold=10,  # issue 14 (issue 8 asked 20x against a slower machine's Keras)
                 what="Keras' sequential study",
                 why_not="--quick runs `study units` only"
                 if args.quick
                 else "Keras' study not measured (--keras-study) and the cited 486 s applies to the full study on the real data only",
             )
+            extra_study_targets(reporter, args, data, workdir, timings["study"], keras_s, cited)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     if not args.no_table:
