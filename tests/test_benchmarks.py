@@ -407,3 +407,20 @@ def test_device_summary_reads_steps_tests_and_targets(tmp_path):
     text = "\n".join(summary["lines"])
     assert "step study: timeout" in text and "3 run, 1 failed" in text and "[met] fused >= 4x vmap" in text
     assert device_summary.test_counts(tmp_path / "missing.xml") is None
+
+
+def test_bag_experiments_time_each_variant_beside_the_package_and_find_them_bitwise_equal():
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bag_experiments.py"), "--widths", "16,256", "--repeats", "1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    # Per width: the bag, the backward, the segment sum, rmsprop; the tiles only where they fit.
+    assert sum("the package's bag" in line for line in lines) == 2
+    assert sum("tiled by" in line for line in lines) == 3  # 32, 64, 128 at width 256; none at 16
+    checked = [line for line in lines if "bitwise" in line]
+    assert len(checked) == 2 * 2 + 3 and all(line.endswith("bitwise True") for line in checked)
+    assert sum("rmsprop update" in line and "loop fusion" in line for line in lines) == 2
