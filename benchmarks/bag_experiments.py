@@ -98,7 +98,7 @@ def rmsprop_step(params, state, grads):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--widths", default="16,512,2048", help="fused first-layer widths (default 16,512,2048)")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per row; the fastest counts (default 5)")
     args = parser.parse_args(argv)
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         params, grads = {"kernel": jnp.array(kernel, copy=True)}, {"kernel": kernel}
         state = init_opt_state(params, {"kernel": jnp.full((1, width), 1e-3)}, {"kernel": jnp.zeros((1, width))})
         step = jax.jit(rmsprop_step, donate_argnums=(0, 1))
-        compiled = step.lower(params, state, grads).compile().as_text()
+        compiled = step.lower(params, state, grads).compile().as_text() or ""
         fusions = sum(
             1
             for line in compiled.split("ENTRY")[-1].splitlines()
