@@ -309,6 +309,8 @@ def _python(code: str, **options) -> subprocess.CompletedProcess:
         ["train", "--dropout", "1.5"],
         ["train", "--ngrams", "0"],
         ["train", "--resume"],
+        ["train", "--resume-anyway"],
+        ["study", "units", "--resume-anyway"],
         ["study", "units", "--seeds", "0"],
         ["study", "--epochs", "-1"],
         ["study", "units", "--min-count", "0"],

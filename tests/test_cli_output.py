@@ -132,9 +132,12 @@ def test_the_current_folder_is_never_swapped_away(no_work, tmp_path, monkeypatch
     assert _snapshot(folder) == before and _leftovers(folder) == []
 
 
-def test_resume_and_overwrite_together_are_refused(no_work, tmp_path):
-    status, _, stderr = _run(["train", "--output", str(tmp_path / "a"), "--resume", "--overwrite"])
-    assert status == 2 and "--resume and --overwrite contradict each other" in stderr
+@pytest.mark.parametrize("command", [["train"], ["study", "units"]])
+@pytest.mark.parametrize("option", ["--resume", "--resume-anyway"])
+def test_resume_and_overwrite_together_are_refused(no_work, tmp_path, command, option):
+    status, _, stderr = _run([*command, "--output", str(tmp_path / "a"), option, "--overwrite"])
+    assert status == 2 and f"{option} and --overwrite contradict each other" in stderr
+    assert not (tmp_path / "a").exists()  # refused with the other option errors, before the folder is claimed
 
 
 def test_overwrite_replaces_the_whole_folder_only_once_the_new_run_is_complete(fake_aclimdb, tmp_path, monkeypatch):

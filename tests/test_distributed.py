@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -72,8 +73,15 @@ def study_args(tmp_path, fake_aclimdb) -> list[str]:
 
 
 def start(
-    args: list, cache: Path, compile_cache: Path, devices: int, initialization_timeout: int = 60
+    args: list,
+    cache: Path,
+    compile_cache: Path,
+    devices: int,
+    initialization_timeout: int = 60,
+    program: list[str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen:
+    """`imdb-jax ARGS` (or `python PROGRAM ARGS`) in a process of its own."""
     env = {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
@@ -83,14 +91,15 @@ def start(
         "IMDB_JAX_HEARTBEAT_TIMEOUT": str(HEARTBEAT_S),
         "IMDB_JAX_INITIALIZATION_TIMEOUT": str(initialization_timeout),
         "IMDB_JAX_SHUTDOWN_TIMEOUT": "60",
+        **(env or {}),
     }
-    command = [sys.executable, "-m", "imdb_jax", *map(str, args)]
+    command = [sys.executable, *(program or ["-m", "imdb_jax"]), *map(str, args)]
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def start_pair(args: list[str], tmp_path: Path, compile_cache: Path) -> list[subprocess.Popen]:
+def start_pair(args: list[str], tmp_path: Path, compile_cache: Path, **options: Any) -> list[subprocess.Popen]:
     """Processes 0 and 1 of one run, 2 CPU devices each, each with its own data cache and
-    output folder."""
+    output folder (`options`: `start`'s `program` and `env`)."""
     port = free_port()
     return [
         start(
@@ -108,6 +117,7 @@ def start_pair(args: list[str], tmp_path: Path, compile_cache: Path) -> list[sub
             tmp_path / f"cache{rank}",
             compile_cache,
             devices=2,
+            **options,
         )
         for rank in range(2)
     ]
@@ -156,6 +166,103 @@ def test_a_study_over_two_processes_is_the_one_process_study(study_args, tmp_pat
             assert np.array_equal(ours[name], theirs[name]), name
     assert "wrote" in out0 and out1 == ""  # process 1 reports nothing and writes nothing
     assert not (tmp_path / "out1").exists()
+
+
+# `imdb-jax ARGV` whose process 0 (the one that writes checkpoints) kills itself with SIGKILL, as
+# `kill -9` would, right after the checkpoint of epoch $KILL_AFTER_EPOCH: a kill at a known point
+# of the run, not at a moment timing picks.
+KILLED_AFTER_EPOCH = """
+import os, signal, sys
+import jax
+from imdb_jax.train import checkpoints
+written, save = [0], checkpoints.save
+def save_then_die(*args, **kwargs):
+    save(*args, **kwargs)
+    written[0] += 1
+    if written[0] == int(os.environ["KILL_AFTER_EPOCH"]) and jax.process_index() == 0:
+        os.kill(os.getpid(), signal.SIGKILL)
+checkpoints.save = save_then_die
+from imdb_jax.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_two_process_study_killed_mid_run_resumes_to_the_uninterrupted_result(study_args, tmp_path, compile_cache):
+    """Only process 0 holds the checkpoint; process 1's output folder is a throw-away one, gone
+    with the kill. Resumed with 2 processes, every process must continue from process 0's state
+    (`checkpoints.load` broadcasts it), and the study ends bitwise where the uninterrupted one
+    does (the 2-process study is the 1-process one, bitwise: the test above)."""
+    args = [*study_args, "--epochs", "3"]
+    alone = start([*args, "--output", tmp_path / "alone"], tmp_path / "cache", compile_cache, devices=1)
+    status, _, err = finish(alone)
+    assert status == 0, err[-3000:]
+
+    # Both killed after the first epoch's checkpoint: process 0 kills itself once it is written,
+    # process 1 (which may be in the next epoch, or waiting for process 0 there) is killed at once.
+    # TMPDIR holds process 1's throw-away output folder, which a killed process cannot remove.
+    writer, other = start_pair(
+        args,
+        tmp_path,
+        compile_cache,
+        program=["-c", KILLED_AFTER_EPOCH],
+        env={"KILL_AFTER_EPOCH": "1", "TMPDIR": str(tmp_path)},
+    )
+    try:
+        writer.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        writer.kill()
+        pytest.fail(f"process 0 was not killed after the first epoch:\n{writer.communicate()[1][-3000:]}")
+    finally:
+        other.send_signal(signal.SIGKILL)
+        other.communicate()
+    assert writer.returncode == -signal.SIGKILL
+    checkpoint = json.loads((tmp_path / "out0" / "checkpoints" / "custom" / "run.json").read_text())
+    assert checkpoint["epochs_done"] == 1
+    assert not (tmp_path / "out1").exists()  # process 1 keeps no state of its own to resume from
+
+    pair = start_pair([*args, "--resume", "--json"], tmp_path, compile_cache)
+    (status0, out0, err0), (status1, out1, err1) = finish(pair[0]), finish(pair[1])
+    assert (status0, status1) == (0, 0), (err0[-3000:], err1[-3000:])
+    # Standard output is the JSON line alone, in process 0, and nothing in process 1: the
+    # collectives that broadcast the checkpoint announce their connections on stderr.
+    assert out1 == "" and len(out0.splitlines()) == 1 and json.loads(out0)["output"] == str(tmp_path / "out0")
+    expected = json.loads((tmp_path / "alone" / "study.json").read_text())
+    found = json.loads((tmp_path / "out0" / "study.json").read_text())
+    assert found["status"] == "done" and len(found["devices"]) == 4
+    assert without_timings(found) == without_timings(expected)  # every history and statistic, bit for bit
+    with (
+        np.load(tmp_path / "alone" / "model" / "params.npz") as ours,
+        np.load(tmp_path / "out0" / "model" / "params.npz") as theirs,
+    ):
+        assert sorted(ours.files) == sorted(theirs.files)
+        for name in ours.files:
+            assert np.array_equal(ours[name], theirs[name]), name
+    assert not (tmp_path / "out0" / "checkpoints").exists()
+
+    # Resumed again: the study is finished, as process 0 finds, and every process says so at once.
+    started = time.monotonic()
+    pair = start_pair([*args, "--resume"], tmp_path, compile_cache)
+    (status0, _, err0), (status1, _, err1) = finish(pair[0], timeout=120), finish(pair[1], timeout=120)
+    assert (status0, status1) == (2, 2), (err0[-3000:], err1[-3000:])
+    assert "already finished" in err0 and "already finished" in err1, (err0[-3000:], err1[-3000:])
+    assert time.monotonic() - started < 60
+
+
+def test_resuming_a_finished_train_run_stops_every_process(tmp_path, fake_aclimdb, compile_cache):
+    """Only process 0's output folder shows the run is finished: every process must stop (not
+    process 0 alone, leaving the other waiting in a collective until its timeout)."""
+    args = ["train", "--hidden-units", "4", "--epochs", "1", "--batch-size", "2", "--num-words", "20"]
+    args += ["--data-dir", str(fake_aclimdb), "--no-progress"]
+    pair = start_pair(args, tmp_path, compile_cache)
+    (status0, _, err0), (status1, _, err1) = finish(pair[0]), finish(pair[1])
+    # 3: finished, but no better than chance on six reviews in one epoch (the model is saved).
+    assert status0 == status1 and status0 in (0, 3), (err0[-3000:], err1[-3000:])
+    started = time.monotonic()
+    pair = start_pair([*args, "--resume"], tmp_path, compile_cache)
+    (status0, _, err0), (status1, _, err1) = finish(pair[0], timeout=120), finish(pair[1], timeout=120)
+    assert (status0, status1) == (2, 2), (err0[-3000:], err1[-3000:])
+    assert "already finished" in err0 and "already finished" in err1, (err0[-3000:], err1[-3000:])
+    assert time.monotonic() - started < 60
 
 
 def test_a_killed_process_ends_the_run_on_the_other(study_args, tmp_path, compile_cache):

@@ -182,11 +182,122 @@ def test_a_train_run_killed_at_a_random_epoch_resumes_to_the_uninterrupted_resul
 def test_resume_needs_an_output_folder(corpus):
     for name in ("study", "train"):
         extra = ["all"] if name == "study" else []
-        done = subprocess.run(
-            command(name, *extra, "--resume", "--data-dir", str(corpus["data"])),
-            env=corpus["env"],
-            capture_output=True,
-            text=True,
-            timeout=60,
+        for option in ("--resume", "--resume-anyway"):
+            done = subprocess.run(
+                command(name, *extra, option, "--data-dir", str(corpus["data"])),
+                env=corpus["env"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert done.returncode == 2 and f"{option} needs --output" in done.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# A checkpoint written under another JAX: refused by --resume, continued by --resume-anyway.
+
+# `imdb-jax ARGV` that kills itself (SIGKILL, as `kill -9` would) right after writing the
+# checkpoint of epoch $KILL_AFTER_EPOCH: a kill at a known point, not at a moment timing picks.
+# It asks for the command line's CPU devices before importing JAX, as `imdb-jax` does.
+KILLED_AFTER_EPOCH = """
+import os, signal, sys
+from imdb_jax.train.cpu_devices import use_every_core
+use_every_core()
+from imdb_jax.train import checkpoints
+written, save = [0], checkpoints.save
+def save_then_die(*args, **kwargs):
+    save(*args, **kwargs)
+    written[0] += 1
+    if written[0] == int(os.environ["KILL_AFTER_EPOCH"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+checkpoints.save = save_then_die
+from imdb_jax.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def as_if_written_under_another_jax(checkpoint: Path) -> None:
+    """Edits the JAX version the checkpoint records, in run.npz (what is read) and run.json."""
+    from imdb_jax.train import checkpoints
+
+    with np.load(checkpoint / checkpoints.ARRAYS) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    described = json.loads(str(arrays[checkpoints.DESCRIPTION]))
+    described["environment"]["jax"] = "0.0.1"
+    arrays[checkpoints.DESCRIPTION] = np.asarray(json.dumps(described))
+    np.savez(checkpoint / checkpoints.ARRAYS, **arrays)  # pyright: ignore[reportArgumentType]
+    (checkpoint / checkpoints.META).write_text(json.dumps(described))
+
+
+@pytest.mark.parametrize("name", ["train", "study"])
+def test_a_checkpoint_from_another_jax_is_refused_by_resume_and_continued_by_resume_anyway(corpus, name):
+    root, env = corpus["root"], corpus["env"]
+    spec = root / "anyway-specs.json"
+    spec.write_text(json.dumps([{"hidden_units": [8]}, {"hidden_units": [4], "dropout_rate": 0.3}]))
+    options = {
+        "train": ["--hidden-units", "8", "--dropout", "0.2", "--validation", "100"],
+        "study": ["--spec", str(spec), "--seeds", "2", "--validation", "100"],
+    }[name]
+
+    def args(output: Path, *extra: str) -> list[str]:
+        return [
+            name,
+            *options,
+            "--epochs",
+            "4",
+            "--batch-size",
+            "32",
+            "--data-dir",
+            str(corpus["data"]),
+            "--no-progress",
+            "--output",
+            str(output),
+            *extra,
+        ]
+
+    killed = root / f"anyway-{name}"
+    checkpoint = killed / ("checkpoint" if name == "train" else "checkpoints/custom")
+    died = subprocess.run(
+        [sys.executable, "-c", KILLED_AFTER_EPOCH, *args(killed)],
+        env={**env, "KILL_AFTER_EPOCH": "2"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert died.returncode == -signal.SIGKILL, died.stderr[-3000:]
+    environment = json.loads((checkpoint / "run.json").read_text())["environment"]
+    as_if_written_under_another_jax(checkpoint)
+
+    refused = subprocess.run(command(*args(killed, "--resume")), env=env, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    lines = refused.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"imdb-jax {name}: error: "), refused.stderr[-3000:]
+    assert "written under jax 0.0.1" in lines[0] and "--resume-anyway" in lines[0]
+    assert f"jaxlib {environment['jaxlib']}, cpu, {environment['devices']} device(s), this is jax " in lines[0]
+    assert json.loads((checkpoint / "run.json").read_text())["epochs_done"] == 2  # left as it was
+
+    anyway = subprocess.run(
+        command(*args(killed, "--resume-anyway", "--json")), env=env, capture_output=True, text=True, timeout=300
+    )
+    assert anyway.returncode == 0, anyway.stderr[-3000:]
+    whole = subprocess.run(
+        command(*args(root / f"anyway-{name}-whole", "--json")), env=env, capture_output=True, text=True, timeout=300
+    )
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    got, want = (strip_timings(json.loads(done.stdout.splitlines()[-1])) for done in (anyway, whole))
+    for summary in (got, want):
+        summary.pop("plots", None)  # pyright: ignore[reportCallIssue]
+    assert got == want
+    if name == "study":
+        finished, reference = (
+            json.loads((folder / "study.json").read_text()) for folder in (killed, root / f"anyway-{name}-whole")
         )
-        assert done.returncode == 2 and "--resume needs --output" in done.stderr
+        assert finished["status"] == "done" and strip_timings(finished) == strip_timings(reference)
+    model = "model" if name == "study" else "."
+    with (
+        np.load(killed / model / "params.npz") as got_params,
+        np.load(root / f"anyway-{name}-whole" / model / "params.npz") as want_params,
+    ):
+        assert sorted(got_params.files) == sorted(want_params.files)
+        assert all(np.array_equal(got_params[key], want_params[key]) for key in want_params.files)
+    assert not checkpoint.exists()

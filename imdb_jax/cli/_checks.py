@@ -117,8 +117,33 @@ def add_overwrite_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_resume_anyway_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--resume-anyway",
+        action="store_true",
+        help="--resume, also from a checkpoint written under another JAX or jaxlib version, backend or device "
+        "count, which --resume refuses: the result may then differ from the uninterrupted one by float rounding",
+    )
+
+
+def resume_mode(args: argparse.Namespace, what: str) -> bool | str:
+    """`--resume` and `--resume-anyway` (which implies it) as `fit_variants`' `resume`: False,
+    True, or "force" (continue a checkpoint written under another JAX, jaxlib, backend or device
+    count). `what` names the folder's contents in the message when --output is missing."""
+    option = "--resume-anyway" if args.resume_anyway else "--resume" if args.resume else None
+    if option is None:
+        return False
+    if not args.output:
+        raise ImdbJaxError(f"{option} needs --output: the folder of the {what} to continue")
+    if args.overwrite:
+        raise ImdbJaxError(
+            f"{option} and --overwrite contradict each other: {option} continues the run in --output, --overwrite starts a new one there"
+        )
+    return "force" if args.resume_anyway else True
+
+
 @contextlib.contextmanager
-def output_folder(path: str | Path, *, resume: bool = False, overwrite: bool = False) -> Iterator[Output]:
+def output_folder(path: str | Path, *, resume: bool | str = False, overwrite: bool = False) -> Iterator[Output]:
     """Claims the `--output` folder before any work: one writer at a time, one run per folder.
 
     - an absent or empty folder is created, proved writable and written in place;
@@ -156,7 +181,7 @@ def output_folder(path: str | Path, *, resume: bool = False, overwrite: bool = F
 
 
 @contextlib.contextmanager
-def _claimed(path: Path, staging: Path, *, resume: bool, overwrite: bool) -> Iterator[Output]:
+def _claimed(path: Path, staging: Path, *, resume: bool | str, overwrite: bool) -> Iterator[Output]:
     """The body of `output_folder`, with the lock held."""
     if resume:
         work = staging if staging.is_dir() else path  # a killed --overwrite run lives in its staging folder

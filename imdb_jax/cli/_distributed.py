@@ -4,7 +4,9 @@ processes or hosts (`imdb_jax.train.distributed`).
 Every process runs the same command with the same options but its own `--process-id`; each
 reads the data itself. Process 0 prints and writes the output folder; the others train their
 share of the variants silently, writing nothing but a throw-away folder that is removed at the
-end. Every process exits with the same status when they all reach the end; when one is lost
+end. `--resume` needs nothing from the others' folders: process 0 reads the checkpoint and
+broadcasts it (`imdb_jax.train.checkpoints`), and so its answer to "is the run already
+finished?" (`imdb_jax.train.distributed.process_0s`). Every process exits with the same status when they all reach the end; when one is lost
 (killed, its host down), the others stop at their next exchange with it, or at the latest when its
 heartbeats have been missing for the heartbeat timeout (`imdb_jax.train.distributed`).
 """
@@ -81,7 +83,7 @@ def distributed_command(run: Callable[..., int]) -> Callable[..., int]:
             except Exception:
                 distributed.agree_status(CRASHED)
                 raise
-        agreed = distributed.agree_status(status)
+        agreed = distributed.agree_status(status, finished=True)  # such as train's 3: no failure to stop the others for
         if agreed != status:
             print(
                 f"imdb-jax {args.command}: error: another process of the run failed (exit status {agreed})",

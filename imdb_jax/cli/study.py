@@ -73,8 +73,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="continue the killed study in --output from its last finished epoch (same command otherwise); the result is the uninterrupted one",
+        help="continue the killed study in --output from its last finished epoch (same command otherwise); the result is the "
+        "uninterrupted one (a checkpoint written under another JAX or jaxlib version, backend or device count is refused)",
     )
+    checks.add_resume_anyway_option(parser)
     parser.add_argument(
         "--patience",
         type=int,
@@ -106,8 +108,7 @@ def _checked_variants(args: argparse.Namespace) -> list:
             "--patience needs a number >= 0: epochs without a lower validation loss before a variant stops"
         )
     check_data_options(args)
-    if args.resume and not args.output:
-        raise ImdbJaxError("--resume needs --output: the folder of the study to continue")
+    args.resume = checks.resume_mode(args, "study")  # False, True or "force" (--resume-anyway)
     if not args.experiments and not args.spec:
         raise ImdbJaxError(
             "name at least one experiment (units, layers, epochs, regularization, dropout or all) or pass --spec FILE"

@@ -89,8 +89,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="continue the killed run in --output from its last finished epoch (same command otherwise); the result is the uninterrupted one",
+        help="continue the killed run in --output from its last finished epoch (same command otherwise); the result is the "
+        "uninterrupted one (a checkpoint written under another JAX or jaxlib version, backend or device count is refused)",
     )
+    checks.add_resume_anyway_option(parser)
     checks.add_overwrite_option(parser)
     add_data_options(parser)
     add_distributed_options(parser)
@@ -133,8 +135,7 @@ def _checked_config(args: argparse.Namespace) -> Any:
         )
     if args.patience is not None and (args.patience < 0 or not args.validation):
         raise ImdbJaxError("--patience needs a number >= 0 and --validation N: it watches the validation loss")
-    if args.resume and not args.output:
-        raise ImdbJaxError("--resume needs --output: the folder of the run to continue")
+    args.resume = checks.resume_mode(args, "run")  # False, True or "force" (--resume-anyway)
     with checks.options_named():
         config = ModelConfig(
             num_words=args.num_words,
@@ -188,12 +189,19 @@ def _cell(value: float) -> str:
 
 @distributed_command
 def _run(args: argparse.Namespace, config: Any) -> int:
+    # Deferred: imdb_jax.train.distributed imports JAX (~1.3 s), loaded already here (the run has
+    # been joined) but never by --help or an option error.
+    from imdb_jax.train import distributed
+
     with checks.output_folder(
         args.output or default_output("train"), resume=args.resume, overwrite=args.overwrite
     ) as output:
-        if args.resume and not (output.work / CHECKPOINT).exists() and (output.work / "model.json").exists():
+        finished = not (output.work / CHECKPOINT).exists() and (output.work / "model.json").exists()
+        # Across processes only process 0's output folder is the run's: every process stops if it is done.
+        if args.resume and distributed.process_0s(finished):
+            where = output.path if distributed.is_main() else "process 0's output folder"
             raise ImdbJaxError(
-                f"the run in {output.path} is already finished (a saved model, no checkpoint): nothing to resume"
+                f"the run in {where} is already finished (a saved model, no checkpoint): nothing to resume"
             )
         return _train(args, config, output)
 

@@ -149,7 +149,7 @@ def run_study(
     progress: bool = True,
     retrain: bool = True,
     figures: bool = True,
-    resume: bool = False,
+    resume: bool | str = False,
     log_dir: str | Path | None = None,
     patience: int | None = None,
 ) -> StudyResult:
@@ -179,7 +179,8 @@ def run_study(
       resume: continue a study that was killed: every run (and the retrain) checkpoints its
         state after every epoch in `output_dir/checkpoints/`, and with `resume` each picks up
         where its checkpoint stopped; the finished study is bitwise the uninterrupted one (all
-        but its timings).
+        but its timings). A checkpoint written under another JAX, jaxlib, backend or device
+        count is refused unless `resume="force"` (the CLI's --resume-anyway).
       log_dir: also write TensorBoard logs there (`imdb_jax.tensorboard`): one run folder per
         trained copy (variant and seed) as it trains, and the retrained model's under
         `retrain/` once it is done.
@@ -198,6 +199,7 @@ def run_study(
     # Deferred: JAX (~1.3 s) loads when a study runs; imdb-jax --help imports this module and stays fast.
     import jax
 
+    from imdb_jax.train import distributed
     from imdb_jax.train.variants import fit_variants
 
     started = time.perf_counter()
@@ -220,8 +222,10 @@ def run_study(
         output_dir = writable_folder(output_dir)
     except OSError as error:
         raise ImdbJaxError(f"cannot write the study to {output_dir}: {error.strerror or error}") from None
-    if resume and _finished(output_dir):
-        raise ImdbJaxError(f"the study in {output_dir} is already finished: nothing to resume")
+    # Across processes only process 0's output folder is the study's: every process stops if it is done.
+    if resume and distributed.process_0s(_finished(output_dir)):
+        where = output_dir if distributed.is_main() else "process 0's output folder"
+        raise ImdbJaxError(f"the study in {where} is already finished: nothing to resume")
 
     membership = [[name for name, indices in members.items() if index in indices] for index in range(len(specs))]
     histories: list[dict[str, list]] = [{} for _ in replicas]
@@ -370,7 +374,9 @@ def _finished(output_dir: Path) -> bool:
         return False
 
 
-def _retrain(spec, leader, data, output_dir, batch_size, shuffle_seed, first_layer, progress, resume=False):
+def _retrain(
+    spec, leader, data, output_dir, batch_size, shuffle_seed, first_layer, progress, resume: bool | str = False
+):
     """The best variant trained afresh (its own seed) for the epoch count where its mean
     validation loss is lowest, on every training review."""
     # Deferred: JAX (~1.3 s) loads when a study runs; imdb-jax --help imports this module and stays fast.

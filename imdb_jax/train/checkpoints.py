@@ -31,10 +31,10 @@ from typing import Any
 import jax
 import jaxlib
 import numpy as np
-from jax.experimental import multihost_utils
 
 from imdb_jax.atomic import atomic_write, json_bytes
 from imdb_jax.errors import ImdbJaxError
+from imdb_jax.train import distributed
 from imdb_jax.train.loop import fetch
 from imdb_jax.train.steps import FusedState
 
@@ -163,12 +163,11 @@ def _read_on_process_0(file: Path) -> bytes | OSError | None:
             data = error
     if jax.process_count() == 1:
         return data
-    size = -1 if data is None else -2 if isinstance(data, OSError) else len(data)
-    size = int(multihost_utils.broadcast_one_to_all(np.asarray(size, np.int32)))
+    size = distributed.process_0s(-1 if data is None else -2 if isinstance(data, OSError) else len(data))
     if size < 0:
         return data if jax.process_index() == 0 else None if size == -1 else OSError(f"process 0 cannot read {file}")
     buffer = np.frombuffer(data, np.uint8) if isinstance(data, bytes) else np.zeros(size, np.uint8)
-    return np.asarray(multihost_utils.broadcast_one_to_all(buffer)).tobytes()
+    return distributed.from_process_0(buffer).tobytes()
 
 
 def load(

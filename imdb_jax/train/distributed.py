@@ -18,7 +18,8 @@ Failure is bounded, never a hang (the numbers below are this module's defaults):
   0 (the coordinator) dies, the others end at once;
 - a process that fails with an error posts its exit status; its peers stop at their next gather
   instead of waiting for it, and every process leaves with the same status (`agree_status`); a
-  process that finished waits at most `shutdown_timeout` (120 s) for the others' statuses.
+  process that finished waits at most `shutdown_timeout` (120 s) for the others' statuses (one
+  that finished with a status of its command's own, such as `imdb-jax train`'s 3, stops no one).
 
 In a single process (no arguments and no cluster launcher detected) none of this runs: `gather`
 is `jax.device_get` and `place` is `jax.device_put`.
@@ -26,10 +27,12 @@ is `jax.device_get` and `place` is `jax.device_put`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -47,6 +50,10 @@ TIMEOUTS = {"initialization": 120, "heartbeat": 60, "shutdown": 120}
 CLUSTER_PROCESS_COUNTS = {"slurm": "SLURM_NTASKS", "open mpi": "OMPI_COMM_WORLD_SIZE"}
 
 _STATUS_KEY = "imdb_jax/exit_status/"
+# Marks the status of a process that got to the end of its command (`agree_status(finished=True)`),
+# whatever the status: no reason for the others to stop (`_check_peers`), since it joined every
+# collective of the run.
+_FINISHED = "finished "
 
 
 class LostProcess(ImdbJaxError):
@@ -165,19 +172,32 @@ def initialize(
 
 def _connect_devices() -> None:
     """One collective over every device, so that the processes' devices are connected before
-    anything else runs. The CPU collectives (Gloo) announce their connections on the process's
-    standard output, which belongs to the command's report or JSON line: they go to stderr."""
+    anything else runs (its announcements go to stderr: `collective_output_to_stderr`)."""
     devices = jax.devices()
     mesh = jax.sharding.Mesh(np.array(devices), ("all",))
     ones = place(np.ones(len(devices), np.int32), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("all")))
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    with collective_output_to_stderr():
+        joined = int(_gather_leaf(jax.jit(lambda values: values.sum(), out_shardings=replicated)(ones)))
+    if joined != len(devices):
+        raise ImdbJaxError(f"only {joined} of the run's {len(devices)} devices answered")
+
+
+@contextlib.contextmanager
+def collective_output_to_stderr() -> Iterator[None]:
+    """Points the process's standard output (file descriptor 1) at stderr meanwhile.
+
+    The CPU collectives (Gloo) announce every new connection between processes' devices ("[Gloo]
+    Rank 1 is connected to 1 peer ranks ...") on file descriptor 1, which belongs to the
+    command's report or JSON line: wrap any collective over a set of devices not connected yet
+    (the first over all devices, `from_process_0`'s one per process), and let it end only once
+    every local device has finished its part.
+    """
     sys.stdout.flush()
     saved = os.dup(1)
     try:
         os.dup2(2, 1)
-        joined = int(_gather_leaf(jax.jit(lambda values: values.sum(), out_shardings=replicated)(ones)))
-        if joined != len(devices):
-            raise ImdbJaxError(f"only {joined} of the run's {len(devices)} devices answered")
+        yield
     finally:
         os.dup2(saved, 1)
         os.close(saved)
@@ -289,7 +309,7 @@ def _check_peers() -> None:
     except Exception:  # the coordinator is gone; the collective will say so
         return
     for key, value in posted:
-        if value.strip() not in ("", "0"):
+        if value.strip() not in ("", "0") and not value.startswith(_FINISHED):
             process = key.rsplit("/", 1)[-1]
             raise ImdbJaxError(
                 f"process {process} of the run failed (exit status {value.strip()}); stopping this one too"
@@ -316,17 +336,68 @@ def place(tree: Any, sharding: jax.sharding.Sharding) -> Any:
     return jax.tree_util.tree_map(lambda leaf: _place_leaf(leaf, sharding), tree)
 
 
+def from_process_0(value: np.ndarray) -> np.ndarray:
+    """Process 0's `value`, in every process: a host array of the same shape and dtype in each
+    (what the others pass is ignored).
+
+    Unlike `multihost_utils.broadcast_one_to_all` (whose answer is read from one local device
+    while the collectives of the others may still be connecting, and announcing it on the
+    command's standard output), it goes through one device per process, and every connection
+    is made and announced on stderr before it returns. A collective: every process must call
+    it. In one process, `value` itself.
+    """
+    value = np.asarray(value)
+    count = jax.process_count()
+    if count == 1:
+        return value
+    _check_peers()
+    devices = [
+        min((device for device in jax.devices() if device.process_index == index), key=lambda d: d.id)
+        for index in range(count)
+    ]
+    mesh = jax.sharding.Mesh(np.array(devices), ("processes",))
+    mine = value if jax.process_index() == 0 else np.zeros_like(value)
+    spread = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("processes"))
+    stacked = jax.make_array_from_single_device_arrays(
+        (count, *value.shape), spread, [jax.device_put(mine[None], devices[jax.process_index()])]
+    )
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    try:
+        with collective_output_to_stderr():
+            total = jax.jit(lambda rows: rows.sum(axis=0, dtype=rows.dtype), out_shardings=replicated)(stacked)
+            return np.asarray(total.addressable_data(0))  # zeros added to process 0's value: the value itself
+    except jax.errors.JaxRuntimeError as error:
+        raise LostProcess(
+            f"lost another process of the run (it stopped, failed or was killed): {_first_line(error)}"
+        ) from None
+
+
+def process_0s(value: int) -> int:
+    """Process 0's `value` (a small integer: a flag, a count), in every process.
+
+    For a decision taken from files only process 0 has (the others' output folders are
+    throw-away ones, `imdb_jax.cli._distributed`), so that every process takes it alike: one
+    raising an error while the others wait for it in a collective would leave them hanging until
+    the collectives' timeouts. A collective: every process must call it (`from_process_0`).
+    """
+    return int(from_process_0(np.asarray(value, np.int32)))
+
+
 # ---------------------------------------------------------------------------------------------
 # Ending together.
 
 
-def agree_status(status: int, wait: float | None = None) -> int:
+def agree_status(status: int, wait: float | None = None, *, finished: bool = False) -> int:
     """The exit status every process leaves with: this process's `status` if it is non-zero,
     else the first non-zero status of another process (0 when every one succeeded).
 
     Each process posts its status to the coordination service and reads the others', waiting
     at most `wait` seconds (default: the shutdown timeout) for each; a process that has not
     answered by then counts as failed (status 1). In one process, `status` itself.
+
+    `finished`: this process got to the end of its command, and `status` is the command's own
+    (such as `imdb-jax train`'s 3, "did not learn"): the others go on to their own end rather
+    than stopping as they do for a failure.
     """
     status = int(status)
     wait = timeout("shutdown", wait)
@@ -335,7 +406,7 @@ def agree_status(status: int, wait: float | None = None) -> int:
     client = _client()
     me = jax.process_index()
     try:
-        client.key_value_set(f"{_STATUS_KEY}{me}", str(status))  # pyright: ignore[reportOptionalMemberAccess]
+        client.key_value_set(f"{_STATUS_KEY}{me}", f"{_FINISHED if finished else ''}{status}")  # pyright: ignore[reportOptionalMemberAccess]
     except Exception:  # the coordinator is gone: the run has failed
         return status or 1
     if status:
@@ -344,7 +415,8 @@ def agree_status(status: int, wait: float | None = None) -> int:
         if other == me:
             continue
         try:
-            theirs = int(client.blocking_key_value_get(f"{_STATUS_KEY}{other}", wait * 1000))  # pyright: ignore[reportOptionalMemberAccess]
+            posted = client.blocking_key_value_get(f"{_STATUS_KEY}{other}", wait * 1000)  # pyright: ignore[reportOptionalMemberAccess]
+            theirs = int(posted.removeprefix(_FINISHED))
         except Exception:
             return 1
         if theirs:

@@ -35,7 +35,7 @@ def fit(
     progress: bool = True,
     restore_best: bool = False,
     checkpoint_dir: Any = None,
-    resume: bool = False,
+    resume: bool | str = False,
     patience: int | None = None,
     min_delta: float = 0.0,
     start_from_epoch: int = 0,
@@ -62,7 +62,8 @@ def fit(
       restore_best: return the weights of the epoch with the lowest validation loss (Keras'
         `EarlyStopping(restore_best_weights=True)`); default False: the last epoch's weights.
       checkpoint_dir, resume: save the run after every epoch / continue a killed run, as in
-        `fit_variants`.
+        `fit_variants` (`resume="force"`: also from a checkpoint written under another JAX,
+        jaxlib, backend or device count).
       patience, min_delta, start_from_epoch: Keras' `EarlyStopping` on the validation loss,
         as in `fit_variants` (the history then ends at the epoch it stopped after).
       log_dir: a folder for TensorBoard (one run: its curves and settings).
