@@ -423,15 +423,16 @@ def extra_study_targets(reporter, args, data, workdir, timing, keras_s, cited) -
         both = epoch_seconds(timing["warm"][-1])
         _, pinned = time_variant(args, data, workdir, cache, pin=True)
         one = epoch_seconds(pinned)
-        reporter.emit(
-            "training_seconds",
-            "imdb-jax " + " ".join(command_words("study", args)) + " (taskset -c 0)",
-            {"cores": 1},
-            **clocks.summarize([one]),
-            both_cores_s=both,
-            compile_s=json_figures("study", pinned)["compile_s"],
-            note="training seconds without compiling (the --json runs' train_s), one process pinned to core 0, vs the last warm run on both",
-        )
+        if one is not None:
+            reporter.emit(
+                "training_seconds",
+                "imdb-jax " + " ".join(command_words("study", args)) + " (taskset -c 0)",
+                {"cores": 1},
+                **clocks.summarize([one]),
+                both_cores_s=both,
+                compile_s=json_figures("study", pinned)["compile_s"],
+                note="training seconds without compiling (the --json runs' train_s), one process pinned to core 0, vs the last warm run on both",
+            )
         reporter.target(
             "study all training epochs >= 1.7x faster on both cores than pinned to one (taskset -c 0)",
             value=None if not both or not one else one / both,
