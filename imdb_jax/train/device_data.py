@@ -88,8 +88,10 @@ def _part(x: sp.csr_matrix, rows: int, nonzeros: int, binary: bool) -> CSRPart:
     if not binary:
         values = np.zeros(nonzeros, np.float32)
         values[: x.data.size] = x.data
-        values = jnp.asarray(values)
-    return CSRPart(jnp.asarray(indptr), jnp.asarray(indices), jnp.asarray(lengths), values)
+        values = jax.device_put(values)
+    # jax.device_put, not jnp.asarray: the latter compiles a small copy program per shape, each
+    # traced and looked up again on a warm start.
+    return CSRPart(jax.device_put(indptr), jax.device_put(indices), jax.device_put(lengths), values)
 
 
 def to_device(split: Any, dense_words: int = 0, *, bucket_sizes: int = 0) -> DeviceReviews:
@@ -122,8 +124,8 @@ def to_device(split: Any, dense_words: int = 0, *, bucket_sizes: int = 0) -> Dev
     padded_labels[: labels.size] = labels
     return DeviceReviews(
         *parts,
-        labels=jnp.asarray(padded_labels),
-        real_rows=jnp.asarray(x.shape[0], jnp.int32),  # pyright: ignore[reportOptionalSubscript]
+        labels=jax.device_put(padded_labels),
+        real_rows=jax.device_put(np.int32(x.shape[0])),  # pyright: ignore[reportOptionalSubscript]
         num_words=num_words,
         dense_words=dense_words,
     )
@@ -147,7 +149,7 @@ def epoch_rows(num_rows: int, batch_size: int, key: jax.Array | None = None) -> 
         num_batches = math.ceil(num_rows / batch_size)
         padded = np.full(num_batches * batch_size, num_rows, np.int32)
         padded[:num_rows] = np.arange(num_rows, dtype=np.int32)
-        return jnp.asarray(padded.reshape(num_batches, batch_size))
+        return jax.device_put(padded.reshape(num_batches, batch_size))
     return _shuffled_rows(key, num_rows=num_rows, batch_size=batch_size)
 
 
