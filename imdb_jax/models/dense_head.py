@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import numpy as np
 
 from imdb_jax.data.csr import checked_csr
@@ -44,9 +45,6 @@ def choose_dense_words(first_layer: str | int, x: Any, backend: str | None = Non
     if first_layer != "auto":
         return num_words if first_layer == "dense" else 0
     if backend is None:
-        # Deferred: JAX (~1.3 s) only to name the default backend; the rest of this module needs no JAX.
-        import jax
-
         backend = jax.default_backend()
     share = HEAD_SHARE.get(backend)
     if share is None:

@@ -71,11 +71,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
 from imdb_jax import __version__
 from imdb_jax.atomic import write_json
 from imdb_jax.errors import ImdbJaxError
+from imdb_jax.saved.ensemble import ENSEMBLE_FILE, EnsembleModel, EnsembleRows, save_ensemble
+from imdb_jax.saved.model_folder import MODEL_FILE, SavedModel, save_model
+from imdb_jax.train.fit import evaluate
+from imdb_jax.train.variants import fit_variants
 from imdb_jax.tune.report import write_report
 from imdb_jax.tune.search import (
     SHUFFLE_SEED,
@@ -159,10 +164,6 @@ def tune(
     """
     space = resolve_budget(budget)
     if output_dir is not None:
-        # Deferred: these import JAX (~1.3 s), loaded when a search runs, not with this module.
-        from imdb_jax.saved.ensemble import ENSEMBLE_FILE
-        from imdb_jax.saved.model_folder import MODEL_FILE
-
         for name in (MODEL_FILE, ENSEMBLE_FILE):
             if (Path(output_dir) / name).exists():  # said now, not after minutes of training
                 raise ImdbJaxError(f"{output_dir} already holds a model ({name}); write to another folder")
@@ -247,13 +248,6 @@ def _retrain(
 ):
     """Trains the chosen variants on all training reviews (features refitted, ``held_out=0``),
     one fused run per feature set. Returns (model, test rows, test labels, retrained records)."""
-    # Deferred: these import JAX (~1.3 s), loaded when a search runs, not with this module.
-    import jax
-
-    from imdb_jax.saved.ensemble import EnsembleModel
-    from imdb_jax.saved.model_folder import SavedModel
-    from imdb_jax.train.variants import fit_variants
-
     groups: dict[FeatureSet, list[int]] = {}
     for position, (index, _) in enumerate(chosen):
         groups.setdefault(candidates[index].features, []).append(position)
@@ -303,9 +297,6 @@ def _retrain(
         del data
     if len(chosen) == 1:
         return members[0], test_matrices[0], test_labels, retrained
-    # Deferred: these import JAX (~1.3 s), loaded when a search runs, not with this module.
-    from imdb_jax.saved.ensemble import EnsembleRows
-
     model = EnsembleModel(tuple(members), np.asarray([weight for _, weight in chosen]))
     rows = EnsembleRows(tuple(test_matrices), tuple(member_matrix))
     return model, rows, test_labels, retrained
@@ -313,10 +304,6 @@ def _retrain(
 
 def _score(model: Any, rows: Any, labels: np.ndarray) -> dict[str, float]:
     """{"loss", "accuracy", "count"} on the test reviews, by the code ``imdb-jax evaluate`` runs."""
-    # Deferred: these import JAX (~1.3 s), loaded when a search runs, not with this module.
-    from imdb_jax.saved.ensemble import EnsembleModel
-    from imdb_jax.train.fit import evaluate
-
     if isinstance(model, EnsembleModel):
         metrics = model.evaluate_rows(rows, labels)
     else:
@@ -349,10 +336,6 @@ def _summary(space, candidates, choice, retrained, metrics, picked, loaded) -> d
 
 def _write_model(folder: Path, model: Any, retrained: list[dict[str, Any]], summary: dict[str, Any]) -> Path:
     """The model folder (a single model's files, or an ensemble's) with its metrics."""
-    # Deferred: these import JAX (~1.3 s), loaded when a search runs, not with this module.
-    from imdb_jax.saved.ensemble import EnsembleModel, save_ensemble
-    from imdb_jax.saved.model_folder import save_model
-
     metrics = {
         "test_accuracy": summary["test_accuracy"],
         "test_loss": summary["test_loss"],

@@ -10,12 +10,15 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
 import numpy as np
 
 from imdb_jax.data.features import check_settings
 from imdb_jax.data.imdb import load_imdb
 from imdb_jax.errors import ImdbJaxError
+from imdb_jax.saved.ensemble import binary_metrics
 from imdb_jax.specs import VariantSpec
+from imdb_jax.train.variants import fit_variants
 
 LEARNING_RATE_SCALE = {"binary": 1.0, "nb": 1.0, "tfidf": 10.0}
 SHUFFLE_SEED = 0
@@ -314,11 +317,6 @@ def train_candidates(
     progress: bool,
 ) -> tuple[list[Candidate], list[np.ndarray]]:
     """One fused run of ``specs``; each variant's validation figures and probabilities at its best epoch."""
-    # Deferred: these import JAX (~1.3 s), loaded when a search runs, not with this module.
-    import jax
-
-    from imdb_jax.train.variants import fit_variants
-
     result = fit_variants(
         specs,
         train,
@@ -367,9 +365,6 @@ def select(
       labels: float64[validation] the validation labels.
       space: for ``ensemble_size`` and ``max_feature_sets``.
     """
-    # Deferred: imdb_jax.saved.ensemble imports JAX (~1.3 s), loaded when a search runs, not with this module.
-    from imdb_jax.saved.ensemble import binary_metrics
-
     alive = [index for index, candidate in enumerate(candidates) if candidate.best_epoch is not None]
     if not alive:
         raise ImdbJaxError("every variant of the search diverged; nothing to choose")
