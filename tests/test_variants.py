@@ -134,6 +134,33 @@ def test_a_variant_does_not_depend_on_its_company(together):
         assert_bitwise(result, index, reference, together.histories[1])
 
 
+def test_a_variant_is_its_own_in_a_big_block_of_its_own_shape_and_with_a_chunked_bag():
+    """Issue 16: the target among 9 others of its shape and settings (one block of 10, so the
+    block's batched contractions run at size 10), on a split big enough that the bag takes
+    several chunks at the capacity training really uses; bitwise the target alone."""
+    from imdb_jax.models import layers
+    from imdb_jax.train.device_data import to_device
+    from imdb_jax.train.loop import EpochPlan
+
+    big = tiny_reviews(900, seed=3)
+    options = {"epochs": 2, "batch_size": 300, "progress": False}
+    target = SPECS[1]  # (8, 8) with L1
+    alone = fit_variants([target], big, VALIDATION, **options)
+    crowd = [
+        VariantSpec((8, 8), l1=0.01 * (1 + index % 3), learning_rate=1e-3 * (1 + index % 2), seed=300 + index)
+        for index in range(9)
+    ]
+    specs = crowd[:4] + [target] + crowd[4:]
+    together = fit_variants(specs, big, VALIDATION, **options)
+    shard, slot = together._where(4)
+    (block,) = [block for block in together.layout.blocks if block.start <= slot < block.start + block.size]
+    assert block.size == 10 and block.hidden_units == (8, 8)
+    # The capacity the training epochs cut batches at, and the chunks the bag takes there.
+    capacity = EpochPlan(to_device(big), options["batch_size"], shuffle=True).capacity[1]
+    assert capacity // layers.bag_chunk(capacity) >= 2
+    assert_bitwise(together, 4, alone.state(0), alone.histories[0])
+
+
 def test_layout_puts_first_layers_side_by_side_without_padding(together):
     layout = together.layout
     # Blocks: one per (widths, dropout or not, penalty or not), each exactly as wide as its members.
