@@ -235,7 +235,13 @@ class VariantsResult:
             raise ImdbJaxError("best weights are kept only when training had validation data")
         shard, slot = self._where(index)
         source = self.fused.params if weights == "last" else self.fused.best_params
-        host = fetch(jax.tree_util.tree_map(lambda leaf: leaf[shard], (source, self.fused.opt_state.nu)))
+        tree = (source, self.fused.opt_state.nu)
+        # One shard is fetched whole: indexing on the device would compile a small program per
+        # leaf shape, traced and looked up again on every warm start.
+        if self.fused.alive.shape[0] == 1:
+            host = jax.tree_util.tree_map(lambda leaf: leaf[0], fetch(tree))
+        else:
+            host = fetch(jax.tree_util.tree_map(lambda leaf: leaf[shard], tree))
         params = take_variant(host[0], self.layout, slot)
         nu = take_variant(host[1], self.layout, slot)
         step = int(fetch(self.fused.step)[shard])
