@@ -144,3 +144,17 @@ def test_early_stopping_candidates_match_grid_search_cv(searches):
     _assert_same_results(fused.cv_results_, plain.cv_results_)
     assert len(stopped) == 2 and all(epoch is not None for epoch in stopped[0] + stopped[1])  # all stopped early
     assert any(len(set(epochs)) > 1 for epochs in stopped)  # at different epochs within one run
+
+
+def test_verbose_shows_each_fused_runs_epochs_and_quiet_shows_nothing(capsys):
+    x, y = _words(rows=120)
+    grid = {"hidden_units": [(8,), (4, 4)]}
+    FusedGridSearchCV(BASE, grid, cv=2, verbose=1).fit(x, y)
+    err = capsys.readouterr().err
+    # Off a terminal, one line per epoch of each fold's fused run, named by its split.
+    for split in (1, 2):
+        assert f"grid split {split}/2" in err
+    assert err.count("epoch") >= 2 * BASE.epochs and "\r" not in err
+    FusedGridSearchCV(BASE, grid, cv=2).fit(x, y)
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out == ""

@@ -97,7 +97,9 @@ class FusedGridSearchCV(GridSearchCV):
                     seed = resolve_seed(estimator.random_state)
                 runs[estimator.run_key(seed)].append(index)
             for key, members in runs.items():
-                seconds, errors = self._fused_run([estimators[i] for i in members], x_train, y_train, key[0])
+                seconds, errors = self._fused_run(
+                    [estimators[i] for i in members], x_train, y_train, key[0], f"split {split + 1}/{n_splits}"
+                )
                 for index, error in zip(members, errors):
                     record = {
                         "fit_time": seconds / len(members),
@@ -143,9 +145,10 @@ class FusedGridSearchCV(GridSearchCV):
         return self
 
     def _fused_run(
-        self, estimators: list[SparseMLPClassifier], x: Any, y: Any, seed: int
+        self, estimators: list[SparseMLPClassifier], x: Any, y: Any, seed: int, label: str = ""
     ) -> tuple[float, list[str | None]]:
-        """Fits `estimators` (of equal `run_key`s) in one `fit_variants` run, in place.
+        """Fits `estimators` (of equal `run_key`s) in one `fit_variants` run, in place; with
+        `verbose`, its epochs show as a progress bar on stderr named by `label`.
 
         Returns:
           The run's seconds and, per estimator, its error as text (None: fitted). Invalid
@@ -183,8 +186,8 @@ class FusedGridSearchCV(GridSearchCV):
                 data.validation,
                 shuffle_seed=seed,
                 devices=jax.devices()[:1],  # where fit trains: the same numbers
-                progress=False,
-                description="grid",
+                progress=self.verbose > 0,
+                description=f"grid {label}".strip(),
                 **options,
             )
             for position, index in enumerate(members):
