@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import math
 import shutil
 import sys
+import threading
 import time
 from typing import Any
 
@@ -208,9 +210,12 @@ def _run(args: argparse.Namespace, config: Any) -> int:
 
 def _train(args: argparse.Namespace, config: Any, output: checks.Output) -> int:
     checks.enable_compile_cache(args)
-    # Deferred: matplotlib (~0.4 s) and JAX (~1.3 s) load only once the options are checked and the
-    # output folder claimed, so --help and option errors stay fast.
-    from imdb_jax.plots import plot_history
+    # Matplotlib (~0.6 s of imports, needed only for the plots at the end) loads on a thread of its
+    # own while JAX loads and trains: XLA releases the GIL while it runs.
+    plotting = threading.Thread(target=importlib.import_module, args=("imdb_jax.plots",), daemon=True)
+    plotting.start()
+    # Deferred: JAX (~1.3 s) loads only once the options are checked and the output folder
+    # claimed, so --help and option errors stay fast.
     from imdb_jax.saved.model_folder import save_model
     from imdb_jax.train.fit import evaluate, fit, predict
 
@@ -256,6 +261,10 @@ def _train(args: argparse.Namespace, config: Any, output: checks.Output) -> int:
     }
     save_model(output.work, state, config, data.vocabulary, history, metrics)
     shutil.rmtree(output.work / CHECKPOINT, ignore_errors=True)  # the model is saved: nothing to resume
+    plotting.join()
+    # Deferred: matplotlib, loaded by the thread above by now.
+    from imdb_jax.plots import plot_history
+
     plots = [output.final(path) for path in plot_history(history, output.work / "history")]
     output.commit()
     seconds = {
