@@ -22,6 +22,7 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
+from imdb_jax.cli import _interrupt
 from imdb_jax.errors import ImdbJaxError
 
 # Exit statuses, as `imdb_jax.cli.main` gives them.
@@ -49,6 +50,8 @@ def distributed_command(run: Callable[..., int]) -> Callable[..., int]:
 
     @functools.wraps(run)
     def wrapped(args: argparse.Namespace, *checked: Any) -> int:
+        # JAX and SciPy load first, with Ctrl-C held until they have (see `_interrupt`).
+        _interrupt.load_libraries("jax", "jax.numpy", "scipy.sparse")
         # Deferred: imdb_jax.train.distributed imports JAX (~1.3 s), loaded only once the command
         # has checked its options, so --help and option errors stay fast.
         import jax

@@ -10,21 +10,53 @@ it (a segmentation fault after the message). So while a command runs as the prog
   watcher thread at once; if the main thread has not ended the process `GRACE_S` seconds later
   (or at a second Ctrl-C), the watcher does;
 - a `KeyboardInterrupt` that Python could not raise (an "unraisable" one) ends it at once;
-- the process ends with `os._exit(130)` after the one line, skipping the interpreter's teardown.
+- the process ends with `os._exit(130)` after the one line, skipping the interpreter's teardown;
+- while the heavy libraries with compiled extensions load (`load_libraries`: jaxlib, SciPy), a
+  Ctrl-C waits until they have loaded: a `KeyboardInterrupt` raised while an extension module
+  initialises crashed the interpreter (status -11, seen under load half a second after start).
 
 Called in-process (tests, notebooks) the guard only prints the line once; the caller gets 130.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 GRACE_S = 2.0  # time for the main thread to stop by itself (removing temporary files) first
+
+
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Ctrl-C inside the block is held, then raised as `KeyboardInterrupt` when it ends (main
+    thread only; elsewhere Python's own handling stays). The C-level handler still wakes a
+    `Guard`'s watcher, so a block that runs long is ended after `GRACE_S` all the same."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held:
+        raise KeyboardInterrupt
+
+
+def load_libraries(*names: str) -> None:
+    """Imports `names` (modules with compiled extensions: "jax", "scipy.sparse") with Ctrl-C held
+    until they have loaded."""
+    with interrupts_held():
+        for name in names:
+            importlib.import_module(name)
 
 
 class Guard:

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from imdb_jax.cli import _checks as checks
+from imdb_jax.cli import _interrupt
 from imdb_jax.cli._common import add_data_options, load_data, print_json
 from imdb_jax.data.sources import resolve_source
 
@@ -57,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     checks.batch_size(args.batch_size)
     checks.model_folder(args.model)
     checks.enable_compile_cache(args)
+    _interrupt.load_libraries("jax", "jax.numpy", "scipy.sparse")  # Ctrl-C held meanwhile
     # Deferred: these import JAX (~1.3 s), once the options are checked: --help stays fast.
     from imdb_jax.saved.ensemble import EnsembleModel
     from imdb_jax.saved.loading import load_model

@@ -8,6 +8,7 @@ import unicodedata
 from typing import Any
 
 from imdb_jax.cli import _checks as checks
+from imdb_jax.cli import _interrupt
 from imdb_jax.cli._common import label_of, positive, print_json
 
 PREVIEW_CHARS = 60
@@ -118,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
         positive("--top", args.top)
     checks.model_folder(args.model)
     checks.enable_compile_cache(args)
+    _interrupt.load_libraries("jax", "jax.numpy", "scipy.sparse")  # Ctrl-C held meanwhile
     # Deferred: imdb_jax.saved.loading imports JAX (~1.3 s); --help and option errors stay fast.
     from imdb_jax.saved.loading import load_model
 

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 
 from imdb_jax.cli import _checks as checks
+from imdb_jax.cli import _interrupt
 from imdb_jax.cli._common import add_data_options, check_data_options, default_output, plural, positive, print_json
 
 BUDGET_HELP = {
@@ -55,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     # search is done (`checks.output_folder`): said now, not after minutes of searching.
     with checks.output_folder(args.output or default_output("tune"), overwrite=args.overwrite) as output:
         checks.enable_compile_cache(args)
+        _interrupt.load_libraries("jax", "jax.numpy", "scipy.sparse")  # Ctrl-C held meanwhile
         # Deferred: imdb_jax.tune imports SciPy (~0.2 s), loaded once the options are checked and the
         # output folder claimed, so --help and option errors stay fast.
         from imdb_jax.tune.runner import tune
