@@ -419,7 +419,12 @@ def test_train_into_a_closed_pipe_ends_quietly_with_its_model_saved(fake_aclimdb
 
 # `imdb-jax ARGV` as the program runs it, saying "guarded" on stderr once its Ctrl-C handling is in
 # place: before that (Python starting, under load that can take seconds) Ctrl-C is Python's own.
+# Python's own Ctrl-C handler first: a process a terminal starts has it, but one that a
+# non-interactive shell starts in the background inherits SIGINT ignored (and so would every
+# process of a test run started that way, making Ctrl-C a no-op there).
 GUARDED = """
+import signal
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import sys
 from imdb_jax.cli import _interrupt, main
 enter = _interrupt.Guard.__enter__
@@ -556,6 +561,7 @@ def test_ctrl_c_while_the_compiled_libraries_load_is_held_until_they_have():
     (status -11 under load): inside `interrupts_held` Ctrl-C waits, then is raised at its end."""
     from imdb_jax.cli import _interrupt
 
+    before = signal.getsignal(signal.SIGINT)
     reached_the_end = False
     with pytest.raises(KeyboardInterrupt):
         with _interrupt.interrupts_held():
@@ -563,6 +569,6 @@ def test_ctrl_c_while_the_compiled_libraries_load_is_held_until_they_have():
             time.sleep(0.2)  # Python would have raised by now, had the handler been its own
             reached_the_end = True
     assert reached_the_end
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    assert signal.getsignal(signal.SIGINT) == before  # restored
     with _interrupt.interrupts_held():  # no Ctrl-C: nothing raised
         pass
