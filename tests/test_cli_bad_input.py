@@ -391,26 +391,29 @@ def test_predict_into_a_closed_pipe_ends_quietly(tiny_model, json_output):
     assert done.stderr == "" and done.returncode == 141  # 128 + SIGPIPE, as a shell reports `yes | head -1`
 
 
+def _tiny_train(data_dir: Path, tmp_path: Path, *, epochs: int) -> list[str]:
+    """`imdb-jax train` on the small fake aclImdb folder: a 4-unit model, batches of 2, no
+    compilation cache."""
+    return [
+        "train",
+        "--data-dir",
+        str(data_dir),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--compile-cache",
+        "off",
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        "2",
+        "--hidden-units",
+        "4",
+    ]
+
+
 def test_train_into_a_closed_pipe_ends_quietly_with_its_model_saved(fake_aclimdb, tmp_path):
     done = _with_stdout_closed(
-        [
-            "train",
-            "--data-dir",
-            str(fake_aclimdb),
-            "--cache-dir",
-            str(tmp_path / "cache"),
-            "--compile-cache",
-            "off",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "2",
-            "--hidden-units",
-            "4",
-            "--output",
-            str(tmp_path / "run"),
-            "--no-progress",
-        ]
+        [*_tiny_train(fake_aclimdb, tmp_path, epochs=1), "--output", str(tmp_path / "run"), "--no-progress"]
     )
     assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr, done.stderr
     assert done.returncode == 141
@@ -470,21 +473,7 @@ def _interrupt(
 def test_ctrl_c_exits_130_with_one_line_at_any_moment(fake_aclimdb, tmp_path):
     """Ctrl-C while JAX is imported and the data read, and twice during training: status 130,
     the last line "interrupted", never a segmentation fault or a traceback."""
-    env_argv = [
-        "train",
-        "--data-dir",
-        str(fake_aclimdb),
-        "--cache-dir",
-        str(tmp_path / "cache"),
-        "--compile-cache",
-        "off",
-        "--epochs",
-        "1000000",
-        "--batch-size",
-        "2",
-        "--hidden-units",
-        "4",
-    ]
+    env_argv = _tiny_train(fake_aclimdb, tmp_path, epochs=1_000_000)
     moments = [
         ("early", [*env_argv, "--output", str(tmp_path / "early"), "--no-progress"], b"guarded\n", 0.5),
         ("training-a", [*env_argv, "--output", str(tmp_path / "training-a")], b"fit", 0.3),
