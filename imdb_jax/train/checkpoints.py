@@ -153,7 +153,8 @@ def _read_on_process_0(file: Path) -> bytes | OSError | None:
 
     Only process 0 writes checkpoints (the others may have no access to its folder): across
     processes it reads the file and broadcasts it, so that every process resumes from the same
-    state (or all start afresh, or all fail alike).
+    state (or all start afresh, or all fail alike): its size in 64 bits (`process_0s`), then its
+    bytes in bounded chunks (`bytes_from_process_0`), so a checkpoint of any size arrives whole.
     """
     data: bytes | OSError | None = None
     if jax.process_index() == 0 and file.exists():
@@ -166,8 +167,7 @@ def _read_on_process_0(file: Path) -> bytes | OSError | None:
     size = distributed.process_0s(-1 if data is None else -2 if isinstance(data, OSError) else len(data))
     if size < 0:
         return data if jax.process_index() == 0 else None if size == -1 else OSError(f"process 0 cannot read {file}")
-    buffer = np.frombuffer(data, np.uint8) if isinstance(data, bytes) else np.zeros(size, np.uint8)
-    return distributed.from_process_0(buffer).tobytes()
+    return distributed.bytes_from_process_0(data if isinstance(data, bytes) else None, size)
 
 
 def load(

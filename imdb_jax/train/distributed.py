@@ -49,6 +49,11 @@ TIMEOUTS = {"initialization": 120, "heartbeat": 60, "shutdown": 120}
 # arguments), with the variable holding the process count there.
 CLUSTER_PROCESS_COUNTS = {"slurm": "SLURM_NTASKS", "open mpi": "OMPI_COMM_WORLD_SIZE"}
 
+# The most bytes one collective of `bytes_from_process_0` carries: a payload of any size (a
+# study's checkpoint may pass 2 GiB) goes in chunks of at most this many, so that neither a device
+# array nor an int32 index into one grows with it.
+CHUNK_BYTES = 256 * 2**20
+
 _STATUS_KEY = "imdb_jax/exit_status/"
 # Marks the status of a process that got to the end of its command (`agree_status(finished=True)`),
 # whatever the status: no reason for the others to stop (`_check_peers`), since it joined every
@@ -336,6 +341,10 @@ def place(tree: Any, sharding: jax.sharding.Sharding) -> Any:
     return jax.tree_util.tree_map(lambda leaf: _place_leaf(leaf, sharding), tree)
 
 
+def _sum_rows(rows: jax.Array) -> jax.Array:
+    return rows.sum(axis=0, dtype=rows.dtype)
+
+
 def from_process_0(value: np.ndarray) -> np.ndarray:
     """Process 0's `value`, in every process: a host array of the same shape and dtype in each
     (what the others pass is ignored).
@@ -364,7 +373,9 @@ def from_process_0(value: np.ndarray) -> np.ndarray:
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     try:
         with collective_output_to_stderr():
-            total = jax.jit(lambda rows: rows.sum(axis=0, dtype=rows.dtype), out_shardings=replicated)(stacked)
+            # One module function, so jit traces and compiles it once per shape, not once per call
+            # (a chunk of `bytes_from_process_0` each: 2 ms, not 25).
+            total = jax.jit(_sum_rows, out_shardings=replicated)(stacked)
             return np.asarray(total.addressable_data(0))  # zeros added to process 0's value: the value itself
     except jax.errors.JaxRuntimeError as error:
         raise LostProcess(
@@ -373,14 +384,56 @@ def from_process_0(value: np.ndarray) -> np.ndarray:
 
 
 def process_0s(value: int) -> int:
-    """Process 0's `value` (a small integer: a flag, a count), in every process.
+    """Process 0's `value` (an integer of 64 bits: a flag, a count, a size in bytes), in every
+    process.
 
     For a decision taken from files only process 0 has (the others' output folders are
     throw-away ones, `imdb_jax.cli._distributed`), so that every process takes it alike: one
     raising an error while the others wait for it in a collective would leave them hanging until
     the collectives' timeouts. A collective: every process must call it (`from_process_0`).
+
+    It travels as two int32 words (JAX's arrays have 32 bits unless x64 is on): a size of 2 GiB
+    or more arrives whole, not wrapped or refused.
     """
-    return int(from_process_0(np.asarray(value, np.int32)))
+    return _from_words(from_process_0(_to_words(value)))
+
+
+def _to_words(value: int) -> np.ndarray:
+    """int32[2]: the high and low 32 bits of `value`'s two's complement in 64 bits."""
+    value = int(value)
+    if not -(2**63) <= value < 2**63:
+        raise ValueError(f"{value} does not fit in 64 bits")
+    unsigned = value % 2**64
+    return np.array([unsigned >> 32, unsigned & 0xFFFFFFFF], np.uint32).view(np.int32)
+
+
+def _from_words(words: np.ndarray) -> int:
+    """The integer `_to_words` made `words` of."""
+    high, low = (int(word) for word in np.asarray(words, np.int32).view(np.uint32))
+    unsigned = high << 32 | low
+    return unsigned - 2**64 if unsigned >= 2**63 else unsigned
+
+
+def bytes_from_process_0(data: bytes | None, size: int) -> bytes:
+    """Process 0's `data`, `size` bytes, in every process (what the others pass as `data` is
+    ignored; `size` must be the same in every process: `process_0s`).
+
+    Any size: the bytes go in chunks of at most `CHUNK_BYTES`, one `from_process_0` each. A
+    collective: every process must call it. In one process, `data` itself.
+    """
+    if jax.process_index() != 0:
+        received = np.empty(size, np.uint8)
+        for start in range(0, size, CHUNK_BYTES):
+            stop = min(start + CHUNK_BYTES, size)
+            received[start:stop] = from_process_0(np.zeros(stop - start, np.uint8))
+        return received.tobytes()
+    if data is None or len(data) != size:
+        raise ValueError(f"process 0 has {None if data is None else len(data)} bytes to send, not {size}")
+    if jax.process_count() > 1:
+        source = np.frombuffer(data, np.uint8)
+        for start in range(0, size, CHUNK_BYTES):
+            from_process_0(source[start : start + CHUNK_BYTES])  # for the others: process 0 has its bytes
+    return data
 
 
 # ---------------------------------------------------------------------------------------------
