@@ -68,6 +68,9 @@ def enable(setting: str | os.PathLike | None = None, *, force: bool = False) -> 
     # Deferred: JAX (~1.3 s) loads only after the options are checked; --help imports this module.
     import jax
 
+    # Deferred: imports JAX (above).
+    from imdb_jax.train import programs
+
     configured = jax.config.values.get("jax_compilation_cache_dir")
     if configured and not (_decided and configured == str(_enabled)):
         _decided, _enabled = True, Path(configured)
@@ -77,6 +80,7 @@ def enable(setting: str | os.PathLike | None = None, *, force: bool = False) -> 
     if folder is None:
         if _enabled is not None:
             jax.config.update("jax_enable_compilation_cache", False)
+        programs.enable(None)
         _enabled = None
         return None
     try:
@@ -90,6 +94,8 @@ def enable(setting: str | os.PathLike | None = None, *, force: bool = False) -> 
     # Cache every program: this package's epochs compile in ~1 s each, below JAX's 1 s default.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    # Whole executables beside it: a warm start calls them without tracing (`programs`).
+    programs.enable(folder / programs.FOLDER)
     _enabled = folder
     return folder
 

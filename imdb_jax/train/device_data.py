@@ -13,7 +13,6 @@ compilation.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any
 
@@ -26,6 +25,7 @@ from flax import struct
 from imdb_jax.data.csr import as_xy, bucket, checked_csr, checked_labels, is_binary
 from imdb_jax.errors import ImdbJaxError
 from imdb_jax.models.inputs import MultiHot, SparseMultiHot
+from imdb_jax.train.programs import stored_jit
 
 CAPACITY_QUANTUM = 1024  # non-zeros per batch are padded up to a multiple of this
 
@@ -137,23 +137,32 @@ def _part_indptr(x: sp.csr_matrix, keep: np.ndarray) -> np.ndarray:
     return kept_before[x.indptr]
 
 
-def epoch_rows(num_rows: int, batch_size: int, key: jax.Array | None = None) -> jax.Array:
+def epoch_rows(num_rows: int, batch_size: int, key: jax.Array | None = None, epoch: int | None = None) -> jax.Array:
     """int32[num_batches, batch_size] row indices of one epoch, padded with `num_rows`.
 
     Args:
       num_rows: rows in the split.
       batch_size: rows per batch.
       key: PRNG key to shuffle with, or None for the split's own order.
+      epoch: if given, the rows are shuffled with `jax.random.fold_in(key, epoch)` (folded in
+        the same compiled program).
     """
     if key is None:
         num_batches = math.ceil(num_rows / batch_size)
         padded = np.full(num_batches * batch_size, num_rows, np.int32)
         padded[:num_rows] = np.arange(num_rows, dtype=np.int32)
         return jax.device_put(padded.reshape(num_batches, batch_size))
+    if epoch is not None:
+        return _epoch_shuffled_rows(key, epoch, num_rows=num_rows, batch_size=batch_size)
     return _shuffled_rows(key, num_rows=num_rows, batch_size=batch_size)
 
 
-@functools.partial(jax.jit, static_argnames=("num_rows", "batch_size"))
+@stored_jit(static_argnames=("num_rows", "batch_size"))
+def _epoch_shuffled_rows(key: jax.Array, epoch: int, *, num_rows: int, batch_size: int) -> jax.Array:
+    return _shuffled_rows(jax.random.fold_in(key, epoch), num_rows=num_rows, batch_size=batch_size)
+
+
+@stored_jit(static_argnames=("num_rows", "batch_size"))
 def _shuffled_rows(key: jax.Array, *, num_rows: int, batch_size: int) -> jax.Array:
     # One small compiled program per split size (eager ops would each be a program of their own).
     order = jax.random.permutation(key, num_rows).astype(jnp.int32)
@@ -162,7 +171,7 @@ def _shuffled_rows(key: jax.Array, *, num_rows: int, batch_size: int) -> jax.Arr
     return padded.reshape(num_batches, batch_size)
 
 
-@jax.jit
+@stored_jit
 def max_batch_nonzeros(data: DeviceReviews, rows: jax.Array) -> tuple[jax.Array, jax.Array]:
     """The largest number of head and tail non-zeros in any batch of `rows`."""
     return tuple(jnp.max(jnp.sum(part.lengths[rows], axis=1)) for part in (data.head, data.tail))  # pyright: ignore[reportReturnType]
@@ -188,7 +197,7 @@ def shuffled_capacity(data: DeviceReviews, batch_size: int) -> tuple[int, int]:
     """
     capacities = []
     for part in (data.head, data.tail):
-        lengths = np.asarray(part.lengths[:-1], np.float64)
+        lengths = np.asarray(part.lengths, np.float64)[:-1]  # sliced on the host: no device program
         rows = min(batch_size, lengths.size)
         spread = 6.0 * lengths.std() * math.sqrt(rows)
         capacities.append(round_capacity(int(lengths.mean() * rows + spread) + 1))

@@ -6,7 +6,6 @@ axis) and ends with divergence containment; scoring scans any step, fused or one
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from imdb_jax.train.device_data import DeviceReviews, gather_batch
+from imdb_jax.train.programs import stored_jit
 from imdb_jax.train.steps import (
     FusedState,
     TrainState,
@@ -53,7 +53,7 @@ def keep_finite(before: FusedState, after: FusedState, loss_sum: jax.Array) -> F
     )
 
 
-@functools.partial(jax.jit, static_argnames=("capacity",), donate_argnums=(0,))
+@stored_jit(static_argnames=("capacity",), donate_argnums=(0,))
 def train_epoch(state: FusedState, data: DeviceReviews, rows: jax.Array, *, capacity: tuple[int, int]):
     """One epoch: `fused_train_step` on each batch of `rows` (int32[num_batches, batch]) in
     turn, metric sums accumulated step by step, then divergence containment.
@@ -72,7 +72,7 @@ def train_epoch(state: FusedState, data: DeviceReviews, rows: jax.Array, *, capa
     return jax.vmap(keep_finite)(state, after, sums["loss_sum"]), sums
 
 
-@jax.jit
+@stored_jit
 def keep_best(state: FusedState, improved: jax.Array) -> FusedState:
     """`best_params` takes each variant's current weights where `improved` (bool[shards,
     slots]) says its validation loss is the lowest so far."""
@@ -84,7 +84,7 @@ def keep_best(state: FusedState, improved: jax.Array) -> FusedState:
 # Scoring: one scan over a split's batches, for any step (fused or one model).
 
 
-@functools.partial(jax.jit, static_argnames=("metrics", "capacity"))
+@stored_jit(static_argnames=("metrics", "capacity"))
 def sum_over_batches(metrics: Callable, state: Any, data: DeviceReviews, rows: jax.Array, *, capacity: tuple[int, int]):
     """The metric sums of `metrics(state, batch)` added over every batch of `rows`."""
 
@@ -100,7 +100,7 @@ def sum_over_batches(metrics: Callable, state: Any, data: DeviceReviews, rows: j
     return jax.lax.scan(body, zeros, rows)[0]
 
 
-@functools.partial(jax.jit, static_argnames=("logits", "capacity"))
+@stored_jit(static_argnames=("logits", "capacity"))
 def map_over_batches(logits: Callable, state: Any, data: DeviceReviews, rows: jax.Array, *, capacity: tuple[int, int]):
     """`logits(state, inputs)` of every batch of `rows`, stacked on a leading batch axis."""
 
@@ -110,9 +110,14 @@ def map_over_batches(logits: Callable, state: Any, data: DeviceReviews, rows: ja
     return jax.lax.scan(body, None, rows)[1]
 
 
-# The fused steps of every device shard (each state leaf has a leading shard axis).
-_sharded_eval = jax.vmap(fused_eval_step, in_axes=(0, None))
-_sharded_predict = jax.vmap(fused_predict, in_axes=(0, None))
+# The fused steps of every device shard (each state leaf has a leading shard axis). Named
+# module-level functions: the program store keys a static function by its module and name.
+def _sharded_eval(state: FusedState, batch: dict[str, Any]) -> dict[str, jax.Array]:
+    return jax.vmap(fused_eval_step, in_axes=(0, None))(state, batch)
+
+
+def _sharded_predict(state: FusedState, inputs: Any) -> jax.Array:
+    return jax.vmap(fused_predict, in_axes=(0, None))(state, inputs)
 
 
 def eval_epoch(state: FusedState, data: DeviceReviews, rows: jax.Array, *, capacity: tuple[int, int]):

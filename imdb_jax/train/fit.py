@@ -18,6 +18,7 @@ from imdb_jax.train import compile_cache
 from imdb_jax.train.device_data import to_device
 from imdb_jax.train.epochs import predict_epoch, score_epoch
 from imdb_jax.train.loop import EpochPlan, _ratio, check_batch_size
+from imdb_jax.train.programs import stored_jit
 from imdb_jax.train.steps import TrainState
 from imdb_jax.train.variants import fit_variants
 
@@ -139,4 +140,10 @@ def predict(state: TrainState, x: Any, *, batch_size: int = 512, first_layer: st
     data = to_device(x, choose_dense_words(first_layer, x), bucket_sizes=batch_size)
     plan = EpochPlan(data, batch_size, shuffle=False)
     logits = predict_epoch(state, data, plan.rows, capacity=plan.capacity)  # pyright: ignore[reportArgumentType]
-    return np.asarray(jax.nn.sigmoid(logits.reshape(-1)[: x.shape[0]]), np.float32)
+    return np.asarray(_probabilities(logits, count=x.shape[0]), np.float32)
+
+
+@stored_jit(static_argnames=("count",))
+def _probabilities(logits: jax.Array, *, count: int) -> jax.Array:
+    # One program (in the store), not three eager ones traced on every start.
+    return jax.nn.sigmoid(logits.reshape(-1)[:count])

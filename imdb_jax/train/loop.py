@@ -123,8 +123,8 @@ class EpochPlan:
             self.rows = epoch_rows(data.num_rows, batch_size)
             self.capacity = exact_capacity(data, self.rows)
 
-    def shuffled_rows(self, key: jax.Array) -> jax.Array:
-        rows = epoch_rows(self.data.num_rows, self.batch_size, key)
+    def shuffled_rows(self, key: jax.Array, epoch: int) -> jax.Array:
+        rows = epoch_rows(self.data.num_rows, self.batch_size, key, epoch)
         needed = [int(count) for count in max_batch_nonzeros(self.data, rows)]
         if any(count > capacity for count, capacity in zip(needed, self.capacity)):
             # Rare: grow once, at the cost of one recompilation.
@@ -193,7 +193,7 @@ def run_epochs(
     )
     for epoch in bar:
         started = time.perf_counter()
-        rows = train_plan.shuffled_rows(jax.random.fold_in(shuffle_key, epoch))
+        rows = train_plan.shuffled_rows(shuffle_key, epoch)
         state, train_sums = train_epoch(state, train, rows, capacity=train_plan.capacity)
         record = {"train": fetch(train_sums), "alive": fetch(state.alive), "val": None, "val_s": 0.0}
         record["train_s"] = time.perf_counter() - started

@@ -39,6 +39,7 @@ from imdb_jax.train.optim import (
     penalty_sums,
     rmsprop,
 )
+from imdb_jax.train.programs import stored_jit
 
 Batch = Mapping[
     str, Any
@@ -122,11 +123,19 @@ def create_train_state(rng: jax.Array, config: ModelConfig) -> TrainState:
     return _create_train_state(rng, numbers, config.num_words, config.hidden_units)
 
 
+@stored_jit(static_argnums=(1, 2))
+def initial_params(rng: jax.Array, num_words: int, hidden_units: tuple[int, ...]) -> Any:
+    """The initial Flax params of `create_train_state`: glorot-uniform kernels, zero biases."""
+    model = _shared_model(num_words, hidden_units)
+    return model.init(rng, jnp.zeros((1, num_words), jnp.float32))["params"]
+
+
 @functools.partial(jax.jit, static_argnums=(2, 3))
 def _create_train_state(rng: jax.Array, numbers: dict[str, jax.Array], num_words: int, hidden_units: tuple[int, ...]):
     # One compiled program per shape (not one small program per eager op, nor one per setting).
+    # Not in the program store: the state holds the optimiser's functions, which do not pickle.
     model = _shared_model(num_words, hidden_units)
-    params = model.init(rng, jnp.zeros((1, num_words), jnp.float32))["params"]
+    params = initial_params(rng, num_words, hidden_units)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         apply_fn=model.apply,

@@ -47,8 +47,8 @@ from imdb_jax.train.steps import (
     MODEL_HYPERPARAMS,
     FusedState,
     TrainState,
-    create_train_state,
     fused_model,
+    initial_params,
     train_state_from_params,
 )
 
@@ -120,8 +120,8 @@ def initial_state(
     specs: Sequence[VariantSpec], layout: Layout, members: Sequence[int], shards: int, keep_best: bool = False
 ) -> FusedState:
     """The fused state of every slot (shard-major `members` index the specs), each variant
-    initialised at its own shape from its own seed, exactly as `create_train_state` would;
-    with `keep_best`, room for each variant's best weights."""
+    initialised at its own shape from its own seed, exactly as `create_train_state` would (both
+    call `initial_params`); with `keep_best`, room for each variant's best weights."""
     slots = layout.slots
     per_shard, hyperparams, dropout_keys = [], {name: np.zeros((shards, slots), np.float32) for name in HYPERPARAMS}, []
     initialised: dict[tuple, Any] = {}
@@ -133,10 +133,7 @@ def initial_state(
             init_key, dropout_key = _keys(spec.seed)
             cache_key = (spec.hidden_units, spec.seed)
             if cache_key not in initialised:
-                own = create_train_state(
-                    init_key, ModelConfig(num_words=layout.num_words, hidden_units=spec.hidden_units)
-                )
-                initialised[cache_key] = jax.device_get(own.params)
+                initialised[cache_key] = jax.device_get(initial_params(init_key, layout.num_words, spec.hidden_units))
             put_variant(fused, layout, slot, initialised[cache_key])
             for name in HYPERPARAMS:
                 hyperparams[name][shard, slot] = getattr(spec, name)
@@ -159,11 +156,11 @@ def initial_state(
     return FusedState(
         params=params,
         opt_state=opt_state,
-        step=jnp.zeros((shards,), jnp.int32),
+        step=jax.device_put(np.zeros((shards,), np.int32)),
         hyperparams={name: numbers[name] for name in MODEL_HYPERPARAMS},
         dropout_keys=jnp.stack(dropout_keys),
-        alive=jnp.ones((shards, slots), bool),
-        training=jnp.ones((shards, slots), bool),
+        alive=jax.device_put(np.ones((shards, slots), bool)),
+        training=jax.device_put(np.ones((shards, slots), bool)),
         best_params=jax.device_put(host) if keep_best else None,
         layout=layout,
     )
