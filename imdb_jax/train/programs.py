@@ -323,8 +323,8 @@ class StoredFunction:
             executable, compiled_in_tree, _ = serialize(compiled)
         except Exception:  # a program that does not serialize, a JAX without the hook
             return None
-        if compiled_in_tree != in_tree:
-            return compiled
+        if compiled_in_tree != in_tree:  # not the call's structure as this module splits it
+            return None
         # The devices it runs on, in the order of its device assignment.
         devices = [device.id for device in compiled.runtime_executable().local_devices()]  # pyright: ignore[reportOptionalMemberAccess]
         entry = pickle.dumps({"key": key, "executable": executable, "outputs": outputs, "devices": devices})
