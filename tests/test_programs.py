@@ -205,3 +205,19 @@ def test_a_second_process_traces_no_epoch_program_and_gets_the_same_bits(tmp_pat
     assert second["TRACED"] == "0"
     for run in (first, second):
         assert run["HISTORY"] == off["HISTORY"] and run["WEIGHTS"] == off["WEIGHTS"]
+
+
+SEEDS = [0, 1, 7, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**40 + 3, -1, -(2**31), -(2**40) - 5]
+
+
+def test_variant_keys_from_stored_programs_are_jax_randoms_own_for_any_seed(store):
+    from imdb_jax.train import variants
+
+    def words(keys):
+        return [np.asarray(jax.random.key_data(key)).tolist() for key in keys]
+
+    expected = [jax.random.split(jax.random.key(seed)) for seed in SEEDS]
+    assert [words(variants._keys(seed)) for seed in SEEDS] == [words(pair) for pair in expected]
+    dropout = variants._dropout_keys(np.array([[variants._seed_word(seed) for seed in SEEDS]], np.uint32))
+    assert words(dropout[0]) == words(pair[1] for pair in expected)
+    assert {path.name.split("-")[0] for path in store.glob("*.program")} == {"seed_keys", "dropout_keys"}

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
 import importlib
 import math
 import shutil
 import sys
-import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from imdb_jax.cli import _checks as checks
@@ -183,6 +184,13 @@ def learning_problems(history: dict[str, list], labels: Any) -> list[str]:
     return problems
 
 
+def _draw_history(history: dict[str, list], stem: Path) -> list[Path]:
+    # Deferred: matplotlib (~0.4 s), loaded on the drawing thread while the model trains.
+    from imdb_jax.plots import plot_history
+
+    return plot_history(history, stem)
+
+
 def _cell(value: float) -> str:
     """A number in a 12-character column: 4 decimals, or 4 significant digits when that is too wide."""
     text = f"{value:>12.4f}"
@@ -215,11 +223,12 @@ def _train(args: argparse.Namespace, config: Any, output: checks.Output) -> int:
     from imdb_jax.saved.model_folder import save_model
     from imdb_jax.train.fit import evaluate, fit, predict
 
-    # Matplotlib (~0.4 s of imports, needed only for the plots at the end) loads on a thread of its
-    # own while the model trains: XLA releases the GIL while it runs. Not earlier: imports hold the
-    # GIL, so beside the imports above it only slowed them down (0.35 s, a warm run's timeline).
-    plotting = threading.Thread(target=importlib.import_module, args=("imdb_jax.plots",), daemon=True)
-    plotting.start()
+    # Matplotlib (~0.4 s of imports) loads on a thread of its own while the model trains, and the
+    # curves are drawn there while the test set is scored: XLA releases the GIL while it runs. Not
+    # earlier: imports hold the GIL, so beside the imports above it only slowed them down (0.35 s,
+    # a warm run's timeline).
+    drawing = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    drawing.submit(importlib.import_module, "imdb_jax.plots")
     started = time.perf_counter()
     data = load_data(args, args.num_words)
     config = dataclasses.replace(config, num_words=data.num_words)  # fewer when the corpus has fewer words
@@ -246,6 +255,7 @@ def _train(args: argparse.Namespace, config: Any, output: checks.Output) -> int:
         patience=args.patience,
     )
     trained = time.perf_counter()
+    plots_drawn = drawing.submit(_draw_history, history, output.work / "history")
     test = evaluate(state, data.test, batch_size=args.batch_size, first_layer=args.first_layer)
     evaluated = time.perf_counter()
     sample = min(SAMPLE_PREDICTIONS, len(data.test))
@@ -262,11 +272,8 @@ def _train(args: argparse.Namespace, config: Any, output: checks.Output) -> int:
     }
     save_model(output.work, state, config, data.vocabulary, history, metrics)
     shutil.rmtree(output.work / CHECKPOINT, ignore_errors=True)  # the model is saved: nothing to resume
-    plotting.join()
-    # Deferred: matplotlib, loaded by the thread above by now.
-    from imdb_jax.plots import plot_history
-
-    plots = [output.final(path) for path in plot_history(history, output.work / "history")]
+    plots = [output.final(path) for path in plots_drawn.result()]
+    drawing.shutdown()
     output.commit()
     seconds = {
         "load_data": loaded - started,

@@ -113,11 +113,9 @@ def to_device(split: Any, dense_words: int = 0, *, bucket_sizes: int = 0) -> Dev
     else:
         labels = checked_labels(y, x.shape[0])  # pyright: ignore[reportOptionalSubscript]
     rows = bucket(math.ceil(x.shape[0] / bucket_sizes)) * bucket_sizes if bucket_sizes else x.shape[0]  # pyright: ignore[reportOptionalSubscript]
-    in_head = x.indices < dense_words
     binary = is_binary(x)
     parts = []
-    for keep in (in_head, ~in_head):
-        part = sp.csr_matrix((x.data[keep], x.indices[keep], _part_indptr(x, keep)), shape=x.shape)
+    for part in _split_columns(x, dense_words):
         nonzeros = bucket(max(part.nnz, CAPACITY_QUANTUM)) if bucket_sizes else part.nnz
         parts.append(_part(part, rows, nonzeros, binary))
     padded_labels = np.zeros(rows, np.float32)
@@ -128,6 +126,19 @@ def to_device(split: Any, dense_words: int = 0, *, bucket_sizes: int = 0) -> Dev
         real_rows=jax.device_put(np.int32(x.shape[0])),  # pyright: ignore[reportOptionalSubscript]
         num_words=num_words,
         dense_words=dense_words,
+    )
+
+
+def _split_columns(x: sp.csr_matrix, dense_words: int) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """The columns below `dense_words` and those from it on, as two CSR matrices of `x`'s shape
+    (`x` itself, uncopied, where one side is empty)."""
+    if dense_words == 0 or dense_words >= x.shape[1]:  # pyright: ignore[reportOptionalSubscript]
+        empty = sp.csr_matrix(x.shape, dtype=x.dtype)
+        return (empty, x) if dense_words == 0 else (x, empty)
+    in_head = x.indices < dense_words
+    return tuple(  # pyright: ignore[reportReturnType]
+        sp.csr_matrix((x.data[keep], x.indices[keep], _part_indptr(x, keep)), shape=x.shape)
+        for keep in (in_head, ~in_head)
     )
 
 

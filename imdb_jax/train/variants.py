@@ -12,6 +12,7 @@ blocks (padded with copies, whose results are dropped) on the same batches.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from imdb_jax.train.loop import (
     stopped_epoch,
 )
 from imdb_jax.train.optim import OPTIMISER_HYPERPARAMS, RMSpropState
+from imdb_jax.train.programs import stored_jit
 from imdb_jax.train.steps import (
     MODEL_HYPERPARAMS,
     FusedState,
@@ -56,14 +58,44 @@ VARIANT_AXIS = "variants"
 
 
 def _keys(seed: int) -> tuple[jax.Array, jax.Array]:
+    """A variant's initial-weight and dropout keys: `jax.random.split(jax.random.key(seed))`."""
+    if _seeds_are_64_bit():
+        init_key, dropout_key = jax.random.split(jax.random.key(seed))
+        return init_key, dropout_key
+    return _seed_keys(_seed_word(seed))
+
+
+def _seeds_are_64_bit() -> bool:
+    return bool(jax.config.values.get("jax_enable_x64"))
+
+
+def _seed_word(seed: int) -> np.uint32:
+    # With 64-bit types off JAX seeds a key with a Python int's low 32 bits (`key(2**32 + 5)` is
+    # `key(5)`), which a uint32 holds: the keys come from stored programs, not eager ones.
+    return np.uint32(seed % 2**32)
+
+
+@stored_jit
+def _seed_keys(seed: jax.Array) -> tuple[jax.Array, jax.Array]:
     init_key, dropout_key = jax.random.split(jax.random.key(seed))
     return init_key, dropout_key
 
 
+@stored_jit
+def _dropout_keys(seeds: jax.Array) -> jax.Array:
+    """key[shards, slots]: each slot's dropout key, `_keys(seed)[1]`, for uint32 seed words."""
+    return jax.vmap(jax.vmap(lambda seed: jax.random.split(jax.random.key(seed))[1]))(seeds)
+
+
+@functools.cache
+def _param_shapes(layout: Layout) -> Any:
+    """The `FusedMLP`'s parameter shapes (traced once per layout, nothing compiled)."""
+    return jax.eval_shape(lambda: fused_model(layout).init(jax.random.key(0), _blank_inputs(layout))["params"])
+
+
 def _blank_params(layout: Layout) -> dict[str, Any]:
-    """Zeros shaped like the `FusedMLP`'s parameters (their shapes traced, nothing compiled)."""
-    shapes = jax.eval_shape(lambda: fused_model(layout).init(jax.random.key(0), _blank_inputs(layout))["params"])
-    return jax.tree_util.tree_map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), shapes)
+    """Zeros shaped like the `FusedMLP`'s parameters."""
+    return jax.tree_util.tree_map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), _param_shapes(layout))
 
 
 def _blank_inputs(layout: Layout) -> MultiHot:
@@ -124,22 +156,27 @@ def initial_state(
     call `initial_params`); with `keep_best`, room for each variant's best weights."""
     slots = layout.slots
     per_shard, hyperparams, dropout_keys = [], {name: np.zeros((shards, slots), np.float32) for name in HYPERPARAMS}, []
+    seeds = np.zeros((shards, slots), np.uint32)
     initialised: dict[tuple, Any] = {}
     for shard in range(shards):
         fused = _blank_params(layout)
         keys = []
         for slot in range(slots):
             spec = specs[members[shard * slots + slot]]
-            init_key, dropout_key = _keys(spec.seed)
             cache_key = (spec.hidden_units, spec.seed)
             if cache_key not in initialised:
+                init_key, _ = _keys(spec.seed)
                 initialised[cache_key] = jax.device_get(initial_params(init_key, layout.num_words, spec.hidden_units))
             put_variant(fused, layout, slot, initialised[cache_key])
             for name in HYPERPARAMS:
                 hyperparams[name][shard, slot] = getattr(spec, name)
-            keys.append(dropout_key)
+            if _seeds_are_64_bit():
+                keys.append(_keys(spec.seed)[1])
+            else:
+                seeds[shard, slot] = _seed_word(spec.seed)
         per_shard.append(fused)
-        dropout_keys.append(jnp.stack(keys))
+        if keys:
+            dropout_keys.append(jnp.stack(keys))
     # Built on the host and put on the device whole: eager device ops would each be a program of
     # their own to trace (a warm start's time).
     host = jax.tree_util.tree_map(lambda *leaves: np.stack(leaves), *per_shard)
@@ -158,7 +195,7 @@ def initial_state(
         opt_state=opt_state,
         step=jax.device_put(np.zeros((shards,), np.int32)),
         hyperparams={name: numbers[name] for name in MODEL_HYPERPARAMS},
-        dropout_keys=jnp.stack(dropout_keys),
+        dropout_keys=jnp.stack(dropout_keys) if dropout_keys else _dropout_keys(seeds),
         alive=jax.device_put(np.ones((shards, slots), bool)),
         training=jax.device_put(np.ones((shards, slots), bool)),
         best_params=jax.device_put(host) if keep_best else None,
