@@ -9,8 +9,15 @@ alone. Each search runs in a fresh process of its own with an empty compilation 
 so neither reuses a program the other compiled ("cold": a user's first search), then once more
 in another fresh process on the programs its first run left on disk ("warm": every later
 search; `--no-warm` skips it). The time is that of `search.fit(x, y)` (data loading and imports
-excluded), `compile_s` the part of it JAX spent compiling (its compile events). The two
-`cv_results_` are compared: the mean test scores should be equal bitwise (`scores_equal`).
+excluded), `compile_s` the part of it JAX spent compiling (its compile events; with runs on
+several devices at once, the time any compilation was under way). The two `cv_results_` are
+compared: the mean test scores should be equal bitwise (`scores_equal`).
+
+Devices: both searches' processes get one CPU device per core, as the command line sets up
+(`imdb_jax.train.cpu_devices.use_every_core`; `--cpu-devices N` sets the count, 1 gives
+everything one device). `FusedGridSearchCV` spreads each fold's candidates over them;
+`GridSearchCV` fits one candidate at a time on the first, as `fit` does (`--grid-n-jobs N`
+gives it N joblib workers instead, a baseline that uses every core too).
 
 Output: one JSON record per search run and a summary record (`fused_s`, `grid_search_s`,
 `speedup` = grid_search_s / fused_s, `target_speedup` 4, `met`, the warm figures) on stdout,
@@ -19,6 +26,7 @@ the summary also to `--json`; progress on stderr. The target is judged on the co
   python benchmarks/bench_grid_search.py                  # 25,000 reviews, 4 epochs, 3 folds
   python benchmarks/bench_grid_search.py --quick          # 2,048 reviews, 2 epochs: a smoke run
   python benchmarks/bench_grid_search.py --json runs/grid_search.json
+  python benchmarks/bench_grid_search.py --cpu-devices 1        # one device, as before issue 17's work
 """
 
 from __future__ import annotations
@@ -54,6 +62,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-words", type=int, default=10000, help="vocabulary size (default: 10000)")
     parser.add_argument("--searches", default="fused,grid", help="which searches to run (default: fused,grid)")
     parser.add_argument(
+        "--cpu-devices", type=int, default=None, help="CPU devices per search process (default: one per core)"
+    )
+    parser.add_argument(
+        "--grid-n-jobs", type=int, default=None, help="GridSearchCV's n_jobs (default: None, one fit at a time)"
+    )
+    parser.add_argument(
         "--no-warm", dest="warm", action="store_false", help="skip the second run of each search (programs cached)"
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the summary record to this file")
@@ -72,6 +86,9 @@ def _environment() -> dict[str, Any]:
     import sklearn
 
     try:
+        from imdb_jax.train.cpu_devices import use_every_core
+
+        use_every_core()  # the workers' devices
         import jax
 
         backend = {"jax": jax.__version__, "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()]}
@@ -99,6 +116,9 @@ def _environment() -> dict[str, Any]:
 
 def run_worker(args: argparse.Namespace) -> dict[str, Any]:
     """Loads the reviews, runs one search, and returns its record."""
+    from imdb_jax.train.cpu_devices import use_every_core
+
+    use_every_core()  # before JAX is imported: one CPU device per core (or IMDB_JAX_CPU_DEVICES)
     import jax.monitoring
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
@@ -108,8 +128,10 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
     x, y = data.train.x[: args.rows], data.train.y[: args.rows]
     base = SparseMLPClassifier(epochs=args.epochs, batch_size=args.batch_size, random_state=0)
     cv = StratifiedKFold(n_splits=args.folds, shuffle=True, random_state=0)
-    search_class = FusedGridSearchCV if args.worker == "fused" else GridSearchCV
-    search = search_class(base, GRID, cv=cv, refit=False)
+    if args.worker == "fused":
+        search = FusedGridSearchCV(base, GRID, cv=cv, refit=False)
+    else:
+        search = GridSearchCV(base, GRID, cv=cv, refit=False, n_jobs=args.grid_n_jobs)
 
     spans: list[tuple[float, float]] = []
 
@@ -132,6 +154,7 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
         "fit_s": float(sum(results["mean_fit_time"]) * args.folds),
         "score_s": float(sum(results["mean_score_time"]) * args.folds),
         "candidates": len(results["params"]),
+        "devices": len(jax.devices()),
         "folds": args.folds,
         "fits": len(results["params"]) * args.folds,
         "mean_test_score": [float(score) for score in results["mean_test_score"]],
@@ -145,6 +168,7 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
             "num_words": args.num_words,
             "epochs": args.epochs,
             "batch_size": args.batch_size,
+            "grid_n_jobs": args.grid_n_jobs,
             "grid": _plain(GRID),
         },
     }
@@ -189,6 +213,7 @@ def run_in_fresh_process(which: str, cache_state: str, cache: str, args: argpars
         str(args.batch_size),
         "--num-words",
         str(args.num_words),
+        *(["--grid-n-jobs", str(args.grid_n_jobs)] if args.grid_n_jobs is not None else []),
     ]
     print(
         f"[bench_grid_search] running the {which} search ({cache_state} compilation cache) ...",
@@ -203,8 +228,8 @@ def run_in_fresh_process(which: str, cache_state: str, cache: str, args: argpars
     record["load_average_after"] = list(os.getloadavg())
     print(json.dumps(record), flush=True)
     print(
-        f"[bench_grid_search] {record['name']}, {cache_state} cache: {record['seconds']:.1f} s "
-        f"(compile {record['compile_s']:.1f} s)",
+        f"[bench_grid_search] {record['name']}, {cache_state} cache, {record['devices']} devices: "
+        f"{record['seconds']:.1f} s (compile {record['compile_s']:.1f} s)",
         file=sys.stderr,
         flush=True,
     )
@@ -213,6 +238,8 @@ def run_in_fresh_process(which: str, cache_state: str, cache: str, args: argpars
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.cpu_devices is not None:
+        os.environ["IMDB_JAX_CPU_DEVICES"] = str(args.cpu_devices)  # this process's and the workers'
     if args.worker:
         print(json.dumps(run_worker(args)))
         return 0
@@ -247,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             "target_speedup": TARGET_SPEEDUP,
             "met": speedup >= TARGET_SPEEDUP,
             "scores_equal": fused["mean_test_score_hex"] == grid["mean_test_score_hex"],
+            "devices": fused["devices"],
             "best_params": fused["best"]["params"],
             "best_mean_test_score": fused["best"]["mean_test_score"],
             "config": fused["config"],

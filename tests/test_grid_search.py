@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,7 +20,8 @@ from sklearn.exceptions import FitFailedWarning  # noqa: E402
 from sklearn.model_selection import GridSearchCV, StratifiedKFold  # noqa: E402
 
 import imdb_jax  # noqa: E402
-from imdb_jax import FusedGridSearchCV, SparseMLPClassifier  # noqa: E402
+from imdb_jax import FusedGridSearchCV, ModelConfig, SparseMLPClassifier  # noqa: E402
+from imdb_jax.estimator.grid_search import device_groups  # noqa: E402
 
 BASE = SparseMLPClassifier(hidden_units=(8,), epochs=3, batch_size=32, learning_rate=0.01, random_state=2)
 # Six candidates: widths, depths, a penalty, dropout and learning rates train together; the
@@ -114,6 +121,20 @@ def test_an_invalid_candidate_scores_error_score_and_the_others_train(searches):
         FusedGridSearchCV(BASE, {"hidden_units": [(0,)]}, cv=2, error_score="raise").fit(x, y)
 
 
+def test_a_failing_run_fails_its_candidates_or_raises_from_the_device_thread():
+    x, y = _words(rows=40)
+
+    def failing(*_, **__):
+        raise RuntimeError("the run broke")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(imdb_jax, "fit_variants", failing)
+        with pytest.raises(RuntimeError, match="the run broke"):
+            FusedGridSearchCV(BASE, {"l2": [0.0, 1e-3]}, cv=2, error_score="raise").fit(x, y)
+        with pytest.raises(ValueError, match="All 4 fits failed; the first error:\nRuntimeError: the run broke"):
+            FusedGridSearchCV(BASE, {"l2": [0.0, 1e-3]}, cv=2).fit(x, y)
+
+
 def test_refuses_other_estimators():
     from sklearn.linear_model import LogisticRegression
 
@@ -158,3 +179,72 @@ def test_verbose_shows_each_fused_runs_epochs_and_quiet_shows_nothing(capsys):
     FusedGridSearchCV(BASE, grid, cv=2).fit(x, y)
     captured = capsys.readouterr()
     assert captured.err == "" and captured.out == ""
+
+
+TWO_DEVICES_SCRIPT = textwrap.dedent(
+    """
+    import pickle, sys
+    import jax
+    sys.path.insert(0, sys.argv[1])
+    import imdb_jax
+    from sklearn.model_selection import StratifiedKFold
+    from test_grid_search import BASE, GRID, _words
+    runs, original = [], imdb_jax.fit_variants
+
+    def recording(specs, *args, **kwargs):
+        result = original(specs, *args, **kwargs)
+        kernel = result.fused_state().params["first"]["kernel"]
+        runs.append((len(specs), [str(device) for device in kwargs["devices"]], [str(d) for d in kernel.devices()]))
+        return result
+
+    imdb_jax.fit_variants = recording
+    x, y = _words()
+    cv = StratifiedKFold(n_splits=2, shuffle=True, random_state=0)
+    search = imdb_jax.FusedGridSearchCV(BASE, GRID, cv=cv, return_train_score=True, refit=False).fit(x, y)
+    with open(sys.argv[2], "wb") as file:
+        pickle.dump({"cv_results": search.cv_results_, "runs": runs, "devices": len(jax.devices())}, file)
+    """
+)
+
+
+def test_two_devices_share_a_run_and_give_the_same_results_bitwise(searches, tmp_path):
+    """With 2 CPU devices (in a subprocess) each fold's run of five is split over both devices,
+    one thread each, and `cv_results_` is still `GridSearchCV`'s (on one device) bitwise."""
+    *_, plain, _ = searches
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    tests, found_at = str(Path(__file__).resolve().parent), tmp_path / "found.pickle"
+    done = subprocess.run(
+        [sys.executable, "-c", TWO_DEVICES_SCRIPT, tests, str(found_at)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = pickle.loads(found_at.read_bytes())
+    assert found["devices"] == 2
+    # Per fold: the five of one seed split 2 + 3 over both devices (widths 8+8 | 8+4+4), each
+    # share on its own device; the other seed's one on the first.
+    on = [(count, asked, used) for count, asked, used in found["runs"]]
+    assert sorted(on) == sorted(
+        [(2, ["cpu:0"], ["cpu:0"]), (3, ["cpu:1"], ["cpu:1"]), (1, ["cpu:0"], ["cpu:0"])] * 2
+    ), on
+    plain_results = {key: value for key, value in plain.cv_results_.items() if not key.endswith("_time")}
+    found_results = {key: value for key, value in found["cv_results"].items() if not key.endswith("_time")}
+    _assert_same_results(found_results, plain_results)
+
+
+def test_device_groups_balance_first_layer_widths_and_keep_blocks_whole():
+    def configs(*widths_and_l2):
+        return [ModelConfig(num_words=10, hidden_units=units, l2=l2) for units, l2 in widths_and_l2]
+
+    mixed = configs(((16, 16), 0.0), ((64,), 0.0), ((64,), 1e-3), ((32, 32, 32), 0.0), ((32, 32, 32), 0.0))
+    assert device_groups(mixed, 1) == [[0, 1, 2, 3, 4]]
+    assert device_groups(mixed, 2) == [[0, 1, 3], [2, 4]]  # 64 + 32 + 16 | 64 + 32
+    # One block of equal candidates is split evenly.
+    same = configs(*[((8,), 0.0)] * 6)
+    assert device_groups(same, 2) == [[0, 2, 4], [1, 3, 5]]
+    assert device_groups(same, 4) == [[0, 3], [1, 4], [2, 5]]  # 3 devices do as well as 4
+    # A wide candidate no split can share: the fewest devices within 10% of the least work.
+    assert device_groups(configs(((512,), 0.0), ((16,), 0.0), ((16,), 0.0)), 2) == [[0, 1, 2]]
+    assert device_groups(configs(((8,), 0.0)), 8) == [[0]]

@@ -8,14 +8,24 @@ settings) get one run per group of equal settings. Each candidate then becomes t
 `SparseMLPClassifier` it would be after its own `fit` (`fit_variants` guarantees each variant
 ends bitwise where it would alone) and is scored by the same scorer on the same rows, so
 `cv_results_` holds the same scores as `GridSearchCV`'s, bitwise.
+
+With several devices (on a CPU, one per core when `imdb_jax.train.cpu_devices.use_every_core()`
+ran before JAX was imported, as the command line does), a run's candidates are split into one
+group per device, balanced by work (`device_groups`), and each device trains and scores its
+groups in a thread of its own, fold after fold, while the main thread cuts the next folds: the
+devices never wait for each other. A candidate's numbers do not depend on its company nor on
+its device (every CPU device runs the same code), so the scores stay bitwise `GridSearchCV`'s.
 """
 
 from __future__ import annotations
 
 import numbers
+import threading
 import time
 import warnings
 from collections import defaultdict
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, cast
 
 from sklearn.base import clone
@@ -25,7 +35,7 @@ from sklearn.model_selection import GridSearchCV, ParameterGrid, check_cv
 from sklearn.utils import _safe_indexing
 from sklearn.utils.validation import _num_samples, indexable
 
-from imdb_jax.estimator.classifier import SparseMLPClassifier, resolve_seed
+from imdb_jax.estimator.classifier import PreparedData, SparseMLPClassifier, resolve_seed
 from imdb_jax.specs import VariantSpec
 
 
@@ -34,7 +44,8 @@ class FusedGridSearchCV(GridSearchCV):
 
     Takes `GridSearchCV`'s parameters (`estimator`, `param_grid`, `scoring`, `refit`, `cv`,
     `verbose`, `error_score`, `return_train_score`; `n_jobs` and `pre_dispatch` are accepted and
-    unused: one fused run already keeps the machine busy) and gives its results: `cv_results_`
+    unused: the candidates spread over JAX's local devices instead, see below) and gives its
+    results: `cv_results_`
     with the same keys and scores, `best_params_`, `best_score_`, `best_index_`,
     `best_estimator_`, `refit_time_`, `scorer_`, `n_splits_`, `multimetric_`, and `predict`,
     `predict_proba`, `score`, ... delegated to `best_estimator_`.
@@ -42,9 +53,15 @@ class FusedGridSearchCV(GridSearchCV):
     Differences from `GridSearchCV`:
       - `estimator` must be a `SparseMLPClassifier`, and `fit` takes no fit parameters besides
         `groups` (for the splitter).
+      - Devices: the candidates of a run are split over the local devices of JAX's default
+        backend, balanced by work (`device_groups`: the fewest devices within 10% of the least
+        work), one thread per device. JAX starts with one CPU device unless told otherwise:
+        call `imdb_jax.train.cpu_devices.use_every_core()` before JAX is first imported to get
+        one per core (or set `XLA_FLAGS=--xla_force_host_platform_device_count=N`).
       - Timing keys: `mean_fit_time` / `std_fit_time` (and the per-split values behind them) give
-        each candidate an equal share of its fused run: the run's seconds divided by the
-        candidates in it. `mean_score_time` is each candidate's own scoring time.
+        each candidate an equal share of its fused run on its device: the run's seconds divided
+        by the candidates in it (runs on different devices overlap in time). `mean_score_time`
+        is each candidate's own scoring time.
       - `random_state=None`: one seed is drawn per fold and shared by the candidates of a run
         (their data order must be one); `GridSearchCV` draws one per fit. Ints and
         `RandomState`s give `GridSearchCV`'s seeds.
@@ -81,35 +98,74 @@ class FusedGridSearchCV(GridSearchCV):
             )
 
         out: list[dict[str, Any] | None] = [None] * (len(candidates) * n_splits)
-        for split, (train, test) in enumerate(splits):
-            x_train, y_train = _safe_indexing(X, train), _safe_indexing(y, train)
-            x_test, y_test = _safe_indexing(X, test), _safe_indexing(y, test)
-            # A fresh clone per fit, as GridSearchCV makes: a RandomState parameter is then a
-            # fresh copy each time, and draws GridSearchCV's seed.
-            estimators = [_candidate(base, params) for params in candidates]
-            fold_seed = None
-            runs: dict[tuple, list[int]] = defaultdict(list)
-            for index, estimator in enumerate(estimators):
-                if estimator.random_state is None:
-                    fold_seed = resolve_seed(None) if fold_seed is None else fold_seed
-                    seed = fold_seed
-                else:
-                    seed = resolve_seed(estimator.random_state)
-                runs[estimator.run_key(seed)].append(index)
-            for key, members in runs.items():
-                seconds, errors = self._fused_run(
-                    [estimators[i] for i in members], x_train, y_train, key[0], f"split {split + 1}/{n_splits}"
-                )
-                for index, error in zip(members, errors):
-                    record = {
-                        "fit_time": seconds / len(members),
-                        "n_test_samples": _num_samples(x_test),
-                        "fit_error": error,
-                    }
-                    record.update(self._scores(scorers, estimators[index], x_test, y_test, x_train, y_train, error))
+        devices = _local_devices()
+        executors = [ThreadPoolExecutor(1, thread_name_prefix=f"grid-device-{i}") for i in range(len(devices))]
+        cancel = threading.Event()
+        # (split, label, candidate indices, the future of their share of a run on one device)
+        units: list[tuple[int, str, list[int], Future]] = []
+        try:
+            for split, (train, test) in enumerate(splits):
+                x_train, y_train = _safe_indexing(X, train), _safe_indexing(y, train)
+                x_test, y_test = _safe_indexing(X, test), _safe_indexing(y, test)
+                # A fresh clone per fit, as GridSearchCV makes: a RandomState parameter is then a
+                # fresh copy each time, and draws GridSearchCV's seed.
+                estimators = [_candidate(base, params) for params in candidates]
+                fold_seed = None
+                runs: dict[tuple, list[int]] = defaultdict(list)
+                for index, estimator in enumerate(estimators):
+                    if estimator.random_state is None:
+                        fold_seed = resolve_seed(None) if fold_seed is None else fold_seed
+                        seed = fold_seed
+                    else:
+                        seed = resolve_seed(estimator.random_state)
+                    runs[estimator.run_key(seed)].append(index)
+                label = f"split {split + 1}/{n_splits}"
+                test_rows = _num_samples(x_test)
+                for key, members in runs.items():
+                    # Cut here, on the main thread, while the devices train the folds before.
+                    started = time.perf_counter()
+                    prepared, errors = self._prepare_run([estimators[i] for i in members], x_train, y_train, key[0])
+                    shared = (time.perf_counter() - started) / len(members)
+                    for index, error in zip(members, errors):
+                        if error is not None:
+                            failed = self._scores(scorers, None, x_test, y_test, x_train, y_train, error)
+                            out[index * n_splits + split] = self._record(shared, test_rows, error, failed)
+                    if prepared is None:
+                        continue
+                    data, options, configs = prepared
+                    positions = sorted(configs)  # in `members`, of those that can train
+                    shares = device_groups([configs[position] for position in positions], len(devices))
+                    for device, share in enumerate(shares):
+                        chosen = [positions[position] for position in share]
+                        indices = [members[position] for position in chosen]
+                        where = f"{label}, device {device + 1}/{len(shares)}" if len(shares) > 1 else label
+                        future = executors[device].submit(
+                            self._train_and_score,
+                            [estimators[index] for index in indices],
+                            [configs[position] for position in chosen],
+                            data,
+                            options,
+                            key[0],
+                            devices[device],
+                            where,
+                            cancel,
+                            scorers,
+                            (x_test, y_test, x_train, y_train),
+                            shared,
+                        )
+                        units.append((split, where, indices, future))
+            for split, where, indices, future in units:
+                seconds, records = future.result()
+                for index, record in zip(indices, records):
                     out[index * n_splits + split] = record
                 if self.verbose > 1:
-                    print(f"[split {split + 1}/{n_splits}] {len(members)} candidates in one run: {seconds:.1f} s")
+                    print(f"[{where}] {len(records)} candidates in one run: {seconds:.1f} s")
+        except BaseException:
+            cancel.set()  # a run in progress stops at the end of its epoch
+            raise
+        finally:
+            for executor in executors:
+                executor.shutdown(wait=True, cancel_futures=True)
 
         records = [record for record in out if record is not None]
         failed = sum(record["fit_error"] is not None for record in records)
@@ -144,22 +200,17 @@ class FusedGridSearchCV(GridSearchCV):
         self.cv_results_ = results
         return self
 
-    def _fused_run(
-        self, estimators: list[SparseMLPClassifier], x: Any, y: Any, seed: int, label: str = ""
-    ) -> tuple[float, list[str | None]]:
-        """Fits `estimators` (of equal `run_key`s) in one `fit_variants` run, in place; with
-        `verbose`, its epochs show as a progress bar on stderr named by `label`.
+    def _prepare_run(
+        self, estimators: list[SparseMLPClassifier], x: Any, y: Any, seed: int
+    ) -> tuple[tuple[PreparedData, dict[str, Any], dict[int, Any]] | None, list[str | None]]:
+        """The data, training options and model configs that `estimators` (of equal `run_key`s)
+        share in one fused run.
 
         Returns:
-          The run's seconds and, per estimator, its error as text (None: fitted). Invalid
-          settings fail their own candidate only; a failure of the run fails all of them.
+          (data, options, {position in `estimators`: config}) or None when none can train, and
+          per estimator its error as text (None: it can train). Invalid settings fail their own
+          candidate only; data that cannot be prepared fails all of them.
         """
-        # Deferred: JAX (~1.3 s) loads with the first fit, not when the search is imported or built.
-        import jax
-
-        from imdb_jax import fit_variants
-
-        started = time.perf_counter()
         errors: list[str | None] = [None] * len(estimators)
         try:
             data = estimators[0].prepare(x, y, seed)
@@ -167,7 +218,7 @@ class FusedGridSearchCV(GridSearchCV):
         except Exception as error:
             if self.error_score == "raise":
                 raise
-            return time.perf_counter() - started, [_describe(error)] * len(estimators)
+            return None, [_describe(error)] * len(estimators)
         configs: dict[int, Any] = {}
         for index, estimator in enumerate(estimators):
             try:
@@ -176,31 +227,99 @@ class FusedGridSearchCV(GridSearchCV):
                 if self.error_score == "raise":
                     raise
                 errors[index] = _describe(error)
-        if not configs:
-            return time.perf_counter() - started, errors
+        return ((data, options, configs) if configs else None), errors
+
+    def _train_and_score(
+        self,
+        estimators: list[SparseMLPClassifier],
+        configs: list[Any],
+        data: PreparedData,
+        options: dict[str, Any],
+        seed: int,
+        device: Any,
+        label: str,
+        cancel: threading.Event,
+        scorers: Any,
+        split: tuple[Any, Any, Any, Any],
+        shared_seconds: float,
+    ) -> tuple[float, list[dict[str, Any]]]:
+        """One device's share of a fused run, on that device: trains `estimators` (with their
+        `configs`) in one `fit_variants` run, in place, then scores each one.
+
+        Returns:
+          The run's seconds and each estimator's record ("fit_time": its share of the run plus
+          `shared_seconds`, "n_test_samples", "fit_error", the scores).
+        """
+        # Deferred: JAX (~1.3 s) loads with the first fit, not when the search is imported or built.
+        import jax
+
+        x_test, y_test, x_train, y_train = split
+        with jax.default_device(device):  # this thread's arrays and programs live on `device`
+            seconds, errors = self._fused_run(estimators, configs, data, options, seed, device, label, cancel)
+            return seconds, [
+                self._record(
+                    shared_seconds + seconds / len(estimators),
+                    _num_samples(x_test),
+                    error,
+                    self._scores(scorers, estimator, x_test, y_test, x_train, y_train, error),
+                )
+                for estimator, error in zip(estimators, errors)
+            ]
+
+    def _fused_run(
+        self,
+        estimators: list[SparseMLPClassifier],
+        configs: list[Any],
+        data: PreparedData,
+        options: dict[str, Any],
+        seed: int,
+        device: Any,
+        label: str,
+        cancel: threading.Event,
+    ) -> tuple[float, list[str | None]]:
+        """Fits `estimators` in one `fit_variants` run on `device`, in place; with `verbose`,
+        its epochs show as a progress bar on stderr named by `label`. A failure of the run
+        fails all of them; `cancel` stops it at the end of an epoch.
+
+        Returns:
+          The run's seconds and, per estimator, its error as text (None: fitted).
+        """
+        from imdb_jax import fit_variants
+
+        def stop_when_cancelled(*_: Any) -> None:
+            if cancel.is_set():
+                raise _Cancelled("the search was interrupted")
+
+        started = time.perf_counter()
+        errors: list[str | None] = [None] * len(estimators)
+        if cancel.is_set():
+            return 0.0, ["_Cancelled: the search was interrupted"] * len(estimators)
         try:
-            members = list(configs)
             result = fit_variants(
-                [VariantSpec.from_config(configs[index], seed) for index in members],
+                [VariantSpec.from_config(config, seed) for config in configs],
                 data.train,
                 data.validation,
                 shuffle_seed=seed,
-                devices=jax.devices()[:1],  # where fit trains: the same numbers
+                devices=[device],  # one device per run: fit's numbers, on any of them
                 progress=self.verbose > 0,
                 description=f"grid {label}".strip(),
+                on_epoch_end=stop_when_cancelled,
                 **options,
             )
-            for position, index in enumerate(members):
-                estimator = estimators[index]
+            for position, estimator in enumerate(estimators):
                 best = estimator.early_stopping and estimator.restore_best_weights
                 state = result.state(position, "best" if best else "last")
-                estimator.adopt(data, configs[index], state, result.histories[position])
+                estimator.adopt(data, configs[position], state, result.histories[position])
         except Exception as error:
-            if self.error_score == "raise":
+            if self.error_score == "raise" or isinstance(error, _Cancelled):
                 raise
-            for index in configs:
-                errors[index] = _describe(error)
+            errors = [_describe(error)] * len(estimators)
         return time.perf_counter() - started, errors
+
+    @staticmethod
+    def _record(fit_time: float, test_rows: int, error: str | None, scores: dict[str, Any]) -> dict[str, Any]:
+        """One fit's raw record, as `_format_results` takes it (`scores`: from `_scores`)."""
+        return {"fit_time": fit_time, "n_test_samples": test_rows, "fit_error": error, **scores}
 
     def _scores(self, scorers, estimator, x_test, y_test, x_train, y_train, error: str | None) -> dict[str, Any]:
         """{"test_scores", "score_time"[, "train_scores"]} of one fitted candidate."""
@@ -221,6 +340,55 @@ class FusedGridSearchCV(GridSearchCV):
         if isinstance(scorers, _MultimetricScorer):
             return dict.fromkeys(scorers._scorers, self.error_score)
         return self.error_score
+
+
+class _Cancelled(Exception):
+    """Raised in a device's thread to stop its run when the search fails or is interrupted."""
+
+
+def _local_devices() -> list[Any]:
+    """The devices to spread a search over: the default backend's local devices (one process;
+    across processes, the first only, as `fit` trains)."""
+    # Deferred: JAX (~1.3 s) loads with the first fit, not when the search is imported or built.
+    import jax
+
+    from imdb_jax.train import compile_cache
+
+    compile_cache.enable()  # once, here, before the devices' threads would race to it
+    return list(jax.local_devices()) if jax.process_count() == 1 else list(jax.local_devices()[:1])
+
+
+def device_groups(configs: Sequence[Any], devices: int) -> list[list[int]]:
+    """The candidates (indices into `configs`, `ModelConfig`s) each device trains, balanced by work.
+
+    A candidate's work is its first layer's width: an epoch's cost on CPU is mostly the first
+    layer's embedding bag, whose gather and scatter-add move `width` floats per non-zero. The
+    candidates go widest first, each to the device with the least work so far (on a tie, one
+    that already trains its block: the same widths, dropout or not, penalty or not, so blocks
+    stay whole); the fewest devices within 10% of the least work are used, as
+    `imdb_jax.train.variants.balanced_device_count` chooses, since every device used costs its
+    own compilation. Each group keeps the candidates' order; empty groups are left out.
+    """
+
+    def block(config: Any) -> tuple:
+        return (tuple(config.hidden_units), config.dropout_rate > 0, config.l1 > 0 or config.l2 > 0)
+
+    def width(index: int) -> int:
+        return int(configs[index].hidden_units[0]) if configs[index].hidden_units else 1
+
+    def plan(count: int) -> tuple[int, list[list[int]]]:
+        loads, groups, blocks = [0] * count, [[] for _ in range(count)], [set() for _ in range(count)]
+        for index in sorted(range(len(configs)), key=lambda index: (-width(index), index)):
+            key = block(configs[index])
+            device = min(range(count), key=lambda device: (loads[device], key not in blocks[device], device))
+            loads[device] += width(index)
+            groups[device].append(index)
+            blocks[device].add(key)
+        return max(loads), [sorted(group) for group in groups if group]
+
+    plans = [plan(count) for count in range(1, max(min(devices, len(configs)), 1) + 1)]
+    least = min(work for work, _ in plans)
+    return next(groups for work, groups in plans if work <= 1.1 * least)
 
 
 def _candidate(base: SparseMLPClassifier, params: dict[str, Any]) -> SparseMLPClassifier:
