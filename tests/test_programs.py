@@ -213,6 +213,9 @@ SEEDS = [0, 1, 7, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**40 + 3, -1, -(2**31), -
 def test_variant_keys_from_stored_programs_are_jax_randoms_own_for_any_seed(store):
     from imdb_jax.train import variants
 
+    for function in (variants._seed_keys, variants._dropout_keys):
+        _forget(function)  # earlier tests may have loaded them in this process
+
     def words(keys):
         return [np.asarray(jax.random.key_data(key)).tolist() for key in keys]
 
