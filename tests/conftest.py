@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
+import sys
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +28,22 @@ if "TFDS_DATA_DIR" not in os.environ and _SHARED_DATA.is_dir():
     os.environ["TFDS_DATA_DIR"] = str(_SHARED_DATA)
 
 _REAL_DATA_FIXTURES = {"imdb_data", "real_data_dir", "imdb_cache_dir"}
+
+
+def run_python(code: str, *args: str, timeout: float = 300) -> str:
+    """The standard output of `python -c code args...` run from the repository on CPU; the
+    calling test fails with the end of its standard error if it fails."""
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=timeout,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
 
 # A tiny corpus in aclImdb's layout: {(split, label): {file name: text}}. File names are not in
 # string order ("10_" sorts before "2_") to pin the numeric ordering; one file is not UTF-8.

@@ -4,11 +4,11 @@ about on every later run."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 import zlib
 from pathlib import Path
+
+from conftest import run_python
 
 from imdb_jax.train import compile_cache
 
@@ -28,16 +28,7 @@ print("WARNINGS", [str(w.message) for w in caught if "compilation cache" in str(
 
 
 def _compile_once(cache: Path) -> str:
-    done = subprocess.run(
-        [sys.executable, "-c", COMPILE_ONCE, str(cache)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout.splitlines()[-1]
+    return run_python(COMPILE_ONCE, str(cache), timeout=120).splitlines()[-1]
 
 
 def _age(path: Path, seconds: float = 3600.0) -> None:

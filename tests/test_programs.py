@@ -5,9 +5,6 @@ entry is compiled again."""
 from __future__ import annotations
 
 import functools
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -15,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import run_python
 
 from imdb_jax.train import programs
 from imdb_jax.train.programs import Unkeyable, static_key, stored_jit
@@ -184,16 +182,8 @@ FIT = textwrap.dedent(
 
 
 def _fit(cache: Path) -> dict[str, str]:
-    done = subprocess.run(
-        [sys.executable, "-c", FIT, str(cache)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=300,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return dict(line.split(" ", 1) for line in done.stdout.splitlines() if line.split(" ", 1)[0].isupper())
+    stdout = run_python(FIT, str(cache))
+    return dict(line.split(" ", 1) for line in stdout.splitlines() if line.split(" ", 1)[0].isupper())
 
 
 def test_a_second_process_traces_no_epoch_program_and_gets_the_same_bits(tmp_path):
