@@ -223,8 +223,8 @@ def test_two_devices_share_a_run_and_give_the_same_results_bitwise(searches, tmp
     assert done.returncode == 0, done.stderr[-3000:]
     found = pickle.loads(found_at.read_bytes())
     assert found["devices"] == 2
-    # Per fold: the five of one seed split 2 + 3 over both devices (widths 8+8 | 8+4+4), each
-    # share on its own device; the other seed's one on the first.
+    # Per fold: the five of one seed split 2 + 3 over both devices (the two with L2, 8 + 4 wide,
+    # | 8 + 8 + 4), each share on its own device; the other seed's one on the first.
     on = [(count, asked, used) for count, asked, used in found["runs"]]
     assert sorted(on) == sorted(
         [(2, ["cpu:0"], ["cpu:0"]), (3, ["cpu:1"], ["cpu:1"]), (1, ["cpu:0"], ["cpu:0"])] * 2
@@ -234,17 +234,18 @@ def test_two_devices_share_a_run_and_give_the_same_results_bitwise(searches, tmp
     _assert_same_results(found_results, plain_results)
 
 
-def test_device_groups_balance_first_layer_widths_and_keep_blocks_whole():
+def test_device_groups_balance_work_and_keep_blocks_whole():
     def configs(*widths_and_l2):
         return [ModelConfig(num_words=10, hidden_units=units, l2=l2) for units, l2 in widths_and_l2]
 
     mixed = configs(((16, 16), 0.0), ((64,), 0.0), ((64,), 1e-3), ((32, 32, 32), 0.0), ((32, 32, 32), 0.0))
     assert device_groups(mixed, 1) == [[0, 1, 2, 3, 4]]
-    assert device_groups(mixed, 2) == [[0, 1, 3], [2, 4]]  # 64 + 32 + 16 | 64 + 32
-    # One block of equal candidates is split evenly.
+    assert device_groups(mixed, 2) == [[0, 2], [1, 3, 4]]  # 16 + 64 with L2 (x 1.5) | 64 + 2 x 32 (one block)
+    # A block of more than a device's share is cut into near-equal pieces.
     same = configs(*[((8,), 0.0)] * 6)
-    assert device_groups(same, 2) == [[0, 2, 4], [1, 3, 5]]
-    assert device_groups(same, 4) == [[0, 3], [1, 4], [2, 5]]  # 3 devices do as well as 4
+    assert device_groups(same, 2) == [[0, 1, 2], [3, 4, 5]]
+    assert device_groups(same, 4) == [[0, 1], [2, 3], [4, 5]]  # 3 devices do as well as 4
+    assert device_groups(configs(*[((8,), 0.0)] * 3, ((8,), 1e-3)), 2) == [[0, 1], [2, 3]]
     # A wide candidate no split can share: the fewest devices within 10% of the least work.
     assert device_groups(configs(((512,), 0.0), ((16,), 0.0), ((16,), 0.0)), 2) == [[0, 1, 2]]
     assert device_groups(configs(((8,), 0.0)), 8) == [[0]]
