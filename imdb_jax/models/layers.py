@@ -70,7 +70,22 @@ add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
 def output_logits(h: jax.Array, kernel: jax.Array) -> jax.Array:
     """float32[batch] = h[batch, units] · kernel[units], summed by `tree_sum` both ways (a
     matrix-vector product's rounding would depend on the shapes)."""
-    return tree_sum(h * kernel[None, :], axis=-1)
+    return tree_sum(rounded_products(h, kernel[None, :], kernel), axis=-1)
+
+
+def rounded_products(a: jax.Array, b: jax.Array, source: jax.Array) -> jax.Array:
+    """`a * b`, every product rounded to float32 before a sum takes it, in any program.
+
+    XLA's CPU compiler lets LLVM contract a multiply and the add that takes its result into one
+    fused multiply-add (one rounding instead of two), and whether the two land in one fusion
+    depends on the program: a variant in company and alone got different last bits. Here each
+    product is multiplied once more by a 1.0 that neither XLA nor LLVM can fold (it is computed
+    from `source`, any finite array of the same program: `source * 0 + 1`), so only that multiply
+    can be contracted into an add, and `fma(p, 1, c)` rounds exactly as `p + c` does. A
+    non-finite `source` makes the products NaN, as its values would anyway.
+    """
+    one = jnp.reshape(jnp.ravel(source)[:1] * 0.0 + 1.0, (1,) * max(a.ndim, b.ndim))
+    return (a * b) * one
 
 
 def _output_fwd(h, kernel):
@@ -79,7 +94,7 @@ def _output_fwd(h, kernel):
 
 def _output_bwd(residuals, grad):
     h, kernel = residuals
-    return grad[..., None] * kernel[None, :], tree_sum(h * grad[..., None], axis=-2)
+    return grad[..., None] * kernel[None, :], tree_sum(rounded_products(h, grad[..., None], kernel), axis=-2)
 
 
 output_logits.defvjp(_output_fwd, _output_bwd)
