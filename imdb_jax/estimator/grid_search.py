@@ -14,8 +14,9 @@ ran before JAX was imported, as the command line does), a run's candidates are s
 group per device, balanced by work (`device_groups`), and each device trains its groups in a
 thread of its own, fold after fold, while the main thread cuts the next folds: the devices
 never wait for each other. Every candidate is scored on the first device (by its device's
-thread), so each scoring program compiles once. A candidate's numbers do not depend on its company nor on
-its device (every CPU device runs the same code), so the scores stay bitwise `GridSearchCV`'s.
+thread), so each scoring program compiles once. A candidate's numbers depend neither on its
+company nor on its device (every CPU device runs the same code), so the scores stay bitwise
+`GridSearchCV`'s.
 """
 
 from __future__ import annotations
