@@ -295,6 +295,7 @@ class FusedGridSearchCV(GridSearchCV):
         Returns:
           The run's seconds and, per estimator, its error as text (None: fitted).
         """
+        # Deferred: JAX (~1.3 s) loads with the first fit, not when the search is imported or built.
         import jax
 
         from imdb_jax import fit_variants
