@@ -214,3 +214,18 @@ def test_variant_keys_from_stored_programs_are_jax_randoms_own_for_any_seed(stor
     dropout = variants._dropout_keys(np.array([[variants._seed_word(seed) for seed in SEEDS]], np.uint32))
     assert words(dropout[0]) == words(pair[1] for pair in expected)
     assert {path.name.split("-")[0] for path in store.glob("*.program")} == {"seed_keys", "dropout_keys"}
+
+
+def test_compilations_for_the_store_overlapping_in_threads_leave_jaxs_cache_setting_as_it_was():
+    from jax._src import compilation_cache as cache
+
+    before = cache._cache_checked, cache._cache_used
+    first, second = programs._compiled_afresh(), programs._compiled_afresh()
+    first.__enter__()
+    second.__enter__()  # a second thread's compilation starts before the first one ends
+    assert cache._cache_used is False
+    first.__exit__(None, None, None)
+    assert cache._cache_used is False  # the second is still compiling
+    second.__exit__(None, None, None)
+    # Each putting back what it found left JAX's cache off for the rest of the process.
+    assert (cache._cache_checked, cache._cache_used) == before

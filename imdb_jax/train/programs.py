@@ -45,6 +45,7 @@ import os
 import pickle
 import platform
 import sys
+import threading
 import types
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -340,6 +341,11 @@ class _Unsupported(Exception):
     """This JAX lacks what `_compiled_afresh` relies on."""
 
 
+# Compilations for the store in progress, and JAX's own setting to put back after the last one.
+_afresh_lock = threading.Lock()
+_afresh: dict[str, Any] = {"depth": 0, "saved": None}
+
+
 @contextlib.contextmanager
 def _compiled_afresh() -> Iterator[None]:
     """One compilation done by XLA itself, not loaded from JAX's persistent cache.
@@ -347,21 +353,31 @@ def _compiled_afresh() -> Iterator[None]:
     On CPU an executable that JAX's cache loaded serializes without its compiled functions
     (7.9 kB against 12.1 kB for a small program), and calling it after loading it from the store
     fails ("Function convert_multiply_fusion not found"). JAX decides once per process whether
-    its cache is used (`compilation_cache._cache_used`); this says no for the one compilation.
+    its cache is used (`compilation_cache._cache_used`); this says no until the compilation is
+    done. Threads may compile for the store at once (`FusedGridSearchCV` trains each device's
+    share in a thread of its own): JAX's setting comes back when the last of them is done, not
+    as each leaves, which could leave it off for good. Meanwhile another thread's `jax.jit`
+    compilation skips JAX's cache too: slower, never other numbers.
     """
     # Deferred: a private JAX module, only where a program is compiled for the store.
     from jax._src import compilation_cache as cache
 
     if not all(hasattr(cache, name) for name in ("_cache_initialized_mutex", "_cache_checked", "_cache_used")):
         raise _Unsupported
-    with cache._cache_initialized_mutex:
-        saved = cache._cache_checked, cache._cache_used
-        cache._cache_checked, cache._cache_used = True, False
+    with _afresh_lock:
+        if _afresh["depth"] == 0:
+            with cache._cache_initialized_mutex:
+                _afresh["saved"] = cache._cache_checked, cache._cache_used
+                cache._cache_checked, cache._cache_used = True, False
+        _afresh["depth"] += 1
     try:
         yield
     finally:
-        with cache._cache_initialized_mutex:
-            cache._cache_checked, cache._cache_used = saved
+        with _afresh_lock:
+            _afresh["depth"] -= 1
+            if _afresh["depth"] == 0:
+                with cache._cache_initialized_mutex:
+                    cache._cache_checked, cache._cache_used = _afresh["saved"]
 
 
 def stored_jit(fun: Callable | None = None, **jit_options: Any) -> Any:
