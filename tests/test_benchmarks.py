@@ -424,3 +424,20 @@ def test_bag_experiments_time_each_variant_beside_the_package_and_find_them_bitw
     checked = [line for line in lines if "bitwise" in line]
     assert len(checked) == 2 * 2 + 3 and all(line.endswith("bitwise True") for line in checked)
     assert sum("rmsprop update" in line and "loop fusion" in line for line in lines) == 2
+
+
+def test_bag_kernel_loops_are_bitwise_equal_to_the_package_bag(capsys):
+    """The numba bag (benchmarks/bag_kernel.py) adds in occurrence order, as XLA's scatter does:
+    forward and backward must give the package's `embedding_bag` bits, or its speed-up would
+    not be a like-for-like figure."""
+    if not NUMBA_INSTALLED:
+        pytest.skip("numba is not installed (the bench extra)")
+    import bag_kernel
+
+    assert bag_kernel.main(["--widths", "16", "40", "--repeats", "1"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    measured = {record["name"]: record for record in records if record["what"] == "bag_kernel"}
+    assert set(measured) == {"width_16", "width_40"}
+    for record in measured.values():
+        assert record["bitwise"] is True
+        assert record["loop_forward_s"] > 0 and record["xla_backward_s"] > 0
