@@ -33,31 +33,23 @@ from imdb_jax.models.layers import bag_chunk, embedding_bag
 NUMBA_INSTALLED = importlib.util.find_spec("numba") is not None  # the bench extra
 
 
-def _loops():
-    """(forward, backward) numba loops, compiled on first call."""
+def _add_rows():
+    """The numba loop both passes share, compiled on first call: for each occurrence `i` in
+    order (padding, whose row is `batch_size`, skipped), `out[to_ids[i]] += source[from_ids[i]]`.
+    The forward pass adds kernel rows from words into reviews, the backward gradient rows from
+    reviews into words."""
     import numba
 
     @numba.njit(cache=True)
-    def forward(kernel, word_ids, row_ids, batch_size, out):
+    def add_rows(source, from_ids, to_ids, row_ids, batch_size, out):
         out[:] = 0.0
-        for i in range(word_ids.shape[0]):
-            row = row_ids[i]
-            if row < batch_size:
-                word = word_ids[i]
-                for j in range(kernel.shape[1]):
-                    out[row, j] += kernel[word, j]
+        for i in range(from_ids.shape[0]):
+            if row_ids[i] < batch_size:
+                target, origin = to_ids[i], from_ids[i]
+                for j in range(source.shape[1]):
+                    out[target, j] += source[origin, j]
 
-    @numba.njit(cache=True)
-    def backward(grad, word_ids, row_ids, batch_size, out):
-        out[:] = 0.0
-        for i in range(word_ids.shape[0]):
-            row = row_ids[i]
-            if row < batch_size:
-                word = word_ids[i]
-                for j in range(grad.shape[1]):
-                    out[word, j] += grad[row, j]
-
-    return forward, backward
+    return add_rows
 
 
 def main(argv=None) -> int:
@@ -69,7 +61,7 @@ def main(argv=None) -> int:
     if not NUMBA_INSTALLED:
         reporter.note("bag_kernel", "numba is not installed (pip install -e '.[bench]'): nothing measured")
         return 0
-    forward, backward = _loops()
+    add_rows = _add_rows()
     word_ids, row_ids, occurrences = batch()
     chunk = bag_chunk(len(word_ids))
     rng = np.random.default_rng(1)
@@ -84,8 +76,12 @@ def main(argv=None) -> int:
         kernel_grad, xla_backward_s = best_of(xla_backward, kernel, word_ids, row_ids, grad, repeats=args.repeats)
         out_forward = np.empty((BATCH, width), np.float32)
         out_backward = np.empty((NUM_WORDS, width), np.float32)
-        _, loop_forward_s = best_of(forward, kernel, word_ids, row_ids, BATCH, out_forward, repeats=args.repeats)
-        _, loop_backward_s = best_of(backward, grad, word_ids, row_ids, BATCH, out_backward, repeats=args.repeats)
+        _, loop_forward_s = best_of(
+            add_rows, kernel, word_ids, row_ids, row_ids, BATCH, out_forward, repeats=args.repeats
+        )
+        _, loop_backward_s = best_of(
+            add_rows, grad, row_ids, word_ids, row_ids, BATCH, out_backward, repeats=args.repeats
+        )
         bitwise = bool(np.array_equal(np.asarray(summed), out_forward)) and bool(
             np.array_equal(np.asarray(kernel_grad), out_backward)
         )
