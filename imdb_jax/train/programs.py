@@ -59,6 +59,7 @@ import optax
 from jax.experimental.serialize_executable import deserialize_and_load, serialize
 
 from imdb_jax.atomic import atomic_write
+from imdb_jax.models import bag_kernel
 
 FOLDER = "imdb-jax-programs"  # inside the compilation cache's folder
 SUFFIX = ".program"
@@ -105,14 +106,14 @@ def _code_fingerprint() -> str:
     ):
         digest.update(name.encode() + b"\0")
     package = Path(__file__).resolve().parents[1]
-    for path in sorted(package.rglob("*.py")):
+    for path in sorted([*package.rglob("*.py"), *package.rglob("*.cc")]):
         digest.update(str(path.relative_to(package)).encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
     return digest.hexdigest()
 
 
 def _environment() -> str:
-    """The backend, its devices, XLA's flags and JAX's settings."""
+    """The backend, its devices, XLA's flags, JAX's settings and whether the bag kernel is in use."""
     backend = jax.devices()[0].client
     devices = [(device.id, device.device_kind, device.process_index) for device in jax.devices()]
     settings = sorted(
@@ -120,7 +121,10 @@ def _environment() -> str:
         for name, value in jax.config.values.items()
         if not any(part in name for part in _IRRELEVANT)
     )
-    return repr((backend.platform, backend.platform_version, devices, os.environ.get("XLA_FLAGS", ""), settings))
+    kernel = bag_kernel.in_use()
+    return repr(
+        (backend.platform, backend.platform_version, devices, os.environ.get("XLA_FLAGS", ""), settings, kernel)
+    )
 
 
 # Code whose behaviour the key covers (this package's source, or a library's version): functions
