@@ -18,6 +18,7 @@ The kernel runs only on the CPU backend; a GPU or TPU traces XLA's loop.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -33,6 +34,8 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
+from imdb_jax.data.cache import default_cache_dir
+
 ENVIRONMENT = "IMDB_JAX_BAG_KERNEL"
 OFF = ("off", "0", "none", "false", "no")
 TARGET = "imdb_jax_add_rows"
@@ -42,6 +45,7 @@ FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off", "-w")
 log = logging.getLogger(__name__)
 
 _why_not: str | None = None  # why the kernel is not in use, once `available()` has decided
+_turned_off = 0  # `turned_off()` blocks open
 
 
 def _compiler() -> str | None:
@@ -83,8 +87,6 @@ def _disabled() -> bool:
 def _load() -> bool:
     """Builds (once per machine) and registers the handler; False, with the reason kept, if it cannot."""
     global _why_not
-    from imdb_jax.data.cache import default_cache_dir
-
     try:
         library = ctypes.cdll.LoadLibrary(str(_build(default_cache_dir() / "kernels")))
         jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.ImdbJaxAddRows), platform="cpu")
@@ -108,8 +110,20 @@ def why_not() -> str | None:
 
 
 def in_use() -> bool:
-    """Whether a program traced now takes the kernel: it is available and JAX's backend is the CPU."""
-    return jax.default_backend() == "cpu" and available()
+    """Whether a program traced now takes the kernel: it is available, JAX's backend is the CPU
+    and no `turned_off()` block is open."""
+    return not _turned_off and jax.default_backend() == "cpu" and available()
+
+
+@contextlib.contextmanager
+def turned_off():
+    """Programs traced inside trace XLA's loop (to compare the two in one process)."""
+    global _turned_off
+    _turned_off += 1
+    try:
+        yield
+    finally:
+        _turned_off -= 1
 
 
 def add_rows(
