@@ -340,3 +340,37 @@ def test_loading_a_model_compiles_nothing(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["0"]
+
+
+def test_the_background_writer_returns_before_the_write_and_hands_its_errors_over(monkeypatch, tmp_path):
+    import threading
+
+    import jax.numpy as jnp
+
+    from imdb_jax.train import checkpoints
+
+    release, written = threading.Event(), []
+
+    def slow_write(folder, host, records, meta):
+        assert release.wait(10), "the main thread never let the write go on"
+        written.append((folder, np.asarray(host["w"]).copy(), len(records), meta))
+
+    monkeypatch.setattr(checkpoints, "_write", slow_write)
+    writer = checkpoints.BackgroundWriter(tmp_path, {"run": 1})
+    state = {"w": jnp.arange(4.0)}
+    writer.save(state, [{"epoch": 1}])  # returns while the write waits
+    assert written == []
+    state = {"w": state["w"] + 1}  # the next epoch's state; the snapshot is the old one
+    release.set()
+    writer.wait()
+    assert len(written) == 1 and written[0][2] == 1 and written[0][3] == {"run": 1}
+    np.testing.assert_array_equal(written[0][1], [0.0, 1.0, 2.0, 3.0])
+
+    def full_disk(folder, host, records, meta):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoints, "_write", full_disk)
+    writer.save(state, [{"epoch": 1}, {"epoch": 2}])
+    with pytest.raises(OSError, match="No space left"):
+        writer.save(state, [{"epoch": 1}, {"epoch": 2}, {"epoch": 3}])  # the error of the write before
+    writer.wait()  # handed over once

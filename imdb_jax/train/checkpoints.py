@@ -10,7 +10,8 @@ have seen, and the finished result is bitwise identical to an uninterrupted run.
 Why one `.npz` renamed into place rather than Orbax: the state is one host's arrays of tens of
 megabytes, written once per epoch; a single file written beside and renamed into place
 (`imdb_jax.atomic`) is never half old and half new, needs no background threads or extra
-dependency, and loads with NumPy alone. The arrays file alone is the checkpoint: it holds its own
+dependency, and loads with NumPy alone. During a run `BackgroundWriter` writes it while the next
+epoch trains. The arrays file alone is the checkpoint: it holds its own
 epoch count and the run's description (as JSON text), so a process killed between writing it and
 the JSON beside it (written after, for people and tools) leaves a run that resumes. The
 description records the JAX and jaxlib versions, backend and device count: another JAX may round
@@ -25,6 +26,7 @@ import io
 import json
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -123,7 +125,10 @@ def save(folder: str | Path, state: FusedState, records: list[dict[str, Any]], m
     host = fetch(state)
     if jax.process_index() != 0:
         return
-    folder = Path(folder)
+    _write(Path(folder), host, records, meta)
+
+
+def _write(folder: Path, host: Any, records: list[dict[str, Any]], meta: dict[str, Any]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     arrays = {**_flatten(host), **_records_arrays(records)}
     arrays["epochs_done"] = np.asarray(len(records))
@@ -146,6 +151,53 @@ def save(folder: str | Path, state: FusedState, records: list[dict[str, Any]], m
     _fault("arrays renamed")
     atomic_write(folder / META, json_bytes(described, indent=1))
     _fault("description written")
+
+
+class BackgroundWriter:
+    """`save`, with the copying to the host and the writing done beside the next epoch.
+
+    A study's state is hundreds of megabytes; fetching and writing it took 1.7 s after every
+    7.5 s epoch of the 4-seed study, with the devices idle. `save` here copies the state on the
+    device (the next epoch donates its buffers) and returns; a thread fetches the copy and writes
+    it, as `save` would, while the next epoch trains. One write at a time: a save waits for the
+    one before. What a kill leaves is unchanged (the previous checkpoint or this one, whole). An
+    error in the thread (a full disk) is raised by the next `save` or by `finish`.
+
+    Across processes (`jax.process_count() > 1`) every process must gather the state together,
+    so there `save` is the plain synchronous one.
+    """
+
+    def __init__(self, folder: str | Path, meta: dict[str, Any]):
+        self.folder = Path(folder)
+        self.meta = meta
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def save(self, state: FusedState, records: list[dict[str, Any]]) -> None:
+        self.wait()
+        if jax.process_count() > 1:
+            save(self.folder, state, records, self.meta)
+            return
+        snapshot = jax.tree_util.tree_map(lambda leaf: leaf.copy() if isinstance(leaf, jax.Array) else leaf, state)
+        self._thread = threading.Thread(
+            target=self._run, args=(snapshot, list(records)), name="imdb-jax-checkpoint", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, snapshot: FusedState, records: list[dict[str, Any]]) -> None:
+        try:
+            save(self.folder, snapshot, records, self.meta)
+        except BaseException as error:  # handed to the main thread
+            self._error = error
+
+    def wait(self) -> None:
+        """Waits for the write in progress; raises its error, if it failed."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 def _read_on_process_0(file: Path) -> bytes | OSError | None:

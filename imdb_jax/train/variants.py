@@ -11,6 +11,7 @@ blocks (padded with copies, whose results are dropped) on the same batches.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from collections.abc import Callable, Sequence
@@ -459,14 +460,15 @@ def fit_variants(
     train_data = _place(train_data, mesh, PartitionSpec())
     val_data = None if val_data is None else _place(val_data, mesh, PartitionSpec())
     where = [divmod(slot, layout.slots) for slot in slot_of]
+    writer = None if checkpoint_dir is None else checkpoints.BackgroundWriter(checkpoint_dir, meta)  # pyright: ignore[reportArgumentType]
 
     def histories() -> list[dict[str, list]]:
         return [history_from_records(records, shard, slot) for shard, slot in where]
 
     def epoch_done(epochs_done: int, state: FusedState, record: dict[str, Any]) -> None:
         records.append(record)
-        if checkpoint_dir is not None:
-            checkpoints.save(checkpoint_dir, state, records, meta)  # pyright: ignore[reportArgumentType]
+        if writer is not None:
+            writer.save(state, records)
         if on_epoch_end is not None or logger is not None:
             current = histories()
             if logger is not None:
@@ -503,7 +505,12 @@ def fit_variants(
             records=list(records),
             early_stopping=early_stopping,
         )
+        if writer is not None:
+            writer.wait()  # the last epoch's checkpoint is on disk when the run returns
     finally:
+        if writer is not None:
+            with contextlib.suppress(BaseException):  # an error already on its way wins
+                writer.wait()
         if logger is not None:
             logger.close()
     return VariantsResult(
