@@ -358,7 +358,7 @@ def test_the_background_writer_returns_before_the_write_and_hands_its_errors_ove
     monkeypatch.setattr(checkpoints, "_write", slow_write)
     writer = checkpoints.BackgroundWriter(tmp_path, {"run": 1})
     state = {"w": jnp.arange(4.0)}
-    writer.save(state, [{"epoch": 1}])  # returns while the write waits
+    writer.save(state, [{"epoch": 1}])  # pyright: ignore[reportArgumentType]  # returns while the write waits
     assert written == []
     state = {"w": state["w"] + 1}  # the next epoch's state; the snapshot is the old one
     release.set()
@@ -370,7 +370,7 @@ def test_the_background_writer_returns_before_the_write_and_hands_its_errors_ove
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(checkpoints, "_write", full_disk)
-    writer.save(state, [{"epoch": 1}, {"epoch": 2}])
+    writer.save(state, [{"epoch": 1}, {"epoch": 2}])  # pyright: ignore[reportArgumentType]
     with pytest.raises(OSError, match="No space left"):
-        writer.save(state, [{"epoch": 1}, {"epoch": 2}, {"epoch": 3}])  # the error of the write before
+        writer.save(state, [{"epoch": 1}, {"epoch": 2}, {"epoch": 3}])  # pyright: ignore[reportArgumentType]  # the error of the write before
     writer.wait()  # handed over once
