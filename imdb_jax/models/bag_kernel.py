@@ -2,9 +2,9 @@
 
 XLA:CPU runs the bag's scatter-add at about one float per nanosecond on one core; the same loop in
 C++ (each occurrence adds one row into another, in occurrence order, the widest vector
-instructions the CPU has) is 3-7x faster and bitwise equal, because every output float is the
+instructions the CPU has) is 2-5.5x faster and bitwise equal, because every output float is the
 same sum in the same order (benchmarks/bag_kernel.py measures both; benchmarks/README.md, "Issue
-14: a bag kernel of our own").
+14: the bag kernel, wired in").
 
 The handler is compiled once per machine with the system's C++ compiler (`$CXX`, else `c++`)
 against the XLA FFI headers that ship with jaxlib, into `<cache dir>/kernels/` (named by a hash

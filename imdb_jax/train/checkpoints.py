@@ -9,10 +9,10 @@ have seen, and the finished result is bitwise identical to an uninterrupted run.
 
 Why one `.npz` renamed into place rather than Orbax: the state is one host's arrays of tens of
 megabytes, written once per epoch; a single file written beside and renamed into place
-(`imdb_jax.atomic`) is never half old and half new, needs no background threads or extra
-dependency, and loads with NumPy alone. During a run `BackgroundWriter` writes it while the next
-epoch trains. The arrays file alone is the checkpoint: it holds its own
-epoch count and the run's description (as JSON text), so a process killed between writing it and
+(`imdb_jax.atomic`) is never half old and half new, needs no extra dependency, and loads
+with NumPy alone (during a run `BackgroundWriter` writes it in a thread
+while the next epoch trains). The arrays file alone is the checkpoint: it holds its own epoch
+count and the run's description (as JSON text), so a process killed between writing it and
 the JSON beside it (written after, for people and tools) leaves a run that resumes. The
 description records the JAX and jaxlib versions, backend and device count: another JAX may round
 differently, so resuming under one is refused unless asked for (`resume="force"`).
@@ -161,7 +161,7 @@ class BackgroundWriter:
     device (the next epoch donates its buffers) and returns; a thread fetches the copy and writes
     it, as `save` would, while the next epoch trains. One write at a time: a save waits for the
     one before. What a kill leaves is unchanged (the previous checkpoint or this one, whole). An
-    error in the thread (a full disk) is raised by the next `save` or by `finish`.
+    error in the thread (a full disk) is raised by the next `save` or by `wait`.
 
     Across processes (`jax.process_count() > 1`) every process must gather the state together,
     so there `save` is the plain synchronous one.

@@ -123,17 +123,9 @@ class EpochPlan:
             self.rows = epoch_rows(data.num_rows, batch_size)
             self.capacity = exact_capacity(data, self.rows)
 
-    def upcoming(self, key: jax.Array, epoch: int) -> tuple[jax.Array, Any]:
-        """Dispatches `epoch`'s shuffle and its batches' largest non-zero counts without waiting
-        for them: dispatched while the epoch before trains, they run beside it (on the other
-        core) instead of between the two epochs. Pass the result to `shuffled_rows`."""
+    def shuffled_rows(self, key: jax.Array, epoch: int) -> jax.Array:
         rows = epoch_rows(self.data.num_rows, self.batch_size, key, epoch)
-        return rows, max_batch_nonzeros(self.data, rows)
-
-    def shuffled_rows(self, key: jax.Array, epoch: int, upcoming: tuple[jax.Array, Any] | None = None) -> jax.Array:
-        """`epoch`'s rows (from `upcoming`, if given), the capacities grown first if they must be."""
-        rows, maxima = self.upcoming(key, epoch) if upcoming is None else upcoming
-        needed = [int(count) for count in maxima]
+        needed = [int(count) for count in max_batch_nonzeros(self.data, rows)]
         if any(count > capacity for count, capacity in zip(needed, self.capacity)):
             # Rare: grow once, at the cost of one recompilation.
             self.capacity = tuple(
@@ -199,13 +191,10 @@ def run_epochs(
     bar = progress_bar(
         range(start_epoch, epochs), desc=description, unit="epoch", enabled=progress, initial=start_epoch, total=epochs
     )
-    upcoming = train_plan.upcoming(shuffle_key, start_epoch) if start_epoch < epochs else None
     for epoch in bar:
         started = time.perf_counter()
-        rows = train_plan.shuffled_rows(shuffle_key, epoch, upcoming)
+        rows = train_plan.shuffled_rows(shuffle_key, epoch)
         state, train_sums = train_epoch(state, train, rows, capacity=train_plan.capacity)
-        if epoch + 1 < epochs:  # the next epoch's order, shuffled while this one trains
-            upcoming = train_plan.upcoming(shuffle_key, epoch + 1)
         record = {"train": fetch(train_sums), "alive": fetch(state.alive), "val": None, "val_s": 0.0}
         record["train_s"] = time.perf_counter() - started
         if val_plan is not None:
