@@ -561,3 +561,48 @@ def test_ctrl_c_while_the_compiled_libraries_load_is_held_until_they_have():
     assert signal.getsignal(signal.SIGINT) == before  # restored
     with _interrupt.interrupts_held():  # no Ctrl-C: nothing raised
         pass
+
+
+# A command run as the program, with a stand-in `train` that registers an exit handler of its
+# own (as JAX and logging do once loaded), leaves output in the buffers and returns STATUS; an
+# object only the interpreter's teardown would free says whether that teardown ran.
+_ENDING = """
+import atexit, sys
+from pathlib import Path
+import imdb_jax.cli.train as train
+marker, status = Path(sys.argv[1]), int(sys.argv[2])
+class TornDown:  # freed only by the interpreter's teardown, which a finished command skips
+    def __del__(self):
+        marker.with_suffix(".teardown").write_text("torn down")
+kept = TornDown()
+def run(args):
+    atexit.register(lambda: marker.write_text("handler ran"))
+    sys.stdout.write("x" * 100000)  # more than a pipe's buffer, left unflushed
+    sys.stderr.write("last words")
+    return status
+train.run = run
+from imdb_jax.cli import main
+sys.argv[1:] = ["train"]
+sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize("status", [0, 3])
+def test_the_program_ends_with_its_status_its_output_whole_and_every_exit_handler_run(tmp_path, status):
+    marker = tmp_path / "marker"
+    done = subprocess.run(
+        [sys.executable, "-c", _ENDING, str(marker), str(status)], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
+    assert done.returncode == status, done.stderr
+    assert done.stdout == "x" * 100000 and done.stderr == "last words"
+    assert marker.read_text() == "handler ran"
+    assert not marker.with_suffix(".teardown").exists()  # the 0.4-0.5 s teardown was skipped
+
+
+def test_a_crash_still_ends_with_a_traceback_and_status_1(tmp_path):
+    crash = _ENDING.replace("return status\n", "raise RuntimeError('a bug')\n")
+    done = subprocess.run(
+        [sys.executable, "-c", crash, str(tmp_path / "marker"), "0"], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
+    assert done.returncode == 1
+    assert "RuntimeError: a bug" in done.stderr and (tmp_path / "marker").read_text() == "handler ran"
