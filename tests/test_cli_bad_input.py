@@ -602,7 +602,11 @@ def test_the_program_ends_with_its_status_its_output_whole_and_every_exit_handle
 def test_a_crash_still_ends_with_a_traceback_and_status_1(tmp_path):
     crash = _ENDING.replace("return status\n", "raise RuntimeError('a bug')\n")
     done = subprocess.run(
-        [sys.executable, "-c", crash, str(tmp_path / "marker"), "0"], capture_output=True, text=True, cwd=REPO, timeout=120
+        [sys.executable, "-c", crash, str(tmp_path / "marker"), "0"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
     )
     assert done.returncode == 1
     assert "RuntimeError: a bug" in done.stderr and (tmp_path / "marker").read_text() == "handler ran"
