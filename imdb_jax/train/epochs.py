@@ -2,6 +2,11 @@
 
 A training epoch scans `fused_train_step` (every leaf of the state with a leading device-shard
 axis) and ends with divergence containment; scoring scans any step, fused or one model's.
+
+With the shard axis spread over several devices (`spread` > 1), each step runs under
+`jax.shard_map`: every device steps its own shard and nothing else. Left to XLA's automatic
+partitioning, the CPU's embedding-bag kernel (a custom call XLA cannot partition) made every
+device gather all shards' kernels and compute every shard's bag, keeping its own slice.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import AbstractMesh, PartitionSpec
 
 from imdb_jax.train.device_data import DeviceReviews, gather_batch
 from imdb_jax.train.programs import stored_jit
@@ -25,6 +31,36 @@ from imdb_jax.train.steps import (
     predict_logits,
     select_slots,
 )
+
+# The mesh axis the fused state's leading shard axis is spread over.
+VARIANT_AXIS = "variants"
+
+
+def device_spread(state: Any) -> int:
+    """How many devices the leading shard axis of `state` (a `FusedState` of concrete arrays) is
+    spread over: the size of its mesh axis, or 1 (one device, or not a concrete array)."""
+    sharding = getattr(state.alive, "sharding", None)
+    spec = getattr(sharding, "spec", None)
+    if not spec or spec[0] != VARIANT_AXIS:
+        return 1
+    return int(sharding.mesh.shape[VARIANT_AXIS])  # pyright: ignore[reportOptionalMemberAccess]
+
+
+def per_device(step: Callable, spread: int) -> Callable:
+    """`step(state, batch)` (state leaves with a leading shard axis, the batch shared) run by
+    each of `spread` devices on its own shards (`jax.shard_map`); `step` itself for 1."""
+    if spread == 1:
+        return step
+    mesh = AbstractMesh((spread,), (VARIANT_AXIS,))
+    # No replication checks (`check_vma`): the bag kernel's custom call does not say which of
+    # its values vary by device, and every output here is per shard anyway.
+    return jax.shard_map(
+        step,
+        mesh=mesh,
+        in_specs=(PartitionSpec(VARIANT_AXIS), PartitionSpec()),
+        out_specs=PartitionSpec(VARIANT_AXIS),
+        check_vma=False,
+    )
 
 
 def _add(total, part):
@@ -53,15 +89,18 @@ def keep_finite(before: FusedState, after: FusedState, loss_sum: jax.Array) -> F
     )
 
 
-@stored_jit(static_argnames=("capacity",), donate_argnums=(0,))
-def train_epoch(state: FusedState, data: DeviceReviews, rows: jax.Array, *, capacity: tuple[int, int]):
+@stored_jit(static_argnames=("capacity", "spread"), donate_argnums=(0,))
+def train_epoch(state: FusedState, data: DeviceReviews, rows: jax.Array, *, capacity: tuple[int, int], spread: int = 1):
     """One epoch: `fused_train_step` on each batch of `rows` (int32[num_batches, batch]) in
     turn, metric sums accumulated step by step, then divergence containment.
+
+    Args:
+      spread: the devices the shard axis is spread over (`device_spread(state)`).
 
     Returns:
       The new state and {"loss_sum": [shards, slots], "correct": ..., "count": [shards]}.
     """
-    step = jax.vmap(fused_train_step, in_axes=(0, None))
+    step = per_device(jax.vmap(fused_train_step, in_axes=(0, None)), spread)
 
     def body(carry, batch_rows):
         state, sums = carry
@@ -84,9 +123,13 @@ def keep_best(state: FusedState, improved: jax.Array) -> FusedState:
 # Scoring: one scan over a split's batches, for any step (fused or one model).
 
 
-@stored_jit(static_argnames=("metrics", "capacity"))
-def sum_over_batches(metrics: Callable, state: Any, data: DeviceReviews, rows: jax.Array, *, capacity: tuple[int, int]):
-    """The metric sums of `metrics(state, batch)` added over every batch of `rows`."""
+@stored_jit(static_argnames=("metrics", "capacity", "spread"))
+def sum_over_batches(
+    metrics: Callable, state: Any, data: DeviceReviews, rows: jax.Array, *, capacity: tuple[int, int], spread: int = 1
+):
+    """The metric sums of `metrics(state, batch)` added over every batch of `rows` (`metrics`
+    run `per_device` over `spread` devices)."""
+    metrics = per_device(metrics, spread)
 
     def batch(batch_rows):
         return gather_batch(data, batch_rows, capacity)
@@ -100,9 +143,13 @@ def sum_over_batches(metrics: Callable, state: Any, data: DeviceReviews, rows: j
     return jax.lax.scan(body, zeros, rows)[0]
 
 
-@stored_jit(static_argnames=("logits", "capacity"))
-def map_over_batches(logits: Callable, state: Any, data: DeviceReviews, rows: jax.Array, *, capacity: tuple[int, int]):
-    """`logits(state, inputs)` of every batch of `rows`, stacked on a leading batch axis."""
+@stored_jit(static_argnames=("logits", "capacity", "spread"))
+def map_over_batches(
+    logits: Callable, state: Any, data: DeviceReviews, rows: jax.Array, *, capacity: tuple[int, int], spread: int = 1
+):
+    """`logits(state, inputs)` of every batch of `rows`, stacked on a leading batch axis
+    (`logits` run `per_device` over `spread` devices)."""
+    logits = per_device(logits, spread)
 
     def body(_, batch_rows):
         return None, logits(state, gather_batch(data, batch_rows, capacity)["inputs"])
@@ -122,12 +169,12 @@ def _sharded_predict(state: FusedState, inputs: Any) -> jax.Array:
 
 def eval_epoch(state: FusedState, data: DeviceReviews, rows: jax.Array, *, capacity: tuple[int, int]):
     """Per-variant metric sums {"loss_sum": [shards, slots], ...} over every batch, no dropout."""
-    return sum_over_batches(_sharded_eval, state, data, rows, capacity=capacity)
+    return sum_over_batches(_sharded_eval, state, data, rows, capacity=capacity, spread=device_spread(state))
 
 
 def logits_epoch(state: FusedState, data: DeviceReviews, rows: jax.Array, *, capacity: tuple[int, int]):
     """float32[num_batches, shards, slots, batch] logits of every fused variant, no dropout."""
-    return map_over_batches(_sharded_predict, state, data, rows, capacity=capacity)
+    return map_over_batches(_sharded_predict, state, data, rows, capacity=capacity, spread=device_spread(state))
 
 
 def score_epoch(state: TrainState, data: DeviceReviews, rows: jax.Array, *, capacity: tuple[int, int]):

@@ -40,7 +40,7 @@ from imdb_jax.train.device_data import (
     to_device,
 )
 from imdb_jax.train.distributed import gather
-from imdb_jax.train.epochs import eval_epoch, keep_best, train_epoch
+from imdb_jax.train.epochs import device_spread, eval_epoch, keep_best, train_epoch
 from imdb_jax.train.steps import FusedState
 
 
@@ -194,7 +194,7 @@ def run_epochs(
     for epoch in bar:
         started = time.perf_counter()
         rows = train_plan.shuffled_rows(shuffle_key, epoch)
-        state, train_sums = train_epoch(state, train, rows, capacity=train_plan.capacity)
+        state, train_sums = train_epoch(state, train, rows, capacity=train_plan.capacity, spread=device_spread(state))
         record = {"train": fetch(train_sums), "alive": fetch(state.alive), "val": None, "val_s": 0.0}
         record["train_s"] = time.perf_counter() - started
         if val_plan is not None:

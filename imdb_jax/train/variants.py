@@ -33,7 +33,7 @@ from imdb_jax.tensorboard import TensorBoardLogger
 from imdb_jax.train import checkpoints
 from imdb_jax.train.device_data import to_device
 from imdb_jax.train.distributed import place
-from imdb_jax.train.epochs import logits_epoch
+from imdb_jax.train.epochs import VARIANT_AXIS, logits_epoch
 from imdb_jax.train.loop import (
     EarlyStopping,
     EpochPlan,
@@ -54,8 +54,6 @@ from imdb_jax.train.steps import (
     initial_params,
     train_state_from_params,
 )
-
-VARIANT_AXIS = "variants"
 
 
 def _keys(seed: int) -> tuple[jax.Array, jax.Array]:
