@@ -95,7 +95,10 @@ class LineProgress:
 
     def _write(self, text: str) -> None:
         if self.file is not None:
-            print(f"{self.desc}: {text}" if self.desc else text, file=self.file, flush=True)
+            # One write of the line with its newline (print writes them separately): a Ctrl-C
+            # handled between the two would put "interrupted" on the end of a progress line.
+            self.file.write((f"{self.desc}: {text}" if self.desc else text) + "\n")
+            self.file.flush()
 
     def __enter__(self) -> LineProgress:
         return self
