@@ -356,6 +356,15 @@ SHARDING_SCRIPT = textwrap.dedent(
     import numpy as np
     sys.path.insert(0, sys.argv[1])
     from test_variants import EXPLODING, SPECS, run
+    import imdb_jax.train.loop as loop
+    compiled = {}
+    train_epoch = loop.train_epoch
+
+    def first_compiled(state, data, rows, **options):  # the epoch program as XLA compiled it
+        compiled.setdefault("hlo", train_epoch.lower(state, data, rows, **options).compile().as_text())
+        return train_epoch(state, data, rows, **options)
+
+    loop.train_epoch = first_compiled
     result = run(SPECS + [EXPLODING], devices=jax.devices())  # all 4, not the count that balances the work
     kernel = result.fused.params["first"]["kernel"]
     print(json.dumps({
@@ -363,6 +372,7 @@ SHARDING_SCRIPT = textwrap.dedent(
         "spec": str(kernel.sharding.spec),
         "shard_rows": sorted({shard.data.shape[0] for shard in kernel.addressable_shards}),
         "stacked_rows": kernel.shape[0],
+        "all_gathers": compiled["hlo"].count("all-gather("),
         "histories": result.histories,
         "params": [[np.asarray(leaf).tolist() for leaf in jax.tree.leaves(result.state(i).params)] for i in range(6)],
     }))
@@ -380,6 +390,9 @@ def test_variant_axis_shards_over_four_devices(with_exploding):
     found = json.loads(done.stdout.strip().splitlines()[-1])
     assert found["mesh_devices"] == 4 and "variants" in found["spec"]
     assert found["stacked_rows"] == 4 and found["shard_rows"] == [1]  # one shard of the fused kernel per device
+    # Each device steps its own shard only: left to XLA's partitioner, every device gathered all
+    # four shards' kernels and computed every shard's embedding bag.
+    assert found["all_gathers"] == 0
     reference = with_exploding
     if jax.default_backend() != "cpu" or len(jax.devices()) != 1:  # this process has other devices: train on one CPU
         reference = run(SPECS + [EXPLODING], devices=jax.devices("cpu")[:1])
