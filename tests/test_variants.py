@@ -421,3 +421,35 @@ def test_a_variant_does_not_depend_on_its_company_when_the_bag_has_several_chunk
     # 300 reviews of ~8 words: 3,072 occurrence slots, three chunks of the bag.
     assert layers.bag_chunk(3072) == 1024
     assert_bitwise(together, 2, alone.state(0), alone.histories[0])
+
+
+def test_splits_of_nearly_equal_size_share_one_compiled_epoch():
+    """Cross-validation folds (16,666 and 16,667 reviews) compile one training epoch, not one
+    each: a split's arrays are padded to a bucketed size, and the padding is never batched."""
+    options = {"epochs": 1, "batch_size": BATCH, "progress": False}
+    specs = SPECS[:2]
+    fit_variants(specs, tiny_reviews(101, seed=7), VALIDATION, **options)
+    compiled = train_epoch._cache_size()  # pyright: ignore[reportAttributeAccessIssue]
+    fit_variants(specs, tiny_reviews(103, seed=8), tiny_reviews(41, seed=9), **options)
+    assert train_epoch._cache_size() == compiled  # pyright: ignore[reportAttributeAccessIssue]
+
+
+def test_the_bucket_padding_changes_no_number(monkeypatch):
+    """Training on splits padded to a bucketed size is bitwise training on their exact size."""
+    import imdb_jax.train.loop as loop
+
+    padded = run(SPECS)
+    exact_to_device = loop.to_device
+    sizes = []
+
+    def exact(split, dense_words=0, *, bucket_sizes=0):
+        data = exact_to_device(split, dense_words)
+        sizes.append(data.num_rows)
+        return data
+
+    monkeypatch.setattr(loop, "to_device", exact)
+    alone = run(SPECS)
+    assert sizes == [TRAIN.x.shape[0], VALIDATION.x.shape[0]]
+    assert padded.fused.params["first"]["kernel"].shape == alone.fused.params["first"]["kernel"].shape
+    for index in range(len(SPECS)):
+        assert_bitwise(padded, index, alone.state(index), alone.histories[index])

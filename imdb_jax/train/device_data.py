@@ -28,6 +28,9 @@ from imdb_jax.models.inputs import MultiHot, SparseMultiHot
 from imdb_jax.train.programs import stored_jit
 
 CAPACITY_QUANTUM = 1024  # non-zeros per batch are padded up to a multiple of this
+# Random batches' capacity is a guess from the split's mean and spread, rounded coarser, so that
+# splits of about the same words (cross-validation folds) guess the same and share a program.
+SHUFFLED_QUANTUM = 4096
 
 
 @struct.dataclass
@@ -101,8 +104,9 @@ def to_device(split: Any, dense_words: int = 0, *, bucket_sizes: int = 0) -> Dev
       split: a `Split`, an `(x, y)` pair or a CSR matrix of multi-hot rows.
       dense_words: columns `[0, dense_words)` become the dense head of each batch.
       bucket_sizes: a batch size, to pad the arrays (with empty, weight-0 rows) to a bucketed
-        number of such batches and of non-zeros, so that scoring inputs of many sizes compiles a
-        few programs rather than one per size; 0 keeps the exact sizes.
+        number of such batches and of non-zeros, so that inputs of many sizes compile a few
+        programs rather than one per size (1 buckets the rows themselves); 0 keeps the exact
+        sizes.
     """
     x, y = as_xy(split)
     x = checked_csr(x)
@@ -188,8 +192,8 @@ def max_batch_nonzeros(data: DeviceReviews, rows: jax.Array) -> tuple[jax.Array,
     return tuple(jnp.max(jnp.sum(part.lengths[rows], axis=1)) for part in (data.head, data.tail))  # pyright: ignore[reportReturnType]
 
 
-def round_capacity(nonzeros: int) -> int:
-    return max(CAPACITY_QUANTUM, math.ceil(nonzeros / CAPACITY_QUANTUM) * CAPACITY_QUANTUM)
+def round_capacity(nonzeros: int, quantum: int = CAPACITY_QUANTUM) -> int:
+    return max(quantum, math.ceil(nonzeros / quantum) * quantum)
 
 
 def exact_capacity(data: DeviceReviews, rows: jax.Array) -> tuple[int, int]:
@@ -200,18 +204,20 @@ def exact_capacity(data: DeviceReviews, rows: jax.Array) -> tuple[int, int]:
     )
 
 
-def shuffled_capacity(data: DeviceReviews, batch_size: int) -> tuple[int, int]:
-    """Capacities that random batches exceed only with negligible probability (mean + 6 sd).
+def shuffled_capacity(data: DeviceReviews, batch_size: int, reviews: int | None = None) -> tuple[int, int]:
+    """Capacities that random batches of the first `reviews` rows (default: all but the
+    padding row) exceed only with negligible probability (mean + 6 sd).
 
     The training loop checks each epoch's real maxima and grows a capacity (one recompilation)
     if it is ever exceeded, so results never depend on this guess.
     """
+    reviews = data.num_rows if reviews is None else reviews
     capacities = []
     for part in (data.head, data.tail):
-        lengths = np.asarray(part.lengths, np.float64)[:-1]  # sliced on the host: no device program
+        lengths = np.asarray(part.lengths, np.float64)[:reviews]  # sliced on the host: no device program
         rows = min(batch_size, lengths.size)
         spread = 6.0 * lengths.std() * math.sqrt(rows)
-        capacities.append(round_capacity(int(lengths.mean() * rows + spread) + 1))
+        capacities.append(round_capacity(int(lengths.mean() * rows + spread) + 1, SHUFFLED_QUANTUM))
     return tuple(capacities)
 
 

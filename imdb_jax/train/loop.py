@@ -117,14 +117,17 @@ class EpochPlan:
     def __init__(self, data: DeviceReviews, batch_size: int, shuffle: bool):
         self.data = data
         self.batch_size = batch_size
+        # Only the split's own rows are shuffled and batched, never its bucket padding, so a
+        # bucketed split gives the batches (and numbers) of the same split at its exact size.
+        self.reviews = int(data.real_rows)
         if shuffle:
-            self.capacity = shuffled_capacity(data, batch_size)
+            self.capacity = shuffled_capacity(data, batch_size, self.reviews)
         else:
-            self.rows = epoch_rows(data.num_rows, batch_size)
+            self.rows = epoch_rows(self.reviews, batch_size)
             self.capacity = exact_capacity(data, self.rows)
 
     def shuffled_rows(self, key: jax.Array, epoch: int) -> jax.Array:
-        rows = epoch_rows(self.data.num_rows, self.batch_size, key, epoch)
+        rows = epoch_rows(self.reviews, self.batch_size, key, epoch)
         needed = [int(count) for count in max_batch_nonzeros(self.data, rows)]
         if any(count > capacity for count, capacity in zip(needed, self.capacity)):
             # Rare: grow once, at the cost of one recompilation.
@@ -280,14 +283,20 @@ def stopped_epoch(records: list[dict[str, Any]], shard: int, slot: int) -> int |
 
 def device_splits(train: Any, validation: Any, first_layer: str | int) -> tuple[DeviceReviews, DeviceReviews | None]:
     """Both splits on the device, cut into dense head and sparse tail at the same column (chosen
-    from the training data and the backend only)."""
+    from the training data and the backend only).
+
+    Each split's arrays are padded to a bucketed number of rows and non-zeros (`to_device`'s
+    `bucket_sizes`), so that splits of nearly equal sizes (the folds of a cross-validation:
+    16,666 and 16,667 reviews) share their compiled epochs instead of compiling one each; the
+    padding is never batched (`EpochPlan`), so the numbers are those of the exact sizes.
+    """
     compile_cache.enable()
     train_x, train_y = as_xy(train)
     dense_words = choose_dense_words(first_layer, train_x)
-    train_data = to_device((train_x, train_y), dense_words)
+    train_data = to_device((train_x, train_y), dense_words, bucket_sizes=1)
     val_data = None
     if validation is not None:
-        val_data = to_device(validation, dense_words)
+        val_data = to_device(validation, dense_words, bucket_sizes=1)
         if val_data.num_words != train_data.num_words:
             raise ImdbJaxError(f"train has {train_data.num_words} word columns but validation has {val_data.num_words}")
     return train_data, val_data
