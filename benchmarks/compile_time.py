@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Any
 
 DEFAULT_FLAGS = ["", "--xla_backend_optimization_level=1"]
 
@@ -52,9 +53,9 @@ def worker(args: argparse.Namespace) -> dict:
 
     spans: list[float] = []
 
-    def listen(event: str, seconds: float, **_: object) -> None:
+    def listen(event: str, duration_secs: float, **_: Any) -> None:
         if event == "/jax/core/compile/backend_compile_duration":
-            spans.append(seconds)
+            spans.append(duration_secs)
 
     jax.monitoring.register_event_duration_secs_listener(listen)
     train, held = load_imdb(progress=False).split_validation(10000)

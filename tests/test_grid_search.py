@@ -223,11 +223,12 @@ def test_two_devices_share_a_run_and_give_the_same_results_bitwise(searches, tmp
     assert done.returncode == 0, done.stderr[-3000:]
     found = pickle.loads(found_at.read_bytes())
     assert found["devices"] == 2
-    # Per fold: the five of one seed split 2 + 3 over both devices (the two with L2, 8 + 4 wide,
-    # | 8 + 8 + 4), each share on its own device; the other seed's one on the first.
+    # Per fold: the five of one seed split 3 + 2 over both devices (8 + 8 with dropout, one
+    # block, and 4-4 | the two with L2, 8 + 4 wide), each share on its own device; the other
+    # seed's one on the first.
     on = [(count, asked, used) for count, asked, used in found["runs"]]
     assert sorted(on) == sorted(
-        [(2, ["cpu:0"], ["cpu:0"]), (3, ["cpu:1"], ["cpu:1"]), (1, ["cpu:0"], ["cpu:0"])] * 2
+        [(3, ["cpu:0"], ["cpu:0"]), (2, ["cpu:1"], ["cpu:1"]), (1, ["cpu:0"], ["cpu:0"])] * 2
     ), on
     plain_results = {key: value for key, value in plain.cv_results_.items() if not key.endswith("_time")}
     found_results = {key: value for key, value in found["cv_results"].items() if not key.endswith("_time")}

@@ -453,3 +453,14 @@ def test_the_bucket_padding_changes_no_number(monkeypatch):
     assert padded.fused.params["first"]["kernel"].shape == alone.fused.params["first"]["kernel"].shape
     for index in range(len(SPECS)):
         assert_bitwise(padded, index, alone.state(index), alone.histories[index])
+
+
+def test_a_variant_without_dropout_in_its_shapes_dropout_block_is_itself_alone():
+    """A plain variant and a dropout one of the same shape share one block (one less to compile),
+    and the plain one's numbers are bitwise those it has in a block of its own."""
+    plain = VariantSpec((8, 8), seed=6)
+    alone = run([plain])
+    assert [(block.hidden_units, block.dropout) for block in alone.layout.blocks] == [((8, 8), False)]
+    together = run([SPECS[3], plain])
+    assert [(block.hidden_units, block.size, block.dropout) for block in together.layout.blocks] == [((8, 8), 2, True)]
+    assert_bitwise(together, 1, alone.state(0), alone.histories[0])

@@ -39,6 +39,7 @@ from sklearn.utils import _safe_indexing
 from sklearn.utils.validation import _num_samples, indexable
 
 from imdb_jax.estimator.classifier import PreparedData, SparseMLPClassifier, resolve_seed
+from imdb_jax.models.layout import block_keys
 from imdb_jax.specs import VariantSpec
 
 # A penalised candidate's epoch costs about this many times an unpenalised one's of its width
@@ -381,8 +382,8 @@ def device_groups(configs: Sequence[Any], devices: int) -> list[list[int]]:
     scatter-add move `width` floats per non-zero, and a penalty adds about half as much again
     (solo epochs on 16,667 IMDb reviews of 10,000 words: 64 wide 0.22 s, with L2 0.33 s; 16-16
     0.09 s, with L2 0.14 s; dropout adds nothing measurable). A fused run costs about what its
-    candidates cost alone, so works add up. The candidates of a block (the same widths, dropout
-    or not, penalty or not: what a fused run stacks together) stay together unless the block is
+    candidates cost alone, so works add up. The candidates of a block (`block_keys`: the same
+    widths, penalty or not: what a fused run stacks together) stay together unless the block is
     more than a device's share of the work, when it is cut into as many near-equal pieces as
     that takes. Blocks and pieces go heaviest first, each to the device with the least work so
     far. The fewest devices within 10% of the least work are used (as
@@ -390,8 +391,7 @@ def device_groups(configs: Sequence[Any], devices: int) -> list[list[int]]:
     program of its own. Each group keeps the candidates' order; empty groups are left out.
     """
     blocks: dict[tuple, list[int]] = {}
-    for index, config in enumerate(configs):
-        key = (tuple(config.hidden_units), config.dropout_rate > 0, config.l1 > 0 or config.l2 > 0)
+    for index, key in enumerate(block_keys(configs)):
         blocks.setdefault(key, []).append(index)
 
     def cost(indices: Sequence[int]) -> float:

@@ -27,7 +27,7 @@ from imdb_jax.config import HYPERPARAMS, ModelConfig
 from imdb_jax.data.csr import as_xy, check_columns, check_training_inputs
 from imdb_jax.errors import ImdbJaxError
 from imdb_jax.models.inputs import MultiHot, SparseMultiHot
-from imdb_jax.models.layout import Layout, plan_layout
+from imdb_jax.models.layout import Layout, block_keys, plan_layout
 from imdb_jax.specs import VariantSpec
 from imdb_jax.tensorboard import TensorBoardLogger
 from imdb_jax.train import checkpoints
@@ -329,8 +329,7 @@ def balanced_device_count(specs: Sequence[VariantSpec], available: int) -> int:
     compile time and memory, so a study with one seed per variant, whose 512-wide variant cannot
     be split, stays on one device rather than computing copies."""
     blocks: dict[tuple, int] = {}
-    for spec in specs:
-        key = (tuple(spec.hidden_units), spec.dropout_rate > 0, spec.l1 > 0 or spec.l2 > 0)
+    for key in block_keys(specs):
         blocks[key] = blocks.get(key, 0) + 1
 
     def work(count: int) -> int:
