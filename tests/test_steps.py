@@ -8,8 +8,15 @@ import numpy as np
 import pytest
 
 from imdb_jax.config import ModelConfig
+from imdb_jax.models.layout import make_layout
 from imdb_jax.train.optim import init_opt_state, kernel_penalty
-from imdb_jax.train.steps import create_train_state, eval_step, train_step
+from imdb_jax.train.steps import (
+    _first_layer_sums,
+    create_train_state,
+    eval_step,
+    first_layer_penalty_sums,
+    train_step,
+)
 
 CONFIG = ModelConfig(num_words=24, hidden_units=(8, 4), learning_rate=0.01)
 BATCH_SIZE = 16
@@ -138,3 +145,32 @@ def test_step_is_differentiable_with_respect_to_the_learning_rate(state):
     ) / (2 * delta)
     assert float(gradient) < 0  # a larger step lowers the loss here
     assert float(gradient) == pytest.approx(float(finite_difference), rel=0.05)
+
+
+def test_the_first_layers_penalty_gradient_is_autodiffs_bit_for_bit():
+    """`first_layer_penalty_sums` writes its gradient as one elementwise pass; it must be the
+    bits autodiff gives through the `tree_sum`s, in penalised blocks, unpenalised ones (zero)
+    and at weights of exactly zero (where |w|'s derivative takes the `w >= 0` side)."""
+    layout, _ = make_layout(
+        40, [((16, 16), False, True), ((16, 16), False, True), ((4,), False, False), ((8,), True, True)]
+    )
+    rng = np.random.default_rng(3)
+    kernel = rng.standard_normal((layout.num_words, layout.width)).astype(np.float32)
+    kernel[rng.random(kernel.shape) < 0.1] = 0.0
+    kernel = jnp.asarray(kernel)
+    sums = _first_layer_sums(kernel, layout)
+    cotangents = jax.tree_util.tree_map(lambda leaf: jnp.asarray(rng.random(leaf.shape).astype(np.float32)), sums)
+    cotangents = ((cotangents[0][0].at[0].set(0.0), cotangents[0][1]), *cotangents[1:])
+
+    def gradient(function):
+        return jax.jit(lambda k: jax.vjp(lambda k: function(k, layout), k)[1](cotangents)[0])(kernel)
+
+    ours, autodiff = np.asarray(gradient(first_layer_penalty_sums)), np.asarray(gradient(_first_layer_sums))
+    assert np.array_equal(ours.view(np.uint32), autodiff.view(np.uint32))
+    unpenalised = layout.blocks[[block.penalty for block in layout.blocks].index(False)]
+    assert not np.any(ours[:, unpenalised.offset : unpenalised.offset + unpenalised.columns])
+    assert np.any(ours)
+    forward = first_layer_penalty_sums(kernel, layout)
+    assert all(
+        np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(forward), jax.tree_util.tree_leaves(sums))
+    )

@@ -101,9 +101,21 @@ def penalty_sums(first: jax.Array, hidden: list[jax.Array]) -> tuple[jax.Array, 
     Returns:
       Two float32[variants] arrays.
     """
-    # Each column summed over the rows by a fixed tree, then each variant's columns.
-    abs_sum = tree_sum(tree_sum(jnp.abs(first), axis=0), axis=-1)
-    square_sum = tree_sum(tree_sum(jnp.square(first), axis=0), axis=-1)
+    return add_hidden_sums(first_layer_sums(first), hidden)
+
+
+def first_layer_sums(first: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """`penalty_sums`' first term: each column summed over the rows by a fixed tree, then each
+    variant's columns."""
+    return (
+        tree_sum(tree_sum(jnp.abs(first), axis=0), axis=-1),
+        tree_sum(tree_sum(jnp.square(first), axis=0), axis=-1),
+    )
+
+
+def add_hidden_sums(sums: tuple[jax.Array, jax.Array], hidden: list[jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """`penalty_sums`' later terms: the hidden kernels' sums added, in order, to the first's."""
+    abs_sum, square_sum = sums
     for kernel in hidden:
         flat = kernel.reshape(kernel.shape[0], -1)
         abs_sum = abs_sum + tree_sum(jnp.abs(flat), axis=1)

@@ -34,9 +34,10 @@ from imdb_jax.models.mlp import MLP, FusedMLP
 from imdb_jax.train.optim import (
     OPTIMISER_HYPERPARAMS,
     RMSpropState,
+    add_hidden_sums,
+    first_layer_sums,
     init_opt_state,
     kernel_penalty,
-    penalty_sums,
     rmsprop,
 )
 from imdb_jax.train.programs import stored_jit
@@ -277,19 +278,69 @@ def per_variant(layout: Layout, values: jax.Array, params: Any) -> Any:
     return tree
 
 
+def _first_layer_sums(kernel: jax.Array, layout: Layout) -> tuple[tuple[jax.Array, jax.Array], ...]:
+    """Per penalised block, (sum|w|, sum w²) of each member's first-layer columns (`penalty_sums`'
+    first term: a fixed `tree_sum` over the rows, then over the member's columns)."""
+    sums = []
+    for block in layout.blocks:
+        if block.penalty:
+            first = kernel[:, block.offset : block.offset + block.columns].reshape(kernel.shape[0], block.size, -1)
+            sums.append(first_layer_sums(first))
+    return tuple(sums)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def first_layer_penalty_sums(kernel: jax.Array, layout: Layout) -> tuple[tuple[jax.Array, jax.Array], ...]:
+    """`_first_layer_sums`, whose gradient is one elementwise pass over the whole kernel.
+
+    Autodiff of the sums would carry each block's cotangent back through the `tree_sum`s' pads
+    and slices and pad the block's gradient out to the kernel's width: XLA:CPU then spends about
+    three times a plain pass over the kernel on that one fusion. Transposing a sum broadcasts
+    its cotangent exactly (each halving add passes it on unchanged), so the gradient here is the
+    same arithmetic on each element (JAX's own `abs` and `square` transposed, with each column's
+    cotangent broadcast, 0 in the columns of unpenalised blocks): the same bits, without the pads.
+    """
+    return _first_layer_sums(kernel, layout)
+
+
+def _first_layer_penalty_fwd(kernel, layout):
+    return _first_layer_sums(kernel, layout), kernel
+
+
+def _first_layer_penalty_bwd(layout, kernel, cotangents):
+    penalised = [block for block in layout.blocks if block.penalty]
+    column_cotangents = []
+    for which in range(2):  # sum|w|, then sum w²
+        per_column = []
+        for block in layout.blocks:
+            if block.penalty:
+                member = cotangents[penalised.index(block)][which]
+                per_column.append(jnp.repeat(member, block.hidden_units[0], total_repeat_length=block.columns))
+            else:
+                per_column.append(jnp.zeros((block.columns,), kernel.dtype))
+        column_cotangents.append(jnp.concatenate(per_column)[None, :])
+    shape = kernel.shape
+    abs_cotangent, square_cotangent = (jnp.broadcast_to(column, shape) for column in column_cotangents)
+    _, transpose = jax.vjp(lambda k: (jnp.abs(k), jnp.square(k)), kernel)
+    return transpose((abs_cotangent, square_cotangent))
+
+
+first_layer_penalty_sums.defvjp(_first_layer_penalty_fwd, _first_layer_penalty_bwd)
+
+
 def fused_penalties(params: Any, layout: Layout, l1: jax.Array, l2: jax.Array) -> jax.Array:
     """float32[slots]: each variant's kernel penalty (`penalty_sums` per block; blocks without
     L1 or L2 skip the work: their factors are 0)."""
     kernel = params["first"]["kernel"]
+    first_sums = iter(first_layer_penalty_sums(kernel, layout)) if layout.penalty else iter(())
     abs_sums, square_sums = [], []
     for index, block in enumerate(layout.blocks):
         if not block.penalty:
             abs_sums.append(jnp.zeros((block.size,), jnp.float32))
             square_sums.append(jnp.zeros((block.size,), jnp.float32))
             continue
-        first = kernel[:, block.offset : block.offset + block.columns].reshape(kernel.shape[0], block.size, -1)
         hidden = [params[f"block_{index}"][f"hidden_{layer}"]["kernel"] for layer in range(1, len(block.hidden_units))]
-        abs_sum, square_sum = penalty_sums(first, hidden)
+        abs_sum, square_sum = add_hidden_sums(next(first_sums), hidden)
         abs_sums.append(abs_sum)
         square_sums.append(square_sum)
     return l1 * jnp.concatenate(abs_sums) + l2 * jnp.concatenate(square_sums)
