@@ -464,3 +464,33 @@ def test_a_variant_without_dropout_in_its_shapes_dropout_block_is_itself_alone()
     together = run([SPECS[3], plain])
     assert [(block.hidden_units, block.size, block.dropout) for block in together.layout.blocks] == [((8, 8), 2, True)]
     assert_bitwise(together, 1, alone.state(0), alone.histories[0])
+
+
+def test_each_variants_initial_weights_are_create_train_states():
+    """`initial_state` makes every shape's weights in one program, turn by turn over the seeds
+    (here the shapes have different numbers of seeds, so the turns differ): each variant's weights
+    must be the bits `create_train_state` gives the same shape and seed alone."""
+    from imdb_jax.config import ModelConfig
+    from imdb_jax.train.steps import create_train_state
+    from imdb_jax.train.variants import _keys, initial_state, take_variant
+
+    specs = [
+        VariantSpec((8, 8), seed=5),
+        VariantSpec((4,), seed=5),
+        VariantSpec((8, 8), seed=7),
+        VariantSpec((8, 8), dropout_rate=0.5, seed=5),
+        VariantSpec((16,), seed=9),
+    ]
+    layout, members, _ = plan_layout(specs, NUM_WORDS)
+    state = initial_state(specs, layout, members, 1)
+    host = jax.tree_util.tree_map(lambda leaf: np.asarray(leaf)[0], jax.device_get(state.params))
+    for slot in range(layout.slots):
+        spec = specs[members[slot]]
+        alone = create_train_state(
+            _keys(spec.seed)[0], ModelConfig(num_words=NUM_WORDS, hidden_units=spec.hidden_units)
+        )
+        ours = take_variant(host, layout, slot)
+        theirs = jax.tree_util.tree_map(np.asarray, alone.params)
+        assert jax.tree_util.tree_structure(ours) == jax.tree_util.tree_structure(theirs)
+        for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(theirs)):
+            assert a.shape == b.shape and np.array_equal(a.view(np.uint32), b.view(np.uint32))
