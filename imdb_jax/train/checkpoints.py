@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
@@ -38,6 +39,7 @@ from imdb_jax.atomic import atomic_write, json_bytes
 from imdb_jax.errors import ImdbJaxError
 from imdb_jax.train import distributed
 from imdb_jax.train.loop import fetch
+from imdb_jax.train.programs import stored_jit
 from imdb_jax.train.steps import FusedState
 
 ARRAYS = "run.npz"
@@ -153,6 +155,13 @@ def _write(folder: Path, host: Any, records: list[dict[str, Any]], meta: dict[st
     _fault("description written")
 
 
+@stored_jit
+def _snapshot(state: FusedState) -> FusedState:
+    """A copy of every array of the state, as one program (an eager copy per leaf was a dispatch
+    each: ~30 ms an epoch of the 1-seed study on the main thread, the devices idle)."""
+    return jax.tree_util.tree_map(jnp.copy, state)
+
+
 class BackgroundWriter:
     """`save`, with the copying to the host and the writing done beside the next epoch.
 
@@ -178,7 +187,7 @@ class BackgroundWriter:
         if jax.process_count() > 1:
             save(self.folder, state, records, self.meta)
             return
-        snapshot = jax.tree_util.tree_map(lambda leaf: leaf.copy() if isinstance(leaf, jax.Array) else leaf, state)
+        snapshot = _snapshot(state)
         self._thread = threading.Thread(
             target=self._run, args=(snapshot, list(records)), name="imdb-jax-checkpoint", daemon=True
         )
