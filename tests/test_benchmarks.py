@@ -443,3 +443,27 @@ def test_bag_kernel_benchmark_compares_like_for_like(capsys):
         assert record["xla_forward_s"] > 0 and record["xla_backward_s"] > 0
         assert ("kernel_forward_s" in record) == bag_kernel.available()
         assert ("loop_forward_s" in record) == NUMBA_INSTALLED
+
+
+def test_op_profile_sums_xlas_compute_thread_events_by_name(tmp_path):
+    """op_profile.py counts the ops XLA's compute threads record, not the executor's spans around
+    them nor the Python thread's."""
+    import gzip
+
+    import op_profile
+
+    events = [
+        {"ph": "M", "name": "thread_name", "pid": 1, "tid": 10, "args": {"name": "tf_XLAEigen/1"}},
+        {"ph": "M", "name": "thread_name", "pid": 1, "tid": 11, "args": {"name": "tf_XLAEigen/2"}},
+        {"ph": "M", "name": "thread_name", "pid": 1, "tid": 20, "args": {"name": "python"}},
+        {"ph": "X", "name": "ThunkExecutor::Execute", "pid": 1, "tid": 10, "dur": 900.0},
+        {"ph": "X", "name": "ffi_call.7", "pid": 1, "tid": 10, "dur": 300.0},
+        {"ph": "X", "name": "ffi_call.7", "pid": 1, "tid": 11, "dur": 200.0},
+        {"ph": "X", "name": "copy.3", "pid": 1, "tid": 11, "dur": 5.0},
+        {"ph": "X", "name": "ffi_call.7", "pid": 1, "tid": 20, "dur": 1000.0},
+        {"ph": "i", "name": "ffi_call.7", "pid": 1, "tid": 10},
+    ]
+    trace = tmp_path / "vm.trace.json.gz"
+    with gzip.open(trace, "wt") as handle:
+        json.dump({"traceEvents": events}, handle)
+    assert op_profile.op_times(str(trace)) == {"ffi_call.7": (2, 500.0), "copy.3": (1, 5.0)}
