@@ -299,6 +299,8 @@ def first_layer_penalty_sums(kernel: jax.Array, layout: Layout) -> tuple[tuple[j
     its cotangent exactly (each halving add passes it on unchanged), so the gradient here is the
     same arithmetic on each element (JAX's own `abs` and `square` transposed, with each column's
     cotangent broadcast, 0 in the columns of unpenalised blocks): the same bits, without the pads.
+    Being a `jax.custom_vjp`, it takes reverse-mode autodiff (`jax.grad`, `jax.vjp`) but not
+    forward mode (`jax.jvp`): the fused steps are differentiated in reverse only.
     """
     return _first_layer_sums(kernel, layout)
 
