@@ -150,8 +150,9 @@ def _per_leaf_host(layout: Layout, values: np.ndarray, params: Any) -> Any:
 @stored_jit(static_argnums=(1, 2))
 def _initial_params_of(keys: tuple[jax.Array, ...], num_words: int, shapes: tuple[tuple[int, ...], ...]):
     """`initial_params(key, num_words, units)` of each (key, units), as one program: a cold
-    start compiles one program for a study's shapes, not one per shape (the study's six took
-    3.2 s, the one 1.9 s), and each variant's weights are the bits `initial_params` gives alone."""
+    start compiles one program for a study's shapes, not one per shape (the 1-seed study's initial
+    state, nothing cached: 3.4-3.7 s with one program per shape, 2.3-2.4 s with this one), and each
+    variant's weights are the bits `initial_params` gives alone."""
     return tuple(initial_params(key, num_words, units) for key, units in zip(keys, shapes))
 
 
@@ -164,17 +165,17 @@ def initial_state(
     slots = layout.slots
     per_shard, hyperparams, dropout_keys = [], {name: np.zeros((shards, slots), np.float32) for name in HYPERPARAMS}, []
     seeds = np.zeros((shards, slots), np.uint32)
-    by_shape: dict[tuple[int, ...], list[int]] = {}
+    seeds_of: dict[tuple[int, ...], list[int]] = {}  # each shape's distinct seeds, in order
     for spec in (specs[member] for member in members):
-        if spec.seed not in by_shape.setdefault(spec.hidden_units, []):
-            by_shape[spec.hidden_units].append(spec.seed)
+        if spec.seed not in seeds_of.setdefault(spec.hidden_units, []):
+            seeds_of[spec.hidden_units].append(spec.seed)
     initialised = {}
-    for turn in range(max(len(seeds) for seeds in by_shape.values())):
+    for turn in range(max((len(own) for own in seeds_of.values()), default=0)):
         # The turn's seed of every shape that has one, in one program (the same program each turn).
-        shapes = tuple(units for units, seeds in by_shape.items() if len(seeds) > turn)
-        keys = tuple(_keys(by_shape[units][turn])[0] for units in shapes)
-        found = jax.device_get(_initial_params_of(keys, layout.num_words, shapes))
-        initialised.update(((units, by_shape[units][turn]), params) for units, params in zip(shapes, found))
+        shapes = tuple(units for units, own in seeds_of.items() if len(own) > turn)
+        init_keys = tuple(_keys(seeds_of[units][turn])[0] for units in shapes)
+        found = jax.device_get(_initial_params_of(init_keys, layout.num_words, shapes))
+        initialised.update(((units, seeds_of[units][turn]), params) for units, params in zip(shapes, found))
     for shard in range(shards):
         fused = _blank_params(layout)
         keys = []
