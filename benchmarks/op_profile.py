@@ -22,11 +22,13 @@ import collections
 import glob
 import gzip
 import json
+import math
 import os
 import re
 import tempfile
 
 FLAG = "--xla_cpu_enable_xprof_traceme=true"
+BATCH = 512  # the study's batch size
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -71,13 +73,13 @@ def main(argv: list[str] | None = None) -> None:
 
     train, held = load_imdb(progress=False).split_validation(10000)
     specs, _ = seed_replicas(union(select_experiments(["all"]))[0], args.seeds)
-    fit_variants(specs, train, held, epochs=2, progress=False)  # compiles, or loads, every program
+    fit_variants(specs, train, held, epochs=2, batch_size=BATCH, progress=False)  # compiles, or loads, every program
     folder = tempfile.mkdtemp(prefix="imdb-jax-trace-")
     jax.profiler.start_trace(folder)
-    result = fit_variants(specs, train, held, epochs=args.epochs, progress=False)
+    result = fit_variants(specs, train, held, epochs=args.epochs, batch_size=BATCH, progress=False)
     jax.profiler.stop_trace()
     times = op_times(sorted(glob.glob(f"{folder}/plugins/profile/*/*.trace.json.gz"))[-1])
-    steps = args.epochs * -(-15000 // 512)
+    steps = args.epochs * math.ceil(len(train) / BATCH)
     total = sum(micros for _, micros in times.values())
     wall = sum(result.epoch_seconds)
     print(

@@ -11,7 +11,7 @@ from imdb_jax.config import ModelConfig
 from imdb_jax.models.layout import make_layout
 from imdb_jax.train.optim import init_opt_state, kernel_penalty
 from imdb_jax.train.steps import (
-    _first_layer_sums,
+    _penalised_blocks_sums,
     create_train_state,
     eval_step,
     first_layer_penalty_sums,
@@ -158,14 +158,14 @@ def test_the_first_layers_penalty_gradient_is_autodiffs_bit_for_bit():
     kernel = rng.standard_normal((layout.num_words, layout.width)).astype(np.float32)
     kernel[rng.random(kernel.shape) < 0.1] = 0.0
     kernel = jnp.asarray(kernel)
-    sums = _first_layer_sums(kernel, layout)
+    sums = _penalised_blocks_sums(kernel, layout)
     cotangents = jax.tree_util.tree_map(lambda leaf: jnp.asarray(rng.random(leaf.shape).astype(np.float32)), sums)
     cotangents = ((cotangents[0][0].at[0].set(0.0), cotangents[0][1]), *cotangents[1:])
 
     def gradient(function):
         return jax.jit(lambda k: jax.vjp(lambda k: function(k, layout), k)[1](cotangents)[0])(kernel)
 
-    ours, autodiff = np.asarray(gradient(first_layer_penalty_sums)), np.asarray(gradient(_first_layer_sums))
+    ours, autodiff = np.asarray(gradient(first_layer_penalty_sums)), np.asarray(gradient(_penalised_blocks_sums))
     assert np.array_equal(ours.view(np.uint32), autodiff.view(np.uint32))
     unpenalised = layout.blocks[[block.penalty for block in layout.blocks].index(False)]
     assert not np.any(ours[:, unpenalised.offset : unpenalised.offset + unpenalised.columns])

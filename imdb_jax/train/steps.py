@@ -278,7 +278,7 @@ def per_variant(layout: Layout, values: jax.Array, params: Any) -> Any:
     return tree
 
 
-def _first_layer_sums(kernel: jax.Array, layout: Layout) -> tuple[tuple[jax.Array, jax.Array], ...]:
+def _penalised_blocks_sums(kernel: jax.Array, layout: Layout) -> tuple[tuple[jax.Array, jax.Array], ...]:
     """Per penalised block, (sum|w|, sum w²) of each member's first-layer columns (`penalty_sums`'
     first term: a fixed `tree_sum` over the rows, then over the member's columns)."""
     sums = []
@@ -291,7 +291,7 @@ def _first_layer_sums(kernel: jax.Array, layout: Layout) -> tuple[tuple[jax.Arra
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def first_layer_penalty_sums(kernel: jax.Array, layout: Layout) -> tuple[tuple[jax.Array, jax.Array], ...]:
-    """`_first_layer_sums`, whose gradient is one elementwise pass over the whole kernel.
+    """`_penalised_blocks_sums`, whose gradient is one elementwise pass over the whole kernel.
 
     Autodiff of the sums would carry each block's cotangent back through the `tree_sum`s' pads
     and slices and pad the block's gradient out to the kernel's width: XLA:CPU then spends about
@@ -302,27 +302,25 @@ def first_layer_penalty_sums(kernel: jax.Array, layout: Layout) -> tuple[tuple[j
     Being a `jax.custom_vjp`, it takes reverse-mode autodiff (`jax.grad`, `jax.vjp`) but not
     forward mode (`jax.jvp`): the fused steps are differentiated in reverse only.
     """
-    return _first_layer_sums(kernel, layout)
+    return _penalised_blocks_sums(kernel, layout)
 
 
 def _first_layer_penalty_fwd(kernel, layout):
-    return _first_layer_sums(kernel, layout), kernel
+    return _penalised_blocks_sums(kernel, layout), kernel
 
 
 def _first_layer_penalty_bwd(layout, kernel, cotangents):
-    penalised = [block for block in layout.blocks if block.penalty]
-    column_cotangents = []
-    for which in range(2):  # sum|w|, then sum w²
-        per_column = []
-        for block in layout.blocks:
-            if block.penalty:
-                member = cotangents[penalised.index(block)][which]
-                per_column.append(jnp.repeat(member, block.hidden_units[0], total_repeat_length=block.columns))
-            else:
-                per_column.append(jnp.zeros((block.columns,), kernel.dtype))
-        column_cotangents.append(jnp.concatenate(per_column)[None, :])
-    shape = kernel.shape
-    abs_cotangent, square_cotangent = (jnp.broadcast_to(column, shape) for column in column_cotangents)
+    # Each slot's cotangents of (sum|w|, sum w²), 0 for the slots of unpenalised blocks, then
+    # each column's (the layout's own column -> slot map, as `per_variant` uses).
+    ours = iter(cotangents)
+    per_slot = [
+        next(ours) if block.penalty else (jnp.zeros((block.size,), kernel.dtype),) * 2 for block in layout.blocks
+    ]
+    columns = jnp.asarray(layout.column_slots())
+    abs_cotangent, square_cotangent = (
+        jnp.broadcast_to(jnp.concatenate([sums[which] for sums in per_slot])[columns], kernel.shape)
+        for which in range(2)
+    )
     _, transpose = jax.vjp(lambda k: (jnp.abs(k), jnp.square(k)), kernel)
     return transpose((abs_cotangent, square_cotangent))
 

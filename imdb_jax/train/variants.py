@@ -169,11 +169,12 @@ def initial_state(
     for spec in (specs[member] for member in members):
         if spec.seed not in seeds_of.setdefault(spec.hidden_units, []):
             seeds_of[spec.hidden_units].append(spec.seed)
+    init_key = {seed: _keys(seed)[0] for own in seeds_of.values() for seed in own}  # one per seed
     initialised = {}
     for turn in range(max((len(own) for own in seeds_of.values()), default=0)):
         # The turn's seed of every shape that has one, in one program (the same program each turn).
         shapes = tuple(units for units, own in seeds_of.items() if len(own) > turn)
-        init_keys = tuple(_keys(seeds_of[units][turn])[0] for units in shapes)
+        init_keys = tuple(init_key[seeds_of[units][turn]] for units in shapes)
         found = jax.device_get(_initial_params_of(init_keys, layout.num_words, shapes))
         initialised.update(((units, seeds_of[units][turn]), params) for units, params in zip(shapes, found))
     for shard in range(shards):
