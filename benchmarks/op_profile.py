@@ -11,6 +11,7 @@ somewhat; the shares, not the absolute times, are the point.
 
   python benchmarks/op_profile.py                  # 1 seed (9 variants, one device)
   python benchmarks/op_profile.py --seeds 4 --top 30
+  python benchmarks/op_profile.py --seed-model     # the 16-16 seed alone, all 25,000 reviews
 
 benchmarks/README.md ("a step's time located") has the figures of one run.
 """
@@ -36,6 +37,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=1, help="copies of each study variant (default 1)")
     parser.add_argument("--epochs", type=int, default=2, help="traced epochs (default 2)")
     parser.add_argument("--top", type=int, default=20, help="ops to list (default 20)")
+    parser.add_argument(
+        "--seed-model",
+        action="store_true",
+        help="the seed model alone on all 25,000 training reviews, no validation (bench_single's epoch)",
+    )
     return parser.parse_args(argv)
 
 
@@ -69,10 +75,15 @@ def main(argv: list[str] | None = None) -> None:
     import jax
 
     from imdb_jax import fit_variants, load_imdb
+    from imdb_jax.specs import VariantSpec
     from imdb_jax.study.experiments import seed_replicas, select_experiments, union
 
-    train, held = load_imdb(progress=False).split_validation(10000)
-    specs, _ = seed_replicas(union(select_experiments(["all"]))[0], args.seeds)
+    data = load_imdb(progress=False)
+    if args.seed_model:
+        train, held, specs = data.train, None, [VariantSpec()]
+    else:
+        train, held = data.split_validation(10000)
+        specs, _ = seed_replicas(union(select_experiments(["all"]))[0], args.seeds)
     fit_variants(specs, train, held, epochs=2, batch_size=BATCH, progress=False)  # compiles, or loads, every program
     folder = tempfile.mkdtemp(prefix="imdb-jax-trace-")
     jax.profiler.start_trace(folder)
@@ -84,7 +95,13 @@ def main(argv: list[str] | None = None) -> None:
     wall = sum(result.epoch_seconds)
     print(
         json.dumps(
-            {"bench": "op_profile", "seeds": args.seeds, "epochs": args.epochs, "op_ms": total / 1e3, "wall_s": wall}
+            {
+                "bench": "op_profile",
+                "variants": "seed model" if args.seed_model else f"study all x {args.seeds} seeds",
+                "epochs": args.epochs,
+                "op_ms": total / 1e3,
+                "wall_s": wall,
+            }
         )
     )
     print(

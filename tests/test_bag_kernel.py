@@ -147,3 +147,65 @@ def test_a_broken_source_reports_the_compilers_message(monkeypatch, tmp_path):
     with pytest.raises(RuntimeError, match="failed"):
         bag_kernel._build(tmp_path / "kernels")
     assert not list((tmp_path / "kernels").glob("*.so*"))  # no partial library left behind
+
+
+def _random_split(rng, weighted):
+    """A small split on the device: empty rows among full ones, sometimes bucket-padded."""
+    import scipy.sparse as sp
+
+    from imdb_jax.train import device_data
+
+    rows, words = int(rng.integers(1, 40)), int(rng.integers(1, 30))
+    x = sp.random(rows, words, density=float(rng.uniform(0, 0.6)), format="csr", rng=rng, dtype=np.float32)
+    if not weighted:
+        x.data[:] = 1.0
+    labels = (rng.random(rows) < 0.5).astype(np.float32)
+    dense_words, bucket_sizes = int(rng.integers(0, words + 1)), int(rng.integers(0, 3))
+    return device_data.to_device((x, labels), dense_words=dense_words, bucket_sizes=bucket_sizes)
+
+
+@needs_kernel
+@pytest.mark.parametrize("weighted", [False, True])
+def test_a_batch_cut_by_the_kernel_is_xlas_cut(weighted):
+    """gather_batch's pairs (and head, labels, weights) from `batch_pairs` equal XLA's: rows in
+    any order, padding rows, bucket-padded splits, and capacities too small for the batch."""
+    from imdb_jax.train import device_data
+
+    rng = np.random.default_rng(11 + weighted)
+    cut = 0
+    for _ in range(25):
+        data = _random_split(rng, weighted)
+        rows = rng.integers(0, data.num_rows + 1, size=int(rng.integers(1, 12))).astype(np.int32)
+        capacity = (int(rng.integers(1, 80)), int(rng.integers(1, 80)))
+        jitted = jax.jit(lambda d, r, capacity=capacity: device_data.gather_batch(d, r, capacity))
+        assert bag_kernel.PAIRS_TARGET in jitted.lower(data, rows).as_text()
+        ours = jax.tree_util.tree_leaves(jax.device_get(jitted(data, rows)))
+        xlas = _xla_loop(
+            lambda d, r, capacity=capacity: jax.tree_util.tree_leaves(device_data.gather_batch(d, r, capacity)),
+            data,
+            rows,
+        )
+        assert len(ours) == len(xlas)
+        for mine, want in zip(ours, xlas):
+            np.testing.assert_array_equal(mine, want)
+        cut += int(np.count_nonzero(np.asarray(ours[-1])))  # real rows cut
+    assert cut > 0
+
+
+@needs_kernel
+@pytest.mark.parametrize("size", [0, 1, 2, 100, 4097, 25000, 100000])
+def test_the_kernels_permutation_is_jaxs(size):
+    for key in (jax.random.key(size), jax.random.fold_in(jax.random.key(7), size), jax.random.PRNGKey(size)):
+        jitted = jax.jit(bag_kernel.permutation, static_argnums=1)
+        if size > 1:  # one element needs no sort (no rounds)
+            assert bag_kernel.SORT_TARGET in jitted.lower(key, size).as_text()
+        ours = np.asarray(jitted(key, size))
+        np.testing.assert_array_equal(ours, np.asarray(jax.random.permutation(key, size)))
+        assert ours.dtype == np.int32 and np.array_equal(np.sort(ours), np.arange(size))
+
+
+@needs_kernel
+def test_the_sort_is_stable():
+    keys = np.array([5, 1, 5, 0, 1, 5, 2**32 - 1, 0], np.uint32)
+    values = np.arange(8, dtype=np.int32)
+    np.testing.assert_array_equal(np.asarray(bag_kernel.sort_values(keys, values)), np.argsort(keys, kind="stable"))

@@ -9,6 +9,19 @@
 // scatter adds in, so the result is bitwise the XLA loop's; a column never reads another column,
 // so it does not depend on what is fused beside it. Ids out of range are skipped, never read.
 //
+// batch_pairs(indptr[r+1], indices[nnz], lengths[r+1], rows[b], real_rows[]) -> words[c], row_ids[c],
+// positions[c]; with_positions: a batch of CSR rows cut into the flat (word, row-in-batch) pairs the
+// bag takes, each row's words in CSR order, the rows in batch order, then padding (word 0, row `b`,
+// position 0) up to the capacity `c`; a row from `real_rows` on reads its words from row 0's start
+// (it has none). `positions` (each pair's CSR position, to gather weighted rows' values) is written
+// only `with_positions`; otherwise it is left as it is and must not be read.
+// The integers `imdb_jax.train.device_data._pairs` computes with XLA's scatter, cumsum and gathers,
+// in one pass.
+//
+// sort_values(keys u32[n], values s32[n]) -> values s32[n]: the values in the order of a stable sort
+// by key (equal keys keep their order): the second output of XLA's `sort(..., is_stable=true)` of
+// (keys, values), which `jax.random.permutation` runs, as an LSD radix sort (three passes of 11 bits).
+//
 // Both cores: the output rows are dealt out to the threads of XLA's intra-op pool by
 // `target % parts` (`parts` a power of two); every thread reads all the occurrences in order and
 // adds only those into the rows it owns. A row's sum is then the same adds in the same order
@@ -139,6 +152,106 @@ static ffi::Error AddRows(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> source, ff
   shares->finished.wait(lock, [&] { return shares->running == 0; });
   return ffi::Error::Success();
 }
+
+static ffi::Error BatchPairs(ffi::Buffer<ffi::S32> indptr, ffi::Buffer<ffi::S32> indices, ffi::Buffer<ffi::S32> lengths,
+                             ffi::Buffer<ffi::S32> rows, ffi::Buffer<ffi::S32> real_rows, int64_t with_positions,
+                             ffi::ResultBuffer<ffi::S32> words, ffi::ResultBuffer<ffi::S32> row_ids,
+                             ffi::ResultBuffer<ffi::S32> positions) {
+  const int64_t capacity = static_cast<int64_t>(words->element_count());
+  const int64_t batch = static_cast<int64_t>(rows.element_count());
+  const int64_t nonzeros = static_cast<int64_t>(indices.element_count());
+  const int64_t pointers = static_cast<int64_t>(indptr.element_count());
+  const int64_t counted = static_cast<int64_t>(lengths.element_count());
+  if (static_cast<int64_t>(row_ids->element_count()) != capacity ||
+      static_cast<int64_t>(positions->element_count()) != capacity || real_rows.element_count() != 1 ||
+      pointers < 1 || counted < 1) {
+    return ffi::Error::InvalidArgument("imdb_jax_batch_pairs: mismatched shapes");
+  }
+  const int32_t* pointer = indptr.typed_data();
+  const int32_t* index = indices.typed_data();
+  const int32_t* length = lengths.typed_data();
+  const int32_t* row = rows.typed_data();
+  const int64_t real = real_rows.typed_data()[0];
+  int32_t* word_out = words->typed_data();
+  int32_t* row_out = row_ids->typed_data();
+  int32_t* position_out = positions->typed_data();
+  int64_t slot = 0;
+  for (int64_t b = 0; b < batch && slot < capacity; ++b) {
+    // As XLA's gathers: an index out of range is clamped into it.
+    const int64_t r = std::clamp<int64_t>(row[b], 0, counted - 1);
+    const int64_t first = pointer[std::clamp<int64_t>(row[b] < real ? row[b] : 0, 0, pointers - 1)];
+    const int64_t count = std::max<int64_t>(std::min<int64_t>(length[r], capacity - slot), 0);
+    std::fill(row_out + slot, row_out + slot + count, static_cast<int32_t>(b));
+    if (first >= 0 && first + count <= nonzeros) {  // always, for a well-formed CSR: a copy
+      std::memcpy(word_out + slot, index + first, sizeof(int32_t) * static_cast<size_t>(count));
+      if (with_positions) {
+        for (int64_t k = 0; k < count; ++k) position_out[slot + k] = static_cast<int32_t>(first + k);
+      }
+    } else {
+      for (int64_t k = 0; k < count; ++k) {
+        const int64_t at = std::clamp<int64_t>(first + k, 0, std::max<int64_t>(nonzeros - 1, 0));
+        word_out[slot + k] = nonzeros ? index[at] : 0;
+        position_out[slot + k] = static_cast<int32_t>(at);
+      }
+    }
+    slot += count;
+  }
+  std::fill(word_out + slot, word_out + capacity, 0);
+  std::fill(row_out + slot, row_out + capacity, static_cast<int32_t>(batch));
+  if (with_positions) std::fill(position_out + slot, position_out + capacity, 0);
+  return ffi::Error::Success();
+}
+
+static ffi::Error SortValues(ffi::Buffer<ffi::U32> keys, ffi::Buffer<ffi::S32> values,
+                             ffi::ResultBuffer<ffi::S32> out) {
+  const size_t n = keys.element_count();
+  if (values.element_count() != n || out->element_count() != n) {
+    return ffi::Error::InvalidArgument("imdb_jax_sort_values: keys, values and out must have one length");
+  }
+  constexpr int kBits = 11, kPasses = 3;
+  constexpr size_t kBuckets = size_t{1} << kBits;
+  std::vector<uint32_t> key_a(keys.typed_data(), keys.typed_data() + n), key_b(n);
+  std::vector<int32_t> value_a(values.typed_data(), values.typed_data() + n), value_b(n);
+  std::vector<size_t> counts(kBuckets);
+  for (int pass = 0; pass < kPasses; ++pass) {
+    const int shift = pass * kBits;
+    std::fill(counts.begin(), counts.end(), 0);
+    for (size_t i = 0; i < n; ++i) ++counts[(key_a[i] >> shift) & (kBuckets - 1)];
+    size_t total = 0;
+    for (size_t& count : counts) {
+      const size_t here = count;
+      count = total;
+      total += here;
+    }
+    for (size_t i = 0; i < n; ++i) {  // in order: equal digits keep their order (stable)
+      const size_t to = counts[(key_a[i] >> shift) & (kBuckets - 1)]++;
+      key_b[to] = key_a[i];
+      value_b[to] = value_a[i];
+    }
+    key_a.swap(key_b);
+    value_a.swap(value_b);
+  }
+  std::copy(value_a.begin(), value_a.end(), out->typed_data());
+  return ffi::Error::Success();
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ImdbJaxSortValues, SortValues,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::U32>>()  // keys
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // values
+                                  .Ret<ffi::Buffer<ffi::S32>>());  // out
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ImdbJaxBatchPairs, BatchPairs,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // indptr
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // indices
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // lengths
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // rows
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // real_rows
+                                  .Attr<int64_t>("with_positions")
+                                  .Ret<ffi::Buffer<ffi::S32>>()  // words
+                                  .Ret<ffi::Buffer<ffi::S32>>()  // row_ids
+                                  .Ret<ffi::Buffer<ffi::S32>>());  // positions
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ImdbJaxAddRows, AddRows,
                               ffi::Ffi::Bind()

@@ -24,6 +24,7 @@ from flax import struct
 
 from imdb_jax.data.csr import as_xy, bucket, checked_csr, checked_labels, is_binary
 from imdb_jax.errors import ImdbJaxError
+from imdb_jax.models import bag_kernel
 from imdb_jax.models.inputs import MultiHot, SparseMultiHot
 from imdb_jax.train.programs import stored_jit
 
@@ -180,7 +181,7 @@ def _epoch_shuffled_rows(key: jax.Array, epoch: int, *, num_rows: int, batch_siz
 @stored_jit(static_argnames=("num_rows", "batch_size"))
 def _shuffled_rows(key: jax.Array, *, num_rows: int, batch_size: int) -> jax.Array:
     # One small compiled program per split size (eager ops would each be a program of their own).
-    order = jax.random.permutation(key, num_rows).astype(jnp.int32)
+    order = bag_kernel.permutation(key, num_rows)  # jax.random.permutation's numbers
     num_batches = math.ceil(num_rows / batch_size)
     padded = jnp.full((num_batches * batch_size,), num_rows, jnp.int32).at[:num_rows].set(order)
     return padded.reshape(num_batches, batch_size)
@@ -221,10 +222,21 @@ def shuffled_capacity(data: DeviceReviews, batch_size: int, reviews: int | None 
     return tuple(capacities)
 
 
-def _pairs(part: CSRPart, rows: jax.Array, real: jax.Array, capacity: int):
+def _pairs(part: CSRPart, rows: jax.Array, real_rows: jax.Array, capacity: int):
     """Flat (word, row-in-batch, value) triples of `rows`; unused slots get row `batch_size`
     (and value 0); the values are None for multi-hot parts."""
     batch_size = rows.shape[0]
+    if bag_kernel.in_use():  # the same integers in one pass of our own (CPU)
+        words, row_ids, positions = bag_kernel.batch_pairs(
+            part.indptr, part.indices, part.lengths, rows, real_rows, capacity, part.values is not None
+        )
+        values = None
+        if positions is not None and part.values is not None:
+            used = row_ids < batch_size
+            values = part.values[positions] if part.values.shape[0] else jnp.zeros((capacity,), jnp.float32)
+            values = jnp.where(used, values, 0.0)
+        return words, row_ids, values
+    real = rows < real_rows
     safe_rows = jnp.where(real, rows, 0)
     lengths = part.lengths[rows]  # 0 for padding rows
     ends = jnp.cumsum(lengths)
@@ -261,11 +273,11 @@ def gather_batch(data: DeviceReviews, rows: jax.Array, capacity: tuple[int, int]
     real = rows < data.real_rows
     head = tail = None
     if data.dense_words:
-        words, row_ids, values = _pairs(data.head, rows, real, capacity[0])
+        words, row_ids, values = _pairs(data.head, rows, data.real_rows, capacity[0])
         values = 1.0 if values is None else values
         head = jnp.zeros((batch_size, data.dense_words), jnp.float32).at[row_ids, words].add(values, mode="drop")
     if data.dense_words < data.num_words:
-        words, row_ids, values = _pairs(data.tail, rows, real, capacity[1])
+        words, row_ids, values = _pairs(data.tail, rows, data.real_rows, capacity[1])
         tail = SparseMultiHot(word_ids=words, row_ids=row_ids, batch_size=batch_size, values=values)
     safe_rows = jnp.where(real, rows, 0)
     return {
