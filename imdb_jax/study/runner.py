@@ -4,7 +4,6 @@ best variant."""
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import json
 import shutil
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from imdb_jax.atomic import atomic_write, writable_folder, write_json
+from imdb_jax.drawing import Drawing
 from imdb_jax.errors import ImdbJaxError
 from imdb_jax.specs import VariantSpec
 from imdb_jax.study.conclusions import best, conclusions
@@ -28,7 +28,6 @@ from imdb_jax.study.experiments import (
     union,
     unique_names,
 )
-from imdb_jax.study.figures import write_figures
 from imdb_jax.study.report import report_markdown
 from imdb_jax.study.statistics import NOISE_SOURCES, RULE, SHARED, variant_summary
 from imdb_jax.tensorboard import TensorBoardLogger, spec_hparams
@@ -275,101 +274,109 @@ def run_study(
         }
         board = TensorBoardLogger(log_dir, replica_names, [{**spec_hparams(replica), **shared} for replica in replicas])
 
-    results, run_records = [], []
-    for label, indices in run_plan(runs, experiments, specs, members):
-        todo = sorted({copy for index in indices for copy in replica_of[index] if not histories[copy]})
-        if not todo:
-            continue
+    # Started now, so that it imports Matplotlib while the variants train (imdb_jax.drawing).
+    drawing = Drawing() if figures else None
+    try:
+        results, run_records = [], []
+        for label, indices in run_plan(runs, experiments, specs, members):
+            todo = sorted({copy for index in indices for copy in replica_of[index] if not histories[copy]})
+            if not todo:
+                continue
 
-        def epoch_done(epochs_done: int, run_histories: list[dict[str, list]], todo=todo) -> None:
+            def epoch_done(epochs_done: int, run_histories: list[dict[str, list]], todo=todo) -> None:
+                for position, copy in enumerate(todo):
+                    histories[copy] = run_histories[position]
+                snapshot = summarise("running", run_records)
+                snapshot["epochs_done"] = {"run": len(run_records) + 1, "epochs": epochs_done}
+                write_json(output_dir / STUDY_FILE, snapshot)
+                if board is not None:
+                    board.on_epoch_end(epochs_done, histories)
+
+            run_started = time.perf_counter()
+            with CompileClock() as clock:
+                result = fit_variants(
+                    [replicas[copy] for copy in todo],
+                    train,
+                    held_out,
+                    epochs=epochs,
+                    batch_size=batch_size,
+                    shuffle_seed=shuffle_seed,
+                    first_layer=first_layer,
+                    devices=devices,
+                    progress=progress,
+                    description=f"study {label} ({_count(len(indices), 'variant')} x {_count(seeds, 'seed')})",
+                    checkpoint_dir=output_dir / CHECKPOINTS / label,
+                    resume=resume,
+                    on_epoch_end=epoch_done,
+                    patience=patience,
+                )
+            wall = time.perf_counter() - run_started
             for position, copy in enumerate(todo):
-                histories[copy] = run_histories[position]
-            snapshot = summarise("running", run_records)
-            snapshot["epochs_done"] = {"run": len(run_records) + 1, "epochs": epochs_done}
-            write_json(output_dir / STUDY_FILE, snapshot)
-            if board is not None:
-                board.on_epoch_end(epochs_done, histories)
-
-        run_started = time.perf_counter()
-        with CompileClock() as clock:
-            result = fit_variants(
-                [replicas[copy] for copy in todo],
-                train,
-                held_out,
-                epochs=epochs,
-                batch_size=batch_size,
-                shuffle_seed=shuffle_seed,
-                first_layer=first_layer,
-                devices=devices,
-                progress=progress,
-                description=f"study {label} ({_count(len(indices), 'variant')} x {_count(seeds, 'seed')})",
-                checkpoint_dir=output_dir / CHECKPOINTS / label,
-                resume=resume,
-                on_epoch_end=epoch_done,
-                patience=patience,
+                histories[copy] = result.histories[position]
+                stopped[copy] = result.stopped_epoch(position)
+            results.append(result)
+            blocks = _blocks(result, [replica_names[copy] for copy in todo])
+            run_records.append(
+                {
+                    "label": label,
+                    "variants": [names[index] for index in indices],
+                    "trained": len(todo),
+                    "blocks": blocks,
+                    "first_layer": _first_layer_used(result),
+                    "wall_s": wall,
+                    "compile_s": clock.seconds(),
+                    "train_s": wall - clock.seconds(),
+                }
             )
-        wall = time.perf_counter() - run_started
-        for position, copy in enumerate(todo):
-            histories[copy] = result.histories[position]
-            stopped[copy] = result.stopped_epoch(position)
-        results.append(result)
-        blocks = _blocks(result, [replica_names[copy] for copy in todo])
-        run_records.append(
-            {
-                "label": label,
-                "variants": [names[index] for index in indices],
-                "trained": len(todo),
-                "blocks": blocks,
-                "first_layer": _first_layer_used(result),
-                "wall_s": wall,
-                "compile_s": clock.seconds(),
-                "train_s": wall - clock.seconds(),
-            }
-        )
-        shapes = " | ".join(
-            f"{'-'.join(map(str, block['hidden_units']))} x{len(block['variants'])}" for block in blocks
-        )
-        _say(
-            progress,
-            f"{label}: {_count(len(indices), 'variant')} x {_count(seeds, 'seed')} ({_count(len(todo), 'model')}) [{shapes}], {wall:.1f} s ({clock.seconds():.1f} s compiling)",
-        )
+            shapes = " | ".join(
+                f"{'-'.join(map(str, block['hidden_units']))} x{len(block['variants'])}" for block in blocks
+            )
+            _say(
+                progress,
+                f"{label}: {_count(len(indices), 'variant')} x {_count(seeds, 'seed')} ({_count(len(todo), 'model')}) [{shapes}], {wall:.1f} s ({clock.seconds():.1f} s compiling)",
+            )
 
-    if board is not None:
-        board.close()
-    summary = summarise("done", run_records)
-    summary["conclusions"] = conclusions(summary)
-    leader = best(summary["variants"])
-    summary["best_variant"] = None if leader is None else leader["name"]
-    retrained = None
-    summary["retrain"] = None
-    # The figures need only the variants' results, not the retrain: drawn in a thread while the
-    # retrain trains (Matplotlib holds the GIL while XLA's compute does not), they cost the study
-    # little more than the longer of the two.
-    drawing = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="imdb-jax-figures")
-    figures_done = drawing.submit(_timed_figures, dict(summary), output_dir) if figures else None
-    drawing.shutdown(wait=False)
-    if retrain and leader is not None:
-        spec = specs[names.index(leader["name"])]
-        retrained, summary["retrain"] = _retrain(
-            spec, leader, data, output_dir, batch_size, shuffle_seed, first_layer, progress, resume
-        )
-        if log_dir is not None:  # `fit` has no per-epoch hook: the finished curves are written at once
-            hparams = {
-                **spec_hparams(spec),
-                "epochs": leader["best_epoch"],
-                "batch_size": batch_size,
-                "shuffle_seed": shuffle_seed,
-            }
-            with TensorBoardLogger(Path(log_dir) / "retrain", [leader["name"]], [hparams]) as retrain_board:
-                retrain_board.on_epoch_end(leader["best_epoch"], [summary["retrain"]["history"]])
-    summary["training_s"] = sum(record["wall_s"] for record in run_records)
-    summary["wall_s"] = time.perf_counter() - started  # the report shows it; figures come after
-    summary["figures"], summary["figures_s"] = ([], 0.0) if figures_done is None else figures_done.result()
-    atomic_write(output_dir / REPORT_FILE, report_markdown(summary).encode("utf-8"))
-    summary["wall_s"] = time.perf_counter() - started
-    write_json(output_dir / STUDY_FILE, summary)
-    shutil.rmtree(output_dir / CHECKPOINTS, ignore_errors=True)  # done: the results are written
-    return StudyResult(summary, output_dir, specs, results, retrained, replicas, replica_of)
+        if board is not None:
+            board.close()
+        summary = summarise("done", run_records)
+        summary["conclusions"] = conclusions(summary)
+        leader = best(summary["variants"])
+        summary["best_variant"] = None if leader is None else leader["name"]
+        retrained = None
+        summary["retrain"] = None
+        # The figures need only the variants' results, not the retrain: drawn by their own process
+        # (started with the study, so Matplotlib was imported while it trained) while the retrain
+        # trains, on the other core; on a thread they held the GIL and outlasted the retrain.
+        if drawing is not None:
+            drawing.start("study", summary=summary, folder=output_dir)
+        if retrain and leader is not None:
+            spec = specs[names.index(leader["name"])]
+            retrained, summary["retrain"] = _retrain(
+                spec, leader, data, output_dir, batch_size, shuffle_seed, first_layer, progress, resume
+            )
+            if log_dir is not None:  # `fit` has no per-epoch hook: the finished curves are written at once
+                hparams = {
+                    **spec_hparams(spec),
+                    "epochs": leader["best_epoch"],
+                    "batch_size": batch_size,
+                    "shuffle_seed": shuffle_seed,
+                }
+                with TensorBoardLogger(Path(log_dir) / "retrain", [leader["name"]], [hparams]) as retrain_board:
+                    retrain_board.on_epoch_end(leader["best_epoch"], [summary["retrain"]["history"]])
+        summary["training_s"] = sum(record["wall_s"] for record in run_records)
+        summary["wall_s"] = time.perf_counter() - started  # the report shows it; figures come after
+        summary["figures"], summary["figures_s"] = [], 0.0
+        if drawing is not None:
+            summary["figures"] = [path.name for path in drawing.result()]
+            summary["figures_s"] = drawing.seconds
+        atomic_write(output_dir / REPORT_FILE, report_markdown(summary).encode("utf-8"))
+        summary["wall_s"] = time.perf_counter() - started
+        write_json(output_dir / STUDY_FILE, summary)
+        shutil.rmtree(output_dir / CHECKPOINTS, ignore_errors=True)  # done: the results are written
+        return StudyResult(summary, output_dir, specs, results, retrained, replicas, replica_of)
+    finally:
+        if drawing is not None:
+            drawing.close()
 
 
 def _finished(output_dir: Path) -> bool:
@@ -377,13 +384,6 @@ def _finished(output_dir: Path) -> bool:
         return json.loads((output_dir / STUDY_FILE).read_text(encoding="utf-8")).get("status") == "done"
     except (OSError, ValueError, AttributeError):
         return False
-
-
-def _timed_figures(summary: dict[str, Any], output_dir: Path) -> tuple[list[str], float]:
-    """The figures' file names, and the seconds drawing them took."""
-    started = time.perf_counter()
-    names = [path.name for path in write_figures(summary, output_dir)]
-    return names, time.perf_counter() - started
 
 
 def _retrain(
