@@ -47,6 +47,7 @@ def _draw(request: dict[str, Any]) -> list[Path]:
 
         return plot_history(request["history"], request["stem"])
     if request["kind"] == "study":
+        # Deferred: as above (the study's figures import Matplotlib when they draw).
         from imdb_jax.study.figures import write_figures
 
         return write_figures(request["summary"], Path(request["folder"]))
@@ -124,7 +125,8 @@ class Drawing:
 
 
 def main() -> int:
-    # Imported before the request comes: that is the time the caller spends training.
+    # Deferred: imported here, in the drawing process only, before the request comes (the time
+    # the caller spends training); the commands that start it must not load Matplotlib themselves.
     import imdb_jax.plots  # noqa: F401
     import imdb_jax.study.figures  # noqa: F401
 
