@@ -55,7 +55,8 @@ def _draw(request: dict[str, Any]) -> list[Path]:
 
 
 class Drawing:
-    """One drawing process, started now and asked once (`start`, then `result`).
+    """One drawing process, started now and asked once (`start`, then `result`); a context
+    manager that `close`s it.
 
     Args:
       enabled: False draws in this process at `result` time (no process is started).
@@ -117,6 +118,12 @@ class Drawing:
         paths = _draw(json.loads(json_bytes(self._request)))
         self.seconds = time.perf_counter() - started
         return paths
+
+    def __enter__(self) -> Drawing:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
 
     def close(self) -> None:
         """Ends the process if it was never asked (its input closes, and it exits)."""

@@ -204,122 +204,119 @@ def _run(args: argparse.Namespace, config: Any) -> int:
             raise ImdbJaxError(
                 f"the run in {where} is already finished (a saved model, no checkpoint): nothing to resume"
             )
-        return _train(args, config, output)
+        # Matplotlib (~0.4 s of imports) loads in a process of its own while the model trains, on
+        # the other core, and draws the curves there (imdb_jax.drawing). On a thread it held the GIL
+        # against this one's Python: a warm run took 0.3 s longer.
+        with Drawing() as drawing:
+            return _train(args, config, output, drawing)
 
 
-def _train(args: argparse.Namespace, config: Any, output: checks.Output) -> int:
+def _train(args: argparse.Namespace, config: Any, output: checks.Output, drawing: Drawing) -> int:
     checks.enable_compile_cache(args)
     # Deferred: JAX (~1.3 s) loads only once the options are checked and the output folder
     # claimed, so --help and option errors stay fast.
     from imdb_jax.saved.model_folder import save_model
     from imdb_jax.train.fit import evaluate, fit, predict
 
-    # Matplotlib (~0.4 s of imports) loads in a process of its own while the model trains, on the
-    # other core, and draws the curves there while the test set is scored (imdb_jax.drawing). On a
-    # thread it held the GIL against this one's Python: a warm run took 0.3 s longer.
-    drawing = Drawing()
-    try:
-        started = time.perf_counter()
-        data = load_data(args, args.num_words)
-        config = dataclasses.replace(config, num_words=data.num_words)  # fewer when the corpus has fewer words
-        checks.held_out(args.validation, len(data.train), allow_none=True)
-        if args.validation:
-            train, validation = data.split_validation(args.validation)
-        else:
-            train, validation = data.train, None
-        loaded = time.perf_counter()
+    started = time.perf_counter()
+    data = load_data(args, args.num_words)
+    config = dataclasses.replace(config, num_words=data.num_words)  # fewer when the corpus has fewer words
+    checks.held_out(args.validation, len(data.train), allow_none=True)
+    if args.validation:
+        train, validation = data.split_validation(args.validation)
+    else:
+        train, validation = data.train, None
+    loaded = time.perf_counter()
 
-        state, history = fit(
-            config,
-            train,
-            validation,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            first_layer=args.first_layer,
-            progress=not args.no_progress,
-            restore_best=args.restore_best,
-            checkpoint_dir=output.work / CHECKPOINT,
-            resume=args.resume,
-            log_dir=args.logdir,
-            patience=args.patience,
+    state, history = fit(
+        config,
+        train,
+        validation,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        first_layer=args.first_layer,
+        progress=not args.no_progress,
+        restore_best=args.restore_best,
+        checkpoint_dir=output.work / CHECKPOINT,
+        resume=args.resume,
+        log_dir=args.logdir,
+        patience=args.patience,
+    )
+    trained = time.perf_counter()
+    drawing.start("history", history=history, stem=output.work / "history")  # drawn while the test set is scored
+    test = evaluate(state, data.test, batch_size=args.batch_size, first_layer=args.first_layer)
+    evaluated = time.perf_counter()
+    sample = min(SAMPLE_PREDICTIONS, len(data.test))
+    probabilities = predict(state, data.test.x[:sample], first_layer=args.first_layer)
+
+    metrics = {
+        "test_loss": test["loss"],
+        "test_accuracy": test["accuracy"],
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "num_train": len(train),
+        "num_validation": 0 if validation is None else len(validation),
+    }
+    save_model(output.work, state, config, data.vocabulary, history, metrics)
+    shutil.rmtree(output.work / CHECKPOINT, ignore_errors=True)  # the model is saved: nothing to resume
+    plots = [output.final(path) for path in drawing.result()]
+    output.commit()
+    seconds = {
+        "load_data": loaded - started,
+        "fit": trained - loaded,
+        "evaluate": evaluated - trained,
+        "total": time.perf_counter() - started,
+    }
+    best = best_epochs(history) if validation is not None else {}
+    problems = learning_problems(history, train.y)
+    for problem in problems:
+        print(f"imdb-jax train: warning: the model did not learn: {problem}", file=sys.stderr, flush=True)
+    status = DID_NOT_LEARN if problems else 0
+
+    if args.json:
+        print_json(
+            {
+                **metrics,
+                **best,
+                "history": history,
+                "output": str(output.path),
+                "plots": [str(path) for path in plots],
+                "config": config.to_dict(),
+                "seconds": seconds,
+                # Includes compilation, which the first epoch pays.
+                "fit_seconds_per_epoch": seconds["fit"] / args.epochs,
+                "devices": device_names(),
+                "learned": not problems,
+                "problems": problems,
+                "exit_status": status,
+            }
         )
-        trained = time.perf_counter()
-        drawing.start("history", history=history, stem=output.work / "history")
-        test = evaluate(state, data.test, batch_size=args.batch_size, first_layer=args.first_layer)
-        evaluated = time.perf_counter()
-        sample = min(SAMPLE_PREDICTIONS, len(data.test))
-        probabilities = predict(state, data.test.x[:sample], first_layer=args.first_layer)
-
-        metrics = {
-            "test_loss": test["loss"],
-            "test_accuracy": test["accuracy"],
-            "epochs": args.epochs,
-            "batch_size": args.batch_size,
-            "seed": args.seed,
-            "num_train": len(train),
-            "num_validation": 0 if validation is None else len(validation),
-        }
-        save_model(output.work, state, config, data.vocabulary, history, metrics)
-        shutil.rmtree(output.work / CHECKPOINT, ignore_errors=True)  # the model is saved: nothing to resume
-        plots = [output.final(path) for path in drawing.result()]
-        output.commit()
-        seconds = {
-            "load_data": loaded - started,
-            "fit": trained - loaded,
-            "evaluate": evaluated - trained,
-            "total": time.perf_counter() - started,
-        }
-        best = best_epochs(history) if validation is not None else {}
-        problems = learning_problems(history, train.y)
-        for problem in problems:
-            print(f"imdb-jax train: warning: the model did not learn: {problem}", file=sys.stderr, flush=True)
-        status = DID_NOT_LEARN if problems else 0
-
-        if args.json:
-            print_json(
-                {
-                    **metrics,
-                    **best,
-                    "history": history,
-                    "output": str(output.path),
-                    "plots": [str(path) for path in plots],
-                    "config": config.to_dict(),
-                    "seconds": seconds,
-                    # Includes compilation, which the first epoch pays.
-                    "fit_seconds_per_epoch": seconds["fit"] / args.epochs,
-                    "devices": device_names(),
-                    "learned": not problems,
-                    "problems": problems,
-                    "exit_status": status,
-                }
-            )
-            return status
-
-        held_out = f", first {len(validation)} held out for validation" if validation is not None else ""
-        print(
-            f"data: {len(train)} training reviews{held_out}; {len(data.test)} test reviews; {data.num_words} words ({data.source})"
-        )
-        print(
-            f"model: hidden {'-'.join(map(str, config.hidden_units))}, {plural(args.epochs, 'epoch')}, batch {args.batch_size}, "
-            f"seed {args.seed}; trained in {seconds['fit']:.1f} s ({seconds['fit'] / args.epochs:.2f} s/epoch "
-            f"including compilation) on {', '.join(device_names())}"
-        )
-        columns = ["loss", "accuracy"] + (["val_loss", "val_accuracy"] if validation is not None else [])
-        print("epoch  " + "  ".join(f"{name:>12}" for name in columns))
-        for epoch in range(args.epochs):
-            print(f"{epoch + 1:>5}  " + "  ".join(_cell(history[name][epoch]) for name in columns))
-        if best:
-            print(
-                f"best validation loss {best['best_val_loss']:.4f} at epoch {best['best_val_loss_epoch']} "
-                f"(val accuracy {best['val_accuracy_at_best_loss']:.4f}); best validation accuracy "
-                f"{best['best_val_accuracy']:.4f} at epoch {best['best_val_accuracy_epoch']}"
-            )
-        print(f"test loss: {test['loss']:.4f}  test accuracy: {test['accuracy']:.4f}")
-        print(f"predictions on the first {sample} test reviews:")
-        for probability, label in zip(probabilities, data.test.y[:sample]):
-            print(f"  {probability:.4f}  {label_of(probability):<8}  (label: {label_of(label)})")
-        print(f"model saved to {output.path}; plots: {', '.join(str(path) for path in plots)}")
         return status
-    finally:
-        drawing.close()
+
+    held_out = f", first {len(validation)} held out for validation" if validation is not None else ""
+    print(
+        f"data: {len(train)} training reviews{held_out}; {len(data.test)} test reviews; {data.num_words} words ({data.source})"
+    )
+    print(
+        f"model: hidden {'-'.join(map(str, config.hidden_units))}, {plural(args.epochs, 'epoch')}, batch {args.batch_size}, "
+        f"seed {args.seed}; trained in {seconds['fit']:.1f} s ({seconds['fit'] / args.epochs:.2f} s/epoch "
+        f"including compilation) on {', '.join(device_names())}"
+    )
+    columns = ["loss", "accuracy"] + (["val_loss", "val_accuracy"] if validation is not None else [])
+    print("epoch  " + "  ".join(f"{name:>12}" for name in columns))
+    for epoch in range(args.epochs):
+        print(f"{epoch + 1:>5}  " + "  ".join(_cell(history[name][epoch]) for name in columns))
+    if best:
+        print(
+            f"best validation loss {best['best_val_loss']:.4f} at epoch {best['best_val_loss_epoch']} "
+            f"(val accuracy {best['val_accuracy_at_best_loss']:.4f}); best validation accuracy "
+            f"{best['best_val_accuracy']:.4f} at epoch {best['best_val_accuracy_epoch']}"
+        )
+    print(f"test loss: {test['loss']:.4f}  test accuracy: {test['accuracy']:.4f}")
+    print(f"predictions on the first {sample} test reviews:")
+    for probability, label in zip(probabilities, data.test.y[:sample]):
+        print(f"  {probability:.4f}  {label_of(probability):<8}  (label: {label_of(label)})")
+    print(f"model saved to {output.path}; plots: {', '.join(str(path) for path in plots)}")
+    return status
