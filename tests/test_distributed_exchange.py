@@ -59,7 +59,7 @@ import sys
 import jax
 from imdb_jax.cli import main, train
 from imdb_jax.train import distributed
-def did_not_learn(args, config, output):
+def did_not_learn(args, config, output, drawing):
     if jax.process_index() == 1:
         distributed._client().blocking_key_value_get(distributed._STATUS_KEY + "0", 60_000)
         distributed.gather(jax.numpy.arange(3))
