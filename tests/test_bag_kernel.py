@@ -78,6 +78,38 @@ def test_forward_and_kernel_gradient_are_bitwise_xlas(width):
 
 
 @needs_kernel
+def test_a_gradient_too_big_for_the_caches_is_bitwise_xlas():
+    """10,000 words x 256 columns (a 10 MB gradient) is past the kernel's 8 MB threshold, where the
+    backward pass buckets the occurrences by word before adding: each word's sum must keep its
+    order. Words out of range and padding must still be skipped."""
+    rng = np.random.default_rng(11)
+    num_words, width = 10_000, 256
+    lengths = rng.integers(50, 250, BATCH)
+    rows = np.repeat(np.arange(BATCH), lengths)
+    # Zipf-like words: frequent ones recur across reviews, so buckets hold many adds.
+    words = np.minimum(rng.zipf(1.3, len(rows)) - 1, num_words - 1)
+    words[::97] = num_words + 5  # out of range: skipped
+    padding = 8192 - len(rows)
+    words = np.concatenate([words, np.zeros(padding, np.int64)]).astype(np.int32)
+    rows = np.concatenate([rows, np.full(padding, BATCH)]).astype(np.int32)
+    grad = rng.standard_normal((BATCH, width)).astype(np.float32)
+    got = np.asarray(bag_kernel.add_rows(grad, rows, words, rows, BATCH, num_words))
+    want = np.zeros((num_words, width), np.float32)
+    for i in range(len(rows)):  # the definition: each occurrence in order
+        if rows[i] < BATCH and words[i] < num_words:
+            want[words[i]] += grad[rows[i]]
+    np.testing.assert_array_equal(got, want)
+    assert np.count_nonzero(got[0]) == width and np.all(got[num_words - 1 :] == want[num_words - 1 :])
+
+    kernel = rng.standard_normal((num_words, width)).astype(np.float32)
+    in_range = np.where(words < num_words, words, 0).astype(np.int32)
+    summed, kernel_grad = map(np.asarray, jax.jit(_bag_and_gradient)(kernel, in_range, rows, grad))
+    want_summed, want_grad = _xla_loop(_bag_and_gradient, kernel, in_range, rows, grad)
+    np.testing.assert_array_equal(summed, want_summed)
+    np.testing.assert_array_equal(kernel_grad, want_grad)
+
+
+@needs_kernel
 def test_a_column_does_not_depend_on_its_neighbours():
     rng = np.random.default_rng(5)
     words, rows = _batch(rng)
