@@ -110,6 +110,35 @@ def test_a_gradient_too_big_for_the_caches_is_bitwise_xlas():
 
 
 @needs_kernel
+@pytest.mark.parametrize("sorted_reviews", [True, False])
+def test_a_kernel_too_big_for_the_caches_is_bitwise_xlas_forward(sorted_reviews):
+    """A 50,000 x 768 kernel (154 MB) outgrows any L3, where the forward pass adds word by word if
+    each review's words ascend (sorted CSR); unsorted reviews keep review order. Either way each
+    review's sum must be its words' rows in occurrence order."""
+    rng = np.random.default_rng(12)
+    num_words, width = 50_000, 768
+    lengths = rng.integers(50, 250, BATCH)
+    lengths[3] = 0
+    rows = np.repeat(np.arange(BATCH), lengths)
+    words = np.minimum(rng.zipf(1.3, len(rows)) - 1, num_words - 1)
+    if sorted_reviews:
+        starts = np.concatenate([[0], np.cumsum(lengths)])
+        words = np.concatenate([np.sort(words[a:b]) for a, b in zip(starts[:-1], starts[1:])])
+    words[::89] = num_words + 3  # out of range: skipped
+    padding = 8192 - len(rows)
+    words = np.concatenate([words, np.zeros(padding, np.int64)]).astype(np.int32)
+    rows = np.concatenate([rows, np.full(padding, BATCH)]).astype(np.int32)
+    kernel = rng.standard_normal((num_words, width)).astype(np.float32)
+    got = np.asarray(bag_kernel.add_rows(kernel, words, rows, rows, BATCH, BATCH))
+    want = np.zeros((BATCH, width), np.float32)
+    for i in range(len(rows)):  # the definition: each occurrence in order
+        if rows[i] < BATCH and words[i] < num_words:
+            want[rows[i]] += kernel[words[i]]
+    np.testing.assert_array_equal(got, want)
+    assert np.all(got[3] == 0) and np.count_nonzero(got) > got.size // 2
+
+
+@needs_kernel
 def test_a_column_does_not_depend_on_its_neighbours():
     rng = np.random.default_rng(5)
     words, rows = _batch(rng)

@@ -22,14 +22,18 @@
 // by key (equal keys keep their order): the second output of XLA's `sort(..., is_stable=true)` of
 // (keys, values), which `jax.random.permutation` runs, as an LSD radix sort (three passes of 11 bits).
 //
-// Into an output too big for the caches (8 MB and more: the backward pass of wide blocks) with the
-// targets out of order, the occurrences are first bucketed by target, a stable counting sort, and
-// each output row then takes all its adds at once while it is in L1; each sum keeps its order.
+// Wide blocks bucket the occurrences first, a stable counting sort. The forward pass, where the
+// kernels read at once outgrow the last-level cache, each review's words come in ascending order
+// (a CSR matrix with sorted indices) and the output fits in that cache, adds word by word: each kernel row is
+// read once, and each review still takes its words' rows in ascending order. The backward pass
+// adds target by target: each word's gradient row takes all its reviews' rows at once while it is
+// in L1, in review order. Either way every sum keeps its order, so the bits are the same.
 //
 // Both cores: the output rows are dealt out to the threads of XLA's intra-op pool by
 // `target % parts` (`parts` a power of two); every thread reads all the occurrences in order and
 // adds only those into the rows it owns. A row's sum is then the same adds in the same order
-// whatever the thread count, so the bits do not depend on it. The calling thread does a share itself and takes back any share
+// whatever the thread count, so the bits do not depend on it (word by word, the threads split the
+// columns instead, to the same effect). The calling thread does a share itself and takes back any share
 // no pool thread has started, so the call never waits on a busy pool. A call that starts while
 // another is running (several CPU devices, each on its own core) stays on its own thread: the
 // cores are busy already (measured: splitting there made the 4-seed study 15% slower).
@@ -67,6 +71,10 @@ struct Work {
   // order[starts[t]] .. order[starts[t + 1] - 1], in occurrence order.
   const int32_t* order = nullptr;
   const int64_t* starts = nullptr;
+  // Null, or the valid occurrences' targets bucketed by origin (`Bucket`), added origin-major, the
+  // columns split between the shares.
+  const int32_t* by_origin = nullptr;
+  const int64_t* origin_starts = nullptr;
 
   void Run(int64_t part) const;
 };
@@ -76,6 +84,21 @@ struct Work {
 // the row adds inline into it: a call per occurrence cost as much as a 16-float add.
 __attribute__((target_clones("avx512f", "avx2", "default"))) static void RunShare(const Work& work, int64_t part) {
   const int64_t width = work.width, parts = work.parts;
+  if (work.by_origin != nullptr) {  // each source row read once, into an output that stays in cache
+    const int64_t share = ((width + parts - 1) / parts + 15) / 16 * 16;  // whole cache lines
+    const int64_t first = part * share, columns = std::min(share, width - first);
+    if (columns <= 0) return;
+    for (int64_t target = 0; target < work.out_rows; ++target) {
+      std::memset(work.to + target * width + first, 0, sizeof(float) * static_cast<size_t>(columns));
+    }
+    for (int64_t origin = 0; origin < work.source_rows; ++origin) {
+      const float* from = work.from + origin * width + first;
+      for (int64_t k = work.origin_starts[origin]; k < work.origin_starts[origin + 1]; ++k) {
+        AddRow(work.to + static_cast<int64_t>(work.by_origin[k]) * width + first, from, columns);
+      }
+    }
+    return;
+  }
   if (work.order != nullptr) {  // one target row at a time: it stays in L1 while its adds arrive
     for (int64_t target = part; target < work.out_rows; target += parts) {
       float* to = work.to + target * width;
@@ -134,9 +157,22 @@ constexpr int64_t kMinFloatsToSplit = int64_t{1} << 18;
 constexpr int64_t kMinWidthToSplit = 128;
 constexpr int64_t kMaxParts = 8;
 
-// Measured with the 4-seed study (1,256 columns a device): the backward pass 36 -> 21 ms a step.
-// At the seed's 16 columns (a 640 KB output) the sort cost more than it saved.
-constexpr int64_t kMinOutBytesToSort = int64_t{8} << 20;
+// Bucketing pays where the rows read at random (the forward pass's source) or written at random
+// (the backward pass's output) are too many for the caches. Measured (ops summed over devices):
+// the backward pass bucketed 36 -> 21 ms a step in the 4-seed study (1,256 columns a device, two
+// devices), 5.1-9.2 -> 3.3-3.5 ms in the 1-seed study on one device (628 columns, a 25 MB
+// gradient); at the seed's 16 columns (640 KB) the sort cost more than it saved. The forward pass
+// word by word: 30-37 -> 17-18 ms with 4 seeds (two 50 MB kernels at once), but 3.8 -> 6.0-7.5 ms
+// with 1 seed on one device (a 25 MB kernel the 32 MB L3 mostly holds), and 64 x 16-16 variants (a
+// 41 MB kernel on one device) 0.016 -> 0.017-0.019 s a variant-epoch; so only from 47 MB of kernels
+// read at once (this call's and those running beside it). The same held on a 2-core Intel VM whose
+// sysfs gives a 480 MB L3 (the host's, shared): 4 seeds 30 -> 22-23 ms, 64 variants 0.019 ->
+// 0.022 s; so the figure is a fixed one, not the cache size the system reports. The output stays
+// in cache only while it is small: output tiles small enough for L2 were slower (27-33 ms at
+// 128-1,024 KB, 72-75 ms at 32 KB), as each tile reads every bucket again.
+constexpr int64_t kMinBytesToSort = int64_t{8} << 20;
+constexpr int64_t kMinSourceBytesByOrigin = int64_t{45} << 20;  // 47 MB, between the two
+constexpr int64_t kMaxOutBytesByOrigin = int64_t{8} << 20;
 
 bool Valid(const Work& work, int64_t i) {
   const int64_t row = work.rows[i], origin = work.origins[i], target = work.targets[i];
@@ -155,27 +191,46 @@ bool TargetsInOrder(const Work& work) {
   return true;
 }
 
-// The valid occurrences' origins bucketed by target, in occurrence order within each bucket:
-// target t's are order[starts[t]] .. order[starts[t + 1] - 1].
-void Bucket(const Work& work, std::vector<int64_t>& starts, std::vector<int32_t>& order) {
-  starts.assign(static_cast<size_t>(work.out_rows) + 1, 0);
+// Whether, besides that, each target's origins come in non-decreasing order (each review's words
+// ascending, as in a CSR matrix with sorted indices): then adding origin by origin gives every
+// target its adds in the same order.
+bool TargetsAndOriginsInOrder(const Work& work) {
+  int64_t last_target = -1, last_origin = -1;
+  for (int64_t i = 0; i < work.count; ++i) {
+    if (!Valid(work, i)) continue;
+    const int64_t target = work.targets[i], origin = work.origins[i];
+    if (target < last_target || (target == last_target && origin < last_origin)) return false;
+    last_target = target;
+    last_origin = origin;
+  }
+  return true;
+}
+
+// The valid occurrences bucketed by target (their origins stored) or by origin (their targets
+// stored), in occurrence order within each bucket: key k's are order[starts[k]] .. order[starts[k + 1] - 1].
+void Bucket(const Work& work, bool by_target, std::vector<int64_t>& starts, std::vector<int32_t>& order) {
+  const int32_t* keys = by_target ? work.targets : work.origins;
+  const int32_t* values = by_target ? work.origins : work.targets;
+  const int64_t buckets = by_target ? work.out_rows : work.source_rows;
+  starts.assign(static_cast<size_t>(buckets) + 1, 0);
   int64_t kept = 0;
   for (int64_t i = 0; i < work.count; ++i) {
-    if (Valid(work, i)) ++starts[static_cast<size_t>(work.targets[i]) + 1], ++kept;
+    if (Valid(work, i)) ++starts[static_cast<size_t>(keys[i]) + 1], ++kept;
   }
-  for (int64_t t = 0; t < work.out_rows; ++t) starts[t + 1] += starts[t];
+  for (int64_t k = 0; k < buckets; ++k) starts[k + 1] += starts[k];
   order.resize(static_cast<size_t>(std::max<int64_t>(kept, 1)));
   std::vector<int64_t> next(starts.begin(), starts.end() - 1);
   for (int64_t i = 0; i < work.count; ++i) {
-    if (Valid(work, i)) order[static_cast<size_t>(next[work.targets[i]]++)] = work.origins[i];
+    if (Valid(work, i)) order[static_cast<size_t>(next[keys[i]]++)] = values[i];
   }
 }
 
 std::atomic<int> calls_running{0};  // add_rows calls in progress in this process
 
 struct Running {
-  Running() : alone(calls_running.fetch_add(1) == 0) {}
+  Running() : at_once(calls_running.fetch_add(1) + 1), alone(at_once == 1) {}
   ~Running() { calls_running.fetch_sub(1); }
+  const int at_once;  // this call and those already running (other CPU devices)
   const bool alone;
 };
 
@@ -196,19 +251,24 @@ static ffi::Error AddRows(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> source, ff
   }
   Work work{source.typed_data(), out->typed_data(), from_ids.typed_data(), to_ids.typed_data(),
             row_ids.typed_data(), count, source_dims[1], source_dims[0], out_dims[0], batch_size, 1};
-  // Occurrences whose targets come out of order (the backward pass: words, in review order) into
-  // an output too big for the caches are bucketed by target first (a stable counting sort), so
-  // each output row is written once while it is in L1, not read and written back from memory at
-  // each of its occurrences. Each row's adds keep their order, so its sum is the same bits.
+  // Forward: source rows (kernel rows) too many for the caches, read word by word, once each.
+  // Backward: occurrences whose targets come out of order (words, in review order) into an output
+  // too big for the caches, bucketed by target, so each output row is written once while it is in
+  // L1, not read and written back from memory at each of its occurrences. Each sum keeps its order.
+  const Running running;
   std::vector<int64_t> starts;
   std::vector<int32_t> order;
-  if (work.out_rows * work.width * static_cast<int64_t>(sizeof(float)) >= kMinOutBytesToSort &&
-      !TargetsInOrder(work)) {
-    Bucket(work, starts, order);
+  const int64_t float_bytes = static_cast<int64_t>(sizeof(float));
+  if (work.source_rows * work.width * float_bytes * running.at_once >= kMinSourceBytesByOrigin &&
+      work.out_rows * work.width * float_bytes <= kMaxOutBytesByOrigin && TargetsAndOriginsInOrder(work)) {
+    Bucket(work, false, starts, order);
+    work.by_origin = order.data();
+    work.origin_starts = starts.data();
+  } else if (work.out_rows * work.width * float_bytes >= kMinBytesToSort && !TargetsInOrder(work)) {
+    Bucket(work, true, starts, order);
     work.order = order.data();
     work.starts = starts.data();
   }
-  const Running running;
   const int64_t threads = std::min<int64_t>({pool.num_threads(), kMaxParts, std::max<int64_t>(work.out_rows, 1)});
   if (!running.alone || threads < 2 || count * work.width < kMinFloatsToSplit || work.width < kMinWidthToSplit) {
     work.Run(0);
